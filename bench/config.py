@@ -1,0 +1,94 @@
+"""One trial, fully resolved: the value that crosses every layer.
+
+`bench.suite` expands a suite file into `TrialConfig`s, `bench.tune` ships them to workers, and
+`bench.core.run_trial` runs one. Everything that can change a trial's numbers is a field here, so
+`trial_id` (a hash of those fields) recognises the same trial in a rerun, a resume or another suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Strategy = Literal["linear_probe", "full", "lp_ft"]
+NAMED_FREEZE: dict[str, float] = {"linear_probe": 1.0, "full": 0.0}
+STRATEGIES = ("linear_probe", "full", "lp_ft")
+OPTIMIZERS = ("adamw", "sgd")
+AUGMENTS = ("none", "flip", "crop_flip")
+
+# Fields that say where or how a trial runs but not what it computes: left out of trial_id.
+_PLACEMENT_FIELDS = ("suite", "cache_dir", "device", "feature_cache")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every knob of one trial. Defaults are the ones DESIGN.md's smoke suite uses."""
+
+    backbone: str
+    dataset: str
+    freeze: float | str = "linear_probe"  # 0..1, or "linear_probe" | "full" | "lp_ft"
+    pretrained: bool = True
+    weights: str | None = None  # explicit weights file (timm `file:`), else the registry default
+    dataset_root: str | None = None
+    download: bool = False
+    data_fraction: float | None = 1.0  # fraction of each class's training pool ...
+    shots: int | None = None  # ... or a fixed number per class (then data_fraction is None)
+    seed: int = 0
+    img_size: int = 64
+    epochs: int | None = 5  # train for epochs ...
+    steps: int | None = None  # ... or for a fixed number of optimiser steps
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    probe_lr: float | None = None  # lp_ft: learning rate of the linear-probe phase (default: lr)
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    warmup_fraction: float = 0.1  # share of the steps spent in linear warm-up before the cosine decay
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    val_fraction: float = 0.1  # share of each class's training split held out for model selection
+    eval_every: int = 1  # epochs between validation evaluations (epochs.parquet rows)
+    suite: str = ""
+    cache_dir: str | None = None  # prepared datasets and frozen features; None = no disk cache
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.features)
+
+    @property
+    def strategy(self) -> str:
+        """`linear_probe`, `full`, `lp_ft`, or `partial` for a fractional freeze."""
+        if isinstance(self.freeze, str):
+            return self.freeze
+        if self.freeze >= 1.0:
+            return "linear_probe"
+        if self.freeze <= 0.0:
+            return "full"
+        return "partial"
+
+    @property
+    def freeze_fraction(self) -> float:
+        """The freeze depth as a number; `lp_ft` ends fully fine-tuned, so it counts as 0."""
+        if isinstance(self.freeze, str):
+            return NAMED_FREEZE.get(self.freeze, 0.0)
+        return float(self.freeze)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the trial's result (the input of `trial_id`)."""
+        fields = dataclasses.asdict(self)
+        for name in _PLACEMENT_FIELDS:
+            fields.pop(name)
+        return fields
+
+    @property
+    def trial_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        return cls(**values)

@@ -1,0 +1,437 @@
+"""The shared transfer-learning core: one trial is one plain function call, ``run_trial(config)``.
+
+Every trial of every suite runs this code, whether called from a test, a benchmark, or a Ray Tune worker; it
+knows nothing of Ray, Parquet or the command line. Top to bottom, a trial:
+
+1. prepares the dataset (decoded and resized once per process and cache folder, see ``bench.datasets``),
+   carves the canonical validation split and the seeded, stratified, nested training subset;
+2. builds the backbone with a new head and freezes its first groups (``bench.freeze``);
+3. trains in one loop (``fit``): AdamW or SGD, linear warm-up then cosine decay, per step; a linear probe whose
+   body sees no augmentation trains on frozen features computed once (``bench.features``), which gives the
+   same numbers as pushing the images through the frozen body every step, only faster;
+4. evaluates the final model on the untouched test split, and returns one result row (DESIGN.md's
+   ``trials.parquet`` columns) plus one row per validation evaluation.
+
+A non-finite loss ends the trial with status ``diverged``; it is a result, not an exception. Bad input
+(unknown backbone, missing dataset root, corrupt weights) raises ``bench.errors.UserError``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from bench import datasets, features
+from bench.backbones import Backbone, TransferModel, build_backbone
+from bench.config import TrialConfig
+from bench.freeze import FreezePlan, apply_freeze, set_train_mode
+
+SCHEMA_VERSION = 1
+EVAL_BATCH_SIZE = 256
+DATA_REGIME_THRESHOLDS = (10, 100)  # images per class: < 10 scarce, 10-99 limited, >= 100 sufficient
+
+
+@dataclass
+class TrialResult:
+    row: dict[str, Any]  # one trials.parquet row
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # one epochs.parquet row per evaluation
+
+
+@dataclass
+class Split:
+    """Inputs (uint8 images or float features) and labels of one split, on the CPU."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with one freeze depth and one learning rate (lp_ft has two)."""
+
+    name: str
+    freeze: float
+    lr: float
+    steps: int
+
+
+class Normalize(nn.Module):
+    """uint8 images -> float, scaled and standardised with the backbone's pretraining mean and std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the trial
+
+def run_trial(config: TrialConfig, *, run_id: str = "") -> TrialResult:
+    """Run one trial from scratch and return its result row and evaluation rows."""
+    started_at = _now()
+    device = resolve_device(config.device)
+    data = load_dataset(config)
+    train_idx, val_idx = select_indices(data.y_train, config)
+
+    torch.manual_seed(config.seed)  # the scratch baseline's random init, and anything else drawing from it
+    backbone = build_backbone(config.backbone, data.n_classes, pretrained=config.pretrained,
+                              weights=config.weights, head_seed=config.seed)
+    normalize = Normalize(backbone.mean, backbone.std).to(device)
+    backbone.body.to(device)
+    backbone.head.to(device)
+    if device.type == "cuda":
+        backbone.body.to(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats(device)
+
+    images = {
+        "train": Split(torch.from_numpy(np.asarray(data.x_train[train_idx])), _labels(data.y_train[train_idx])),
+        "val": Split(torch.from_numpy(np.asarray(data.x_train[val_idx])), _labels(data.y_train[val_idx])),
+        "test": Split(torch.from_numpy(np.asarray(data.x_test)), _labels(data.y_test)),
+    }
+    use_features = config.feature_cache and config.augment == "none" and config.strategy in ("linear_probe",
+                                                                                           "lp_ft")
+    cached = _features_for(backbone, data, normalize, config, device) if use_features else None
+    feature_splits = None
+    if cached is not None:
+        feature_splits = {
+            "train": Split(cached.train[train_idx], images["train"].labels),
+            "val": Split(cached.train[val_idx], images["val"].labels),
+            "test": Split(cached.test, images["test"].labels),
+        }
+
+    phases = plan_phases(config, n_train=len(train_idx))
+    epoch_rows: list[dict[str, Any]] = []
+    status, error = "ok", None
+    train_seconds, images_seen = 0.0, 0
+    plan: FreezePlan
+    for phase in phases:
+        plan = apply_freeze(backbone.body, phase.freeze)
+        model, splits, prepare = _model_and_inputs(backbone, phase, images, feature_splits, normalize, config,
+                                                   device)
+        outcome = fit(model, splits["train"], splits["val"], prepare=prepare, phase=phase, config=config,
+                      device=device, log=epoch_rows)
+        train_seconds += outcome.seconds
+        images_seen += outcome.images_seen
+        if outcome.diverged:
+            status, error = "diverged", f"non-finite loss at step {outcome.steps} of phase '{phase.name}'"
+            break
+
+    final_phase = phases[-1]
+    model, splits, prepare = _model_and_inputs(backbone, final_phase, images, feature_splits, normalize, config,
+                                               device)
+    metrics = {}
+    if status == "ok":
+        metrics = evaluate(model, splits["test"], prepare, device)
+        metrics["val_top1"] = evaluate(model, splits["val"], prepare, device)["top1"] if len(val_idx) else None
+    row = _result_row(config, run_id=run_id, status=status, error=error, backbone=backbone, data=data, plan=plan,
+                      n_train=len(train_idx), n_val=len(val_idx), metrics=metrics, epoch_rows=epoch_rows,
+                      phases=phases, train_seconds=train_seconds, images_seen=images_seen, device=device,
+                      feature_cache=feature_splits is not None, started_at=started_at)
+    for epoch_row in epoch_rows:
+        epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
+    return TrialResult(row=row, epochs=epoch_rows)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+_DATASETS: dict[tuple, datasets.PreparedDataset] = {}
+
+
+def load_dataset(config: TrialConfig) -> datasets.PreparedDataset:
+    """The prepared dataset, decoded once per process (and once per cache folder across processes)."""
+    key = (config.dataset, config.img_size, config.dataset_root, config.cache_dir)
+    if key not in _DATASETS:
+        _DATASETS[key] = datasets.prepare_dataset(config.dataset, config.img_size, root=config.dataset_root,
+                                                  download=config.download, cache_dir=config.cache_dir)
+    return _DATASETS[key]
+
+
+def select_indices(y_train: np.ndarray, config: TrialConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training-subset and validation indices into the dataset's training split.
+
+    The validation split is canonical (the same for every trial of the dataset); the training subset is
+    drawn from the rest, stratified, seeded and nested across fractions and shots.
+    """
+    pool_idx, val_idx = datasets.split_train_val(y_train, config.val_fraction)
+    chosen = datasets.stratified_subset(y_train[pool_idx], seed=config.seed, data_fraction=config.data_fraction,
+                                        shots=config.shots)
+    return pool_idx[chosen], val_idx
+
+
+def plan_phases(config: TrialConfig, *, n_train: int) -> list[Phase]:
+    """Training steps per phase. ``lp_ft`` (Kumar et al. 2022) spends the first half of the budget as a
+    linear probe at ``probe_lr`` and the second half fine-tuning everything at ``lr``."""
+    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    total = config.steps if config.steps is not None else (config.epochs or 1) * steps_per_epoch
+    if config.strategy == "lp_ft":
+        probe = max(1, total // 2)
+        return [Phase("probe", 1.0, config.probe_lr or config.lr, probe),
+                Phase("finetune", 0.0, config.lr, max(1, total - probe))]
+    return [Phase("train", config.freeze_fraction, config.lr, total)]
+
+
+def _features_for(backbone: Backbone, data: datasets.PreparedDataset, normalize: Normalize,
+                  config: TrialConfig, device: torch.device) -> features.FeatureSet:
+    key = features.feature_key(arch=config.backbone, weights_key=backbone.weights_key,
+                               dataset_fingerprint=data.fingerprint, mean=backbone.mean, std=backbone.std,
+                               img_size=config.img_size)
+    return features.cached_features(key, backbone.body, data.x_train, data.x_test, normalize, device=device,
+                                    cache_dir=config.cache_dir)
+
+
+def _model_and_inputs(backbone: Backbone, phase: Phase, images: dict[str, Split],
+                      feature_splits: dict[str, Split] | None, normalize: Normalize, config: TrialConfig,
+                      device: torch.device) -> tuple[nn.Module, dict[str, Split], Callable]:
+    """A fully frozen body with cached features trains the head alone on features; otherwise the whole
+    model trains on images."""
+    if phase.freeze >= 1.0 and feature_splits is not None:
+        return backbone.head, feature_splits, lambda batch, train: batch
+    augmenter = Augment(config.augment, seed=config.seed)
+
+    def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
+        batch = normalize(batch)
+        if train:
+            batch = augmenter(batch)
+        return batch.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch
+
+    return TransferModel(backbone.body, backbone.head), images, prepare
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the training loop
+
+@dataclass
+class FitOutcome:
+    steps: int
+    seconds: float
+    images_seen: int
+    diverged: bool
+
+
+def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.Tensor, bool], torch.Tensor],
+        phase: Phase, config: TrialConfig, device: torch.device, log: list[dict[str, Any]]) -> FitOutcome:
+    """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train``."""
+    # timm's factory: no weight decay on biases and norm weights, frozen parameters left out.
+    optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=phase.lr, weight_decay=config.weight_decay,
+                                    momentum=config.momentum)
+    warmup = int(config.warmup_fraction * phase.steps)
+    # Per-step schedule: linear warm-up from lr/100 (stable start for freshly initialised heads), then cosine
+    # decay to zero over the remaining steps.
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, phase.steps - warmup), warmup_t=warmup,
+                                  warmup_lr_init=phase.lr * 0.01, warmup_prefix=True, lr_min=0.0,
+                                  t_in_epochs=False)
+    order = torch.Generator().manual_seed(config.seed)  # data order: a function of the seed alone
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    n_epochs = math.ceil(phase.steps / steps_per_epoch)
+    step, seconds, seen = 0, 0.0, 0
+    for epoch in range(1, n_epochs + 1):
+        set_train_mode(model)
+        tic = time.perf_counter()
+        epoch_loss, epoch_batches = 0.0, 0
+        for batch_idx in torch.randperm(len(train), generator=order).split(config.batch_size):
+            inputs = prepare(train.inputs[batch_idx].to(device, non_blocking=True), True)
+            labels = train.labels[batch_idx].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(inputs)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            seen += len(batch_idx)
+            epoch_loss += loss.item()
+            epoch_batches += 1
+            if step >= phase.steps:
+                break
+        seconds += time.perf_counter() - tic
+        if epoch % config.eval_every == 0 or epoch == n_epochs:
+            val_metrics = evaluate(model, val, prepare, device) if len(val) else {"top1": None, "nll": None}
+            log.append({"epoch": epoch, "step": step, "phase": phase.name,
+                        "train_loss": epoch_loss / max(1, epoch_batches), "val_top1": val_metrics["top1"],
+                        "val_nll": val_metrics["nll"], "lr": optimizer.param_groups[0]["lr"],
+                        "elapsed_seconds": seconds})
+    return FitOutcome(step, seconds, seen, diverged=False)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, prepare: Callable, device: torch.device) -> torch.Tensor:
+    model.eval()
+    outputs = []
+    for start in range(0, len(split), EVAL_BATCH_SIZE):
+        inputs = prepare(split.inputs[start:start + EVAL_BATCH_SIZE].to(device), False)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs.append(model(inputs).float().cpu())
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, split: Split, prepare: Callable, device: torch.device) -> dict[str, float]:
+    """Top-1 accuracy (%), macro-F1 (%) and mean negative log-likelihood of ``model`` on ``split``."""
+    logits = predict(model, split, prepare, device)
+    predicted = logits.argmax(1)
+    labels = split.labels
+    return {
+        "top1": 100.0 * (predicted == labels).float().mean().item(),
+        "macro_f1": 100.0 * f1_score(labels.numpy(), predicted.numpy(), average="macro", zero_division=0),
+        "nll": F.cross_entropy(logits, labels).item(),
+    }
+
+
+class Augment:
+    """Random augmentation of normalised batches, drawn from a generator seeded by the trial seed.
+
+    ``none``: nothing. ``flip``: horizontal flip with probability 1/2. ``crop_flip``: reflect-pad by 1/8 of the
+    side, random crop back to size, then flip (the CIFAR recipe).
+    """
+
+    def __init__(self, kind: str, seed: int) -> None:
+        self.kind = kind
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return batch
+        n, _, height, width = batch.shape
+        if self.kind == "crop_flip":
+            pad = max(1, height // 8)
+            padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+            offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=self.generator).tolist()
+            batch = torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
+        flip = (torch.rand(n, generator=self.generator) < 0.5).to(batch.device)
+        return torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the result row
+
+def _labels(values: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values), dtype=torch.long)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def data_regime(images_per_class: float, thresholds: tuple[int, int] = DATA_REGIME_THRESHOLDS) -> str:
+    limited, sufficient = thresholds
+    if images_per_class < limited:
+        return "scarce"
+    return "limited" if images_per_class < sufficient else "sufficient"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated by torch on the device. CPU: peak resident set size of this process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | None, backbone: Backbone,
+                data: datasets.PreparedDataset, plan: FreezePlan, n_train: int, n_val: int,
+                metrics: dict[str, Any], epoch_rows: list[dict[str, Any]], phases: list[Phase],
+                train_seconds: float, images_seen: int, device: torch.device, feature_cache: bool,
+                started_at: str) -> dict[str, Any]:
+    head_params = sum(p.numel() for p in backbone.head.parameters())
+    val_scores = [r["val_top1"] for r in epoch_rows if r["val_top1"] is not None]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "suite": config.suite,
+        "run_id": run_id,
+        "trial_id": config.trial_id,
+        "status": status,
+        "error": error,
+        "backbone": config.backbone,
+        "pretrained": config.pretrained,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "dataset": config.dataset,
+        "dataset_group": data.group,
+        "dataset_fingerprint": data.fingerprint,
+        "n_classes": data.n_classes,
+        "similarity_score": None,
+        "transferability": None,
+        "similarity_regime": None,
+        "freeze": str(config.freeze),
+        "strategy": config.strategy,
+        "freeze_depth": config.freeze_fraction,
+        "frozen_param_fraction": plan.frozen_param_fraction,
+        "freeze_groups": f"{plan.n_frozen_groups}/{plan.n_groups}",
+        "trainable_params": plan.backbone_params - plan.frozen_params + head_params,
+        "total_params": plan.backbone_params + head_params,
+        "data_fraction": config.data_fraction,
+        "shots": config.shots,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": len(data.y_test),
+        "images_per_class": n_train / data.n_classes,
+        "data_regime": data_regime(n_train / data.n_classes),
+        "seed": config.seed,
+        "hp_lr": config.lr,
+        "hp_probe_lr": config.probe_lr,
+        "hp_epochs": config.epochs,
+        "hp_steps": config.steps,
+        "hp_total_steps": sum(p.steps for p in phases),
+        "hp_batch_size": config.batch_size,
+        "hp_optimizer": config.optimizer,
+        "hp_weight_decay": config.weight_decay,
+        "hp_img_size": config.img_size,
+        "hp_augment": config.augment,
+        "metric_top1": metrics.get("top1"),
+        "metric_macro_f1": metrics.get("macro_f1"),
+        "metric_nll": metrics.get("nll"),
+        "metric_val_top1": metrics.get("val_top1"),
+        "metric_best_val_top1": max(val_scores) if val_scores else None,
+        "feature_cache": feature_cache,
+        "train_seconds": train_seconds,
+        "images_per_second": images_seen / train_seconds if train_seconds > 0 else None,
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": device_name(device),
+        "node": socket.gethostname(),
+        "torch_version": torch.__version__,
+        "timm_version": _version("timm"),
+        "ray_version": _version("ray"),
+        "started_at": started_at,
+        "finished_at": _now(),
+    }

@@ -1,0 +1,115 @@
+"""Frozen features, computed once and shared.
+
+When a backbone's body is frozen and sees no random augmentation, its output on an image is the same for every
+trial that shares (weights, dataset, image size, preprocessing), whatever the data fraction, seed or learning
+rate. So the pooled features of *every* image of a dataset are computed once, kept in memory (and, with a
+cache folder, on disk next to the prepared dataset), and a linear probe trains its head on them: one forward
+pass per dataset instead of one per image per epoch per trial.
+
+The cache key holds everything the features depend on -- the weights' hash, the architecture, the dataset's
+fingerprint (name, root, size, preprocessing version), mean/std, and this module's version -- so a stale hit
+is impossible: change any of them and the key changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FEATURES_VERSION = 1  # bump when the way features are computed changes
+_MEMORY: dict[str, "FeatureSet"] = {}
+STATS = {"hits": 0, "misses": 0, "disk_hits": 0}
+
+
+@dataclass
+class FeatureSet:
+    """Pooled body features of one prepared dataset; rows align with the dataset's arrays."""
+
+    train: torch.Tensor  # float32 [N_train, D]
+    test: torch.Tensor  # float32 [N_test, D]
+
+    @property
+    def nbytes(self) -> int:
+        return self.train.numel() * 4 + self.test.numel() * 4
+
+
+def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
+                img_size: int) -> str:
+    blob = json.dumps({"arch": arch, "weights": weights_key, "dataset": dataset_fingerprint, "mean": list(mean),
+                       "std": list(std), "img_size": img_size, "version": FEATURES_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_features(body: nn.Module, images: np.ndarray, normalize: nn.Module, *, device: torch.device,
+                     batch_size: int = 256) -> torch.Tensor:
+    """body(normalize(images)) in eval mode, in batches; returns float32 features on the CPU."""
+    body.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        with _autocast(device):
+            outputs.append(body(normalize(batch)).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def cached_features(key: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndarray, normalize: nn.Module, *,
+                    device: torch.device, cache_dir: str | None) -> FeatureSet:
+    """The features for ``key``: from memory, else from ``cache_dir``, else computed (and stored)."""
+    if key in _MEMORY:
+        STATS["hits"] += 1
+        return _MEMORY[key]
+    path = Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            features = FeatureSet(train=stored["train"], test=stored["test"])
+            STATS["disk_hits"] += 1
+        except Exception as error:  # a torn file from a killed writer: recompute it
+            log.warning("feature cache %s unreadable (%s); recomputing", path, error)
+            features = None
+    else:
+        features = None
+    if features is None:
+        STATS["misses"] += 1
+        features = FeatureSet(train=compute_features(body, x_train, normalize, device=device),
+                              test=compute_features(body, x_test, normalize, device=device))
+        if path is not None:
+            _atomic_save({"train": features.train, "test": features.test}, path)
+    _MEMORY[key] = features
+    log.info("feature cache: key %s, %.1f MB, hits %d, misses %d", key, features.nbytes / 2**20, STATS["hits"],
+             STATS["misses"])
+    return features
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def clear_memory_cache() -> None:
+    _MEMORY.clear()
+    for name in STATS:
+        STATS[name] = 0
