@@ -20,7 +20,7 @@ OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("none", "flip", "crop_flip")
 
 # Fields that say where or how a trial runs but not what it computes: left out of trial_id.
-_PLACEMENT_FIELDS = ("suite", "cache_dir", "device", "feature_cache")
+_PLACEMENT_FIELDS = ("suite", "cache_dir", "device", "feature_cache", "download")
 
 
 @dataclass(frozen=True)

@@ -89,11 +89,16 @@ class Normalize(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # the trial
 
-def run_trial(config: TrialConfig, *, run_id: str = "") -> TrialResult:
-    """Run one trial from scratch and return its result row and evaluation rows."""
-    started_at = _now()
+def run_trial(config: TrialConfig, *, run_id: str = "",
+              data: datasets.PreparedDataset | None = None) -> TrialResult:
+    """Run one trial and return its result row and evaluation rows.
+
+    ``data`` is the prepared dataset when the caller already holds it (the Ray layer shares one copy per
+    node through the object store); otherwise it is prepared here, once per process.
+    """
+    started_at = now()
     device = resolve_device(config.device)
-    data = load_dataset(config)
+    data = data if data is not None else load_dataset(config)
     train_idx, val_idx = select_indices(data.y_train, config)
 
     torch.manual_seed(config.seed)  # the scratch baseline's random init, and anything else drawing from it
@@ -102,8 +107,9 @@ def run_trial(config: TrialConfig, *, run_id: str = "") -> TrialResult:
     normalize = Normalize(backbone.mean, backbone.std).to(device)
     backbone.body.to(device)
     backbone.head.to(device)
+    # channels_last: faster convolutions on CUDA and on CPU alike (about 3x for depthwise convs on CPU here).
+    backbone.body.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        backbone.body.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats(device)
 
     images = {
@@ -219,7 +225,7 @@ def _model_and_inputs(backbone: Backbone, phase: Phase, images: dict[str, Split]
         batch = normalize(batch)
         if train:
             batch = augmenter(batch)
-        return batch.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch
+        return batch.contiguous(memory_format=torch.channels_last)
 
     return TransferModel(backbone.body, backbone.head), images, prepare
 
@@ -337,7 +343,7 @@ def _labels(values: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values), dtype=torch.long)
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -433,5 +439,5 @@ def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | N
         "timm_version": _version("timm"),
         "ray_version": _version("ray"),
         "started_at": started_at,
-        "finished_at": _now(),
+        "finished_at": now(),
     }

@@ -1,0 +1,249 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot, no global backend switch).
+
+Why no pyplot: the report runs inside `bench report`, inside tests and inside users' notebooks; creating
+`Figure` objects directly renders with the Agg canvas and leaves the caller's backend alone. Colours are the
+Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and every series also differs
+by marker or line style, so no figure relies on colour alone. Accuracies are percentages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+VERDICT_COLOURS = {"agrees": "#009E73", "disagrees": "#D55E00", "no clear winner": "#F0E442", "not measured": "#DDDDDD"}
+PANEL_W, PANEL_H = 3.4, 2.7
+MAX_COLS = 4
+
+
+def strategy_order(strategies: list[str]) -> list[str]:
+    """linear_probe, freeze 0.75, ..., full, lp_ft, others: from most to least frozen."""
+
+    def depth(name: str) -> float:
+        if name == "linear_probe":
+            return 1.0
+        if name.startswith("freeze "):
+            return float(name.split()[1])
+        return {"full": 0.0, "lp_ft": -0.5}.get(name, -1.0)
+
+    return sorted(set(strategies), key=lambda s: (-depth(s), s))
+
+
+def style_map(keys: list[str]) -> dict[str, tuple[str, str]]:
+    return {k: (OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]) for i, k in enumerate(keys)}
+
+
+def _grid(n_panels: int, n_rows_hint: int = 1) -> tuple[Figure, list]:
+    cols = min(MAX_COLS, max(1, n_panels))
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(PANEL_W * cols + 1.6, PANEL_H * rows + 0.9), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_axis_off()
+    return fig, axes[:n_panels]
+
+
+def regime_matrix_figure(matrix: pd.DataFrame) -> Figure:
+    """The measured 2x3 matrix: one box per regime cell, coloured and labelled by its verdict."""
+    fig = Figure(figsize=(11, 5.2), layout="constrained")
+    ax = fig.subplots()
+    sims, datas = ["high", "low"], ["scarce", "limited", "sufficient"]
+    for _, row in matrix.iterrows():
+        x, y = datas.index(row["data_regime"]), 1 - sims.index(row["similarity_regime"])
+        verdict = row["verdict"]
+        ax.add_patch(_rect(x, y, VERDICT_COLOURS.get(verdict, "#DDDDDD")))
+        if verdict == "not measured":
+            lines = ["not measured", f"textbook: {row['advice']}"]
+        else:
+            ci = "" if not np.isfinite(row["ci95"]) else f" ± {row['ci95']:.1f}"
+            margin = "" if not np.isfinite(row["margin"]) else f"margin {row['margin']:+.1f} pts over {row['runner_up_strategy']}"
+            lines = [str(row["best_entry"]), f"top-1 {row['mean']:.1f}{ci} %", margin,
+                     f"textbook: {row['advice']}", f"verdict: {verdict}"]
+        ax.text(x + 0.5, y + 0.5, "\n".join(line for line in lines if line), ha="center", va="center",
+                fontsize=8.5, wrap=True)
+    ax.set_xlim(0, 3)
+    ax.set_ylim(0, 2)
+    ax.set_xticks([0.5, 1.5, 2.5], ["scarce\n(< 10 images/class)", "limited\n(10-99 images/class)",
+                                     "sufficient\n(>= 100 images/class)"])
+    ax.set_yticks([1.5, 0.5], ["high similarity", "low similarity"])
+    ax.set_xlabel("data regime (training images per class)")
+    ax.set_title("Measured regime matrix: best strategy per cell (green agrees, vermillion disagrees, "
+                 "yellow no clear winner)", fontsize=10)
+    ax.tick_params(length=0)
+    return fig
+
+
+def _rect(x: float, y: float, colour: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x + 0.02, y + 0.02), 0.96, 0.96, facecolor=colour, alpha=0.55, edgecolor="#444444")
+
+
+def learning_curves_figure(board: pd.DataFrame) -> Figure | None:
+    """Test top-1 against training images per class (log x): panel per (backbone, dataset), line per strategy."""
+    data = board[board["per_class"].notna() & (board["per_class"] > 0)]
+    if data.empty:
+        return None
+    panels = sorted(set(zip(data["backbone"], data["dataset"])))
+    styles = style_map(strategy_order(list(data["strategy"])))
+    fig, axes = _grid(len(panels))
+    for ax, (backbone, dataset) in zip(axes, panels):
+        panel = data[(data["backbone"] == backbone) & (data["dataset"] == dataset)]
+        for strategy, pretrained in [(s, p) for s in styles for p in (True, False)]:
+            line = panel[(panel["strategy"] == strategy) & (panel["pretrained"].astype(bool) == pretrained)]
+            if line.empty:
+                continue
+            line = line.sort_values("per_class")
+            colour, marker = styles[strategy]
+            ax.errorbar(line["per_class"], line["mean"], yerr=line["ci95"].fillna(0), color=colour, marker=marker,
+                        linestyle="-" if pretrained else "--", markerfacecolor=colour if pretrained else "white",
+                        capsize=2, label=f"{strategy}{'' if pretrained else ' (scratch)'}")
+        _log_x(ax)
+        ax.set_title(f"{dataset} · {backbone}", fontsize=9)
+        ax.set_xlabel("training images per class (log scale)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    return fig
+
+
+def pretraining_gain_figure(gains: pd.DataFrame) -> Figure | None:
+    """Pretrained minus scratch top-1 (points) against training images per class, per (backbone, dataset)."""
+    if gains.empty:
+        return None
+    panels = sorted(set(zip(gains["backbone"], gains["dataset"])))
+    styles = style_map(strategy_order(list(gains["strategy"])))
+    fig, axes = _grid(len(panels))
+    for ax, (backbone, dataset) in zip(axes, panels):
+        panel = gains[(gains["backbone"] == backbone) & (gains["dataset"] == dataset)]
+        for strategy in styles:
+            line = panel[panel["strategy"] == strategy].sort_values("per_class")
+            if line.empty:
+                continue
+            colour, marker = styles[strategy]
+            ax.errorbar(line["per_class"], line["mean"], yerr=line["ci95"].fillna(0), color=colour, marker=marker,
+                        capsize=2, label=strategy)
+        ax.axhline(0, color="#444444", linewidth=0.8)
+        _log_x(ax)
+        ax.set_title(f"{dataset} · {backbone}", fontsize=9)
+        ax.set_xlabel("training images per class (log scale)")
+        ax.set_ylabel("pretrained − scratch top-1 (points)")
+        ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    return fig
+
+
+def freeze_profile_figure(profile: pd.DataFrame) -> Figure | None:
+    """Top-1 against frozen share of the backbone, one line per data size, panel per (backbone, dataset)."""
+    if profile.empty:
+        return None
+    panels = sorted(set(zip(profile["backbone"], profile["dataset"])))
+    sizes = profile.sort_values("per_class")["size_label"].drop_duplicates().tolist()
+    styles = style_map(sizes)
+    fig, axes = _grid(len(panels))
+    for ax, (backbone, dataset) in zip(axes, panels):
+        panel = profile[(profile["backbone"] == backbone) & (profile["dataset"] == dataset)]
+        for size in styles:
+            line = panel[panel["size_label"] == size].sort_values("frozen")
+            if line.empty:
+                continue
+            colour, marker = styles[size]
+            ax.errorbar(line["frozen"], line["mean"], yerr=line["ci95"].fillna(0), color=colour, marker=marker,
+                        capsize=2, label=size)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_title(f"{dataset} · {backbone}", fontsize=9)
+        ax.set_xlabel("frozen share of backbone (0 = full FT, 1 = probe)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    return fig
+
+
+def pareto_front(seconds: pd.Series, accuracy: pd.Series) -> pd.Series:
+    """True where no other point is at least as fast and strictly more accurate (or as accurate and faster)."""
+    order = np.lexsort((-accuracy.to_numpy(), seconds.to_numpy()))
+    on_front = np.zeros(len(seconds), dtype=bool)
+    best = -np.inf
+    for i in order:
+        if accuracy.iloc[i] > best:
+            on_front[i] = True
+            best = accuracy.iloc[i]
+    return pd.Series(on_front, index=seconds.index)
+
+
+def cost_figure(cost: pd.DataFrame) -> Figure | None:
+    """Top-1 against mean train seconds (log x) per dataset at its largest data size; Pareto front marked."""
+    cost = cost[cost["train_seconds_mean"].notna() & (cost["train_seconds_mean"] > 0)]
+    if cost.empty:
+        return None
+    datasets = sorted(cost["dataset"].unique())
+    styles = style_map(strategy_order(list(cost["strategy"])))
+    fig, axes = _grid(len(datasets))
+    for ax, dataset in zip(axes, datasets):
+        panel = cost[cost["dataset"] == dataset]
+        for _, point in panel.iterrows():
+            colour, marker = styles[point["strategy"]]
+            ax.errorbar(point["train_seconds_mean"], point["mean"], yerr=0 if pd.isna(point["ci95"]) else point["ci95"],
+                        color=colour, marker=marker, markerfacecolor=colour if point["pretrained"] else "white",
+                        linestyle="none", capsize=2,
+                        label=f"{point['strategy']}{'' if point['pretrained'] else ' (scratch)'}")
+        front = panel[panel["pareto"]].sort_values("train_seconds_mean")
+        ax.step(front["train_seconds_mean"], front["mean"], where="post", color="#444444", linewidth=1,
+                linestyle=":", label="Pareto front")
+        for _, point in front.iterrows():
+            ax.annotate(point["backbone"], (point["train_seconds_mean"], point["mean"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        _log_x(ax)
+        ax.set_title(f"{dataset} ({panel['data'].iloc[0]} of the training data)", fontsize=9)
+        ax.set_xlabel("train time per trial (s, log scale)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    return fig
+
+
+def transferability_figure(points: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title: str) -> Figure | None:
+    points = points[points[x].notna() & points[y].notna()]
+    if points.empty:
+        return None
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    styles = style_map(sorted(points["dataset"].unique()))
+    for dataset, group in points.groupby("dataset"):
+        colour, marker = styles[dataset]
+        ax.scatter(group[x], group[y], color=colour, marker=marker, label=dataset)
+        for _, p in group.iterrows():
+            ax.annotate(p["backbone"], (p[x], p[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _log_x(ax) -> None:
+    """Log x axis labelled in plain numbers at 1-2-5 steps (no overlapping minor labels)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _legend(fig: Figure, axes: list) -> None:
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if handles:
+        fig.legend([handles[label] for label in labels], labels, loc="outside right upper", fontsize=7,
+                   title="solid = pretrained, dashed/hollow = scratch" if any("scratch" in lb for lb in labels) else None,
+                   title_fontsize=7)

@@ -1,0 +1,135 @@
+"""The ``bench`` command: parse, set up, run, clean up (DESIGN.md "Command line").
+
+Exit codes: 0 every trial finished; 1 the run finished but some trials failed; 2 bad input (nothing was run,
+one line on stderr, no traceback); anything else is an internal error and keeps its traceback.
+Heavy imports (torch, Ray) happen inside the commands, so ``bench validate`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.errors import UserError
+
+EMBEDDED_DEFAULT = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.suite import load_suite
+
+    suite = load_suite(args.suite, smoke=args.smoke)
+    from bench import tune  # imports Ray: only once the suite is known to be valid
+
+    summary = tune.run_suite(suite, out=Path(args.out), address=args.address, resume=args.resume,
+                             num_cpus=args.num_cpus, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    _print_leaderboard(summary.run_dir)
+    print(f"bench: {summary.ok} ok, {summary.diverged} diverged, {summary.failed} failed, "
+          f"{summary.skipped} already done; {summary.seconds:.0f} s; nodes: {', '.join(sorted(summary.nodes)) or '-'}")
+    print(f"bench: run folder: {summary.run_dir}")
+    return summary.exit_code
+
+
+def _print_leaderboard(run_dir: Path) -> None:
+    from bench import leaderboard, results
+
+    if not (run_dir / results.TRIALS_FILE).exists():
+        return
+    data = results.load_runs([run_dir])
+    print(leaderboard.run_summary(data.trials))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from bench.suite import load_suite
+
+    suite = load_suite(args.suite, smoke=args.smoke)
+    print(f"{args.suite}: suite '{suite.name}' is valid: {suite.trial_count()} trials")
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from bench import leaderboard
+
+    print(leaderboard.leaderboard_command(args.run_dirs, by=args.by, fmt=args.format))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bench import report
+
+    path = report.report_command(args.run_dirs, out=Path(args.out) if args.out else None)
+    print(f"bench: report written to {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.what == "backbones":
+        from bench.backbones import list_backbones
+
+        for row in list_backbones(args.pattern, all_timm=args.all):
+            print(f"{row.name:48s} {row.family:12s} {'offline' if row.offline else 'download':9s} {row.note}")
+    else:
+        from bench.datasets import list_datasets
+
+        for entry in list_datasets(args.pattern):
+            print(f"{entry.name:16s} {entry.group:12s} {'offline' if entry.offline else 'download':9s} "
+                  f"{entry.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Transfer-learning benchmarks on Ray Tune.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a suite on a local Ray or an existing cluster")
+    run.add_argument("suite", nargs="?", default=str(EMBEDDED_DEFAULT), help="suite file (default: smoke.yaml)")
+    run.add_argument("--out", default="results", help="output folder (default: results/)")
+    run.add_argument("--smoke", action="store_true", help="merge the suite's smoke: block over it")
+    run.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); "
+                                                     "default: RAY_ADDRESS or a local Ray")
+    run.add_argument("--resume", action="store_true", help="finish the newest run of this suite under --out")
+    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    run.add_argument("--cache-dir", default=None, help="prepared datasets and features (default: OUT/.cache)")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check a suite file and print its trial count")
+    validate.add_argument("suite")
+    validate.add_argument("--smoke", action="store_true")
+    validate.set_defaults(handler=_validate)
+
+    board = commands.add_parser("leaderboard", help="ranked tables, mean and 95%% CI over seeds")
+    board.add_argument("run_dirs", nargs="+")
+    board.add_argument("--by", choices=("dataset", "regime"), default="dataset")
+    board.add_argument("--format", choices=("md", "csv"), default="md")
+    board.set_defaults(handler=_leaderboard)
+
+    report = commands.add_parser("report", help="write report/report.html, report.md and figures")
+    report.add_argument("run_dirs", nargs="+")
+    report.add_argument("--out", default=None, help="report folder (default: <first run>/report)")
+    report.set_defaults(handler=_report)
+
+    listing = commands.add_parser("list", help="what the registries hold")
+    listing.add_argument("what", choices=("backbones", "datasets"))
+    listing.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'timm:resnet*'")
+    listing.add_argument("--all", action="store_true", help="every timm/torchvision model, not only cached ones")
+    listing.set_defaults(handler=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished trials are in the run folder (bench run --resume to go on)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""The research report: the measured regime matrix beside the textbook one, and the evidence behind it.
+
+Why: a leaderboard says who won; a researcher also needs to see how the answer moves with data size, what
+pretraining buys, how deep to freeze, what it costs, whether cheap transferability estimates predict the
+outcome, and enough of the suite and environment to reproduce or distrust the numbers. `write_report` turns
+one or more run folders into report/report.html (self-contained, offline), report/report.md and
+report/figures/*.png. All statistics come from `bench.leaderboard`, so the report and `bench leaderboard`
+never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from scipy import stats as st
+
+import bench
+from bench import _report_figures as figs
+from bench._report_render import Document, save_figures, to_html, to_markdown
+from bench.errors import UserError
+from bench.leaderboard import (
+    CELL,
+    DEFAULT_THRESHOLDS,
+    DataThresholds,
+    display_leaderboard,
+    display_matrix,
+    display_overall,
+    excluded_trials,
+    leaderboard,
+    overall_ranking,
+    pct,
+    prepare,
+    regime_matrix,
+    seed_stats,
+    select_hparams,
+)
+from bench.results import RunData, load_runs
+
+TITLE = "Transfer-learning benchmark report"
+
+
+def report_command(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """`bench report RUN_DIR... [--out DIR]`: write the report; return the path of report.html."""
+    return write_report(run_dirs, out)
+
+
+def write_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    thresholds: DataThresholds = DEFAULT_THRESHOLDS,
+) -> Path:
+    """Load the runs, write `<out_dir>/report.html`, `report.md` and `figures/*.png`; return report.html.
+
+    `out_dir` defaults to `<first run dir>/report`. Earlier figures in that folder are replaced.
+    """
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    if not run_dirs:
+        raise UserError("bench report: give at least one run folder")
+    data = load_runs(run_dirs)
+    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+    figures_dir = out / "figures"
+    if figures_dir.is_dir():
+        for old in figures_dir.glob("*.png"):
+            old.unlink()
+    doc = build_report(data, thresholds)
+    paths = save_figures(doc, figures_dir)
+    (out / "report.md").write_text(to_markdown(doc), encoding="utf-8")
+    html_path = out / "report.html"
+    html_path.write_text(to_html(doc, paths), encoding="utf-8")
+    return html_path
+
+
+def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -> Document:
+    """The report as a `Document` (sections 1-7 of issue 4), ready to render."""
+    trials = data.trials
+    prepared = prepare(trials, thresholds)
+    selected = select_hparams(prepared)
+    board = leaderboard(trials, by="dataset", thresholds=thresholds)
+    doc = Document(TITLE)
+    _overview(doc, data, prepared, thresholds)
+    _section_matrix(doc, trials, prepared, thresholds)
+    _section_learning_curves(doc, board)
+    _section_pretraining(doc, selected)
+    _section_freeze(doc, board, selected, thresholds)
+    _section_cost(doc, trials, board, thresholds)
+    _section_transferability(doc, prepared, selected)
+    _section_reproduce(doc, data)
+    return doc
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+def _overview(doc: Document, data: RunData, prepared: pd.DataFrame, thresholds: DataThresholds) -> None:
+    trials = data.trials
+    counts = trials["status"].value_counts()
+    status = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "diverged"))
+    doc.para(
+        f"{len(trials)} trials ({status}) from {len(data.run_dirs)} run folder(s): "
+        + ", ".join(f"`{d}`" for d in data.run_dirs)
+        + f". Datasets: {', '.join(sorted(map(str, trials['dataset'].dropna().unique())))}. "
+        f"Backbones: {', '.join(sorted(map(str, trials['backbone'].dropna().unique())))}. "
+        f"Written by bench {bench.__version__}."
+    )
+    doc.para(
+        "How to read the numbers: accuracies are test top-1 in percent, averaged over seeds, with a 95% "
+        "Student-t interval of the mean (mean ± t(0.975, n-1)·sd/√n); one seed gives no interval. An entry is "
+        "(backbone, pretrained or scratch, strategy); a cell is (dataset, data size). Where a suite swept a "
+        "hyperparameter, each cell keeps the setting with the best validation top-1 and reports its test "
+        "accuracy; test accuracy never selects anything. Entries whose intervals overlap share a rank (\"=1\"). "
+        f"Data regimes come from training images per class: scarce < {thresholds.limited:g} ≤ limited < "
+        f"{thresholds.sufficient:g} ≤ sufficient. Failed and diverged trials are excluded from every statistic "
+        "and listed in section 7."
+    )
+    if data.problems:
+        doc.para("**Problems met while reading the runs** (whatever could be read is reported):")
+        doc.bullets(data.problems)
+
+
+def _section_matrix(doc: Document, trials: pd.DataFrame, prepared: pd.DataFrame, thresholds: DataThresholds) -> None:
+    doc.heading("1. The regime matrix, measured")
+    matrix = regime_matrix(trials, thresholds=thresholds)
+    doc.para("The textbook advice (the project's starting notes):")
+    doc.table(pd.DataFrame({
+        "": ["high similarity to ImageNet", "low similarity"],
+        "plenty of labels": ["freeze the backbone, train the head (feature extraction)", "fine-tune (train everything)"],
+        "few labels": ["freeze the backbone, train the head only", "hard: risk of overfitting; no safe recipe"],
+    }))
+    doc.figure("regime_matrix", figs.regime_matrix_figure(matrix),
+               "Measured regime matrix. Each box: the best entry, its test top-1 with 95% interval, its margin "
+               "over the best entry of another strategy, the textbook advice and the verdict.",
+               alt="Regime matrix: similarity (high, low) by data regime (scarce, limited, sufficient)")
+    doc.table(display_matrix(matrix))
+    doc.para(
+        "Verdict rule. Where the textbook advises a strategy (high similarity: linear probe; low similarity with "
+        "sufficient data: full fine-tuning or lp_ft), the best entry that follows the advice is compared with "
+        "the best entry that does not: **agrees** when the advised one is higher and the 95% intervals do not "
+        "overlap, **disagrees** when the other one is higher beyond the intervals, **no clear winner** when "
+        "they overlap or a single seed leaves no interval. Where the textbook has no safe recipe (low "
+        "similarity, scarce or limited data), the verdict **agrees** when the best strategy's interval overlaps "
+        "the runner-up's (no strategy reliably better), and **disagrees** when one strategy wins beyond the "
+        "intervals (a recipe exists there). Scratch training counts as a strategy other than the advised one. "
+        "Within a regime cell each entry is averaged, per seed, over the (dataset, data size) cells common to "
+        "all its entries, so strategies are compared on the same data."
+    )
+    declared = prepared[prepared["similarity_source"] == "declared"]["dataset"].unique()
+    if len(declared):
+        doc.para(
+            "Similarity regime: not measured for " + ", ".join(f"`{d}`" for d in sorted(declared))
+            + "; their declared VTAB group stands in (natural = high, specialized and structured = low)."
+        )
+    unknown = prepared[prepared["similarity_regime"].isna()]["dataset"].unique()
+    if len(unknown):
+        doc.para("Left out of the matrix (no similarity and no declared group): "
+                 + ", ".join(f"`{d}`" for d in sorted(unknown)) + ".")
+    regime_board = leaderboard(trials, by="regime", thresholds=thresholds)
+    if not regime_board.empty:
+        doc.heading("Ranking inside each regime cell", 3)
+        doc.table(display_leaderboard(regime_board))
+
+
+def _section_learning_curves(doc: Document, board: pd.DataFrame) -> None:
+    doc.heading("2. Learning curves over data size")
+    fig = figs.learning_curves_figure(board)
+    if fig is None:
+        doc.para("No cell records its training-set size (n_train / n_classes), so no learning curve can be drawn.")
+        return
+    sizes = board.groupby("dataset")["per_class"].nunique()
+    if (sizes < 2).all():
+        doc.para("Each dataset was run at a single data size, so every curve is a single point.")
+    doc.figure("learning_curves", fig,
+               "Test top-1 (mean over seeds, bars: 95% interval) against training images per class (log scale); "
+               "one line per strategy (freeze depth); solid/filled = ImageNet-pretrained, dashed/hollow = scratch.")
+
+
+def pretraining_gain(selected: pd.DataFrame) -> pd.DataFrame:
+    """Pretrained minus scratch test top-1 per (cell, backbone, strategy), paired by seed (same data subset)."""
+    if selected.empty or selected["pretrained"].nunique() < 2:
+        return pd.DataFrame()
+    keys = CELL + ["per_class", "backbone", "strategy", "seed"]
+    per_seed = selected.groupby(keys + ["pretrained"], dropna=False)["metric_top1"].mean().unstack("pretrained")
+    if True not in per_seed or False not in per_seed:
+        return pd.DataFrame()
+    diff = (per_seed[True] - per_seed[False]).dropna().rename("gain").reset_index()
+    rows = []
+    for key, group in diff.groupby(keys[:-1], dropna=False):
+        rows.append({**dict(zip(keys[:-1], key)), **seed_stats(group["gain"])})
+    return pd.DataFrame(rows)
+
+
+def _section_pretraining(doc: Document, selected: pd.DataFrame) -> None:
+    doc.heading("3. What pretraining buys")
+    gains = pretraining_gain(selected)
+    if gains.empty:
+        doc.para("These runs hold no scratch twin (`pretrained: false`) of a pretrained entry, so the gain of "
+                 "pretraining cannot be measured.")
+        return
+    doc.figure("pretraining_gain", figs.pretraining_gain_figure(gains),
+               "ImageNet-pretrained minus from-scratch test top-1 (percentage points), same backbone, strategy, "
+               "data subset and seed; mean over seeds with 95% interval, against training images per class.")
+    table = gains.sort_values(["dataset", "per_class", "backbone", "strategy"])
+    doc.table(pd.DataFrame({
+        "dataset": table["dataset"], "data": table["data"], "backbone": table["backbone"],
+        "strategy": table["strategy"], "gain (pts, 95% CI)": [pct(m, h) for m, h in zip(table["mean"], table["ci95"])],
+        "seeds": table["n_seeds"],
+    }))
+
+
+def freeze_profile(board: pd.DataFrame, selected: pd.DataFrame, thresholds: DataThresholds) -> pd.DataFrame:
+    """Pretrained entries without lp_ft, with their frozen share (frozen_param_fraction, else freeze depth)."""
+    frozen_source = "frozen_param_fraction" if selected.get("frozen_param_fraction", pd.Series(dtype=float)).notna().any() else "freeze"
+    if frozen_source not in selected:
+        return pd.DataFrame()
+    frozen = (selected.assign(_f=pd.to_numeric(selected[frozen_source], errors="coerce"))
+              .groupby(CELL + ["entry"])["_f"].mean().rename("frozen").reset_index())
+    profile = board[board["pretrained"].astype(bool) & (board["strategy"] != "lp_ft")].merge(frozen, on=CELL + ["entry"])
+    profile = profile[profile["frozen"].notna()]
+    profile["size_label"] = [f"{d} ({thresholds.regime(p) or 'size unknown'})" for d, p in zip(profile["data"], profile["per_class"])]
+    return profile
+
+
+def _section_freeze(doc: Document, board: pd.DataFrame, selected: pd.DataFrame, thresholds: DataThresholds) -> None:
+    doc.heading("4. Freeze-depth profile")
+    profile = freeze_profile(board, selected, thresholds)
+    fig = figs.freeze_profile_figure(profile) if not profile.empty else None
+    if fig is None:
+        doc.para("No pretrained entry with a known freeze depth.")
+        return
+    doc.figure("freeze_profile", fig,
+               "Test top-1 against the frozen share of the backbone's parameters (0 = full fine-tuning, 1 = linear "
+               "probe), one line per data size (its data regime in brackets); pretrained backbones; lp_ft is left "
+               "out (it ends fully fine-tuned, see the leaderboards).")
+
+
+def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thresholds: DataThresholds) -> None:
+    doc.heading("5. Backbone leaderboard and cost")
+    overall = overall_ranking(trials, thresholds=thresholds)
+    doc.para("Across datasets: mean rank (each dataset weighs the same; within a dataset, ranks averaged over its "
+             "data sizes) and mean test top-1 in logit space mapped back to percent (Kornblith et al. 2019).")
+    doc.table(display_overall(overall))
+    doc.heading("Per dataset and data size", 3)
+    doc.table(display_leaderboard(board))
+    if "train_seconds_mean" not in board:
+        return
+    largest = board[board["per_class"] == board.groupby("dataset")["per_class"].transform("max")].copy()
+    if largest.empty:
+        return
+    largest["pareto"] = False
+    for _, group in largest.groupby("dataset"):
+        ok = group["train_seconds_mean"].notna()
+        largest.loc[group[ok].index, "pareto"] = figs.pareto_front(group.loc[ok, "train_seconds_mean"], group.loc[ok, "mean"])
+    fig = figs.cost_figure(largest)
+    if fig is not None:
+        doc.figure("cost", fig,
+                   "Accuracy against cost: test top-1 against mean train time per trial (seconds, log scale) at "
+                   "each dataset's largest data size; the dotted step line is the Pareto front (no other entry is "
+                   "both faster and more accurate).")
+        front = largest[largest["pareto"]].sort_values(["dataset", "train_seconds_mean"])
+        doc.table(pd.DataFrame({
+            "dataset": front["dataset"], "data": front["data"], "entry (Pareto-optimal)": front["entry"],
+            "top-1 % (95% CI)": [pct(m, h) for m, h in zip(front["mean"], front["ci95"])],
+            "train s": front["train_seconds_mean"].map("{:.1f}".format),
+        }))
+
+
+def transferability_points(prepared: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, backbone) at the dataset's largest data size: the estimates and the measured outcomes."""
+    measured = [c for c in ("similarity_score", "transferability") if c in prepared and prepared[c].notna().any()]
+    if not measured or selected.empty:
+        return pd.DataFrame()
+    pretrained = selected[selected["pretrained"].astype(bool)]
+    largest = pretrained[pretrained["per_class"] == pretrained.groupby("dataset")["per_class"].transform("max")]
+    cell = largest.groupby(["dataset", "backbone", "entry", "strategy"])["metric_top1"].mean().reset_index()
+    best = cell.groupby(["dataset", "backbone"])["metric_top1"].max().rename("best_top1")
+    probe = cell[cell["strategy"] == "linear_probe"].groupby(["dataset", "backbone"])["metric_top1"].max().rename("probe_top1")
+    estimates = prepared.groupby(["dataset", "backbone"])[measured].mean()
+    points = estimates.join(best, how="inner").join(probe, how="left")
+    gains = pretraining_gain(selected)
+    if not gains.empty:
+        top = gains[gains["per_class"] == gains.groupby("dataset")["per_class"].transform("max")]
+        points = points.join(top.groupby(["dataset", "backbone"])["mean"].max().rename("pretraining_gain"), how="left")
+    return points.reset_index()
+
+
+def rank_correlations(points: pd.DataFrame) -> pd.DataFrame:
+    """Spearman rho (and p) of each estimate against each outcome, per dataset (>= 3 backbones) and pooled."""
+    pairs = [("transferability", "probe_top1"), ("transferability", "best_top1"),
+             ("similarity_score", "best_top1"), ("similarity_score", "pretraining_gain")]
+    rows = []
+    for estimate, outcome in pairs:
+        if estimate not in points or outcome not in points:
+            continue
+        for scope, group in [("all (dataset, backbone) pairs", points)] + list(points.groupby("dataset")):
+            usable = group[[estimate, outcome]].dropna()
+            if len(usable) < 3 or usable[estimate].nunique() < 2 or usable[outcome].nunique() < 2:
+                continue
+            rho, p = st.spearmanr(usable[estimate], usable[outcome])
+            rows.append({"estimate": estimate, "outcome": outcome, "scope": scope, "n": len(usable),
+                         "spearman rho": round(float(rho), 3), "p": float(p)})
+    return pd.DataFrame(rows)
+
+
+def _section_transferability(doc: Document, prepared: pd.DataFrame, selected: pd.DataFrame) -> None:
+    doc.heading("6. Transferability estimates against outcomes")
+    points = transferability_points(prepared, selected)
+    if points.empty:
+        doc.para("Similarity and transferability were not measured in these runs (the `similarity_score` and "
+                 "`transferability` columns are empty), so there is nothing to compare with the outcomes.")
+        return
+    doc.para("Each point is one (dataset, backbone) pair at the dataset's largest data size: the estimate computed "
+             "before training against the measured test top-1 (best pretrained strategy, and linear probe) and "
+             "the gain of pretraining. Rank correlations per dataset need at least three backbones; the pooled "
+             "one also mixes datasets of different difficulty.")
+    correlations = rank_correlations(points)
+    doc.table(correlations if not correlations.empty else pd.DataFrame({"note": ["fewer than 3 points to correlate"]}))
+    if "transferability" in points:
+        doc.figure("transferability", figs.transferability_figure(
+            points, "transferability", "best_top1", "transferability estimate (LogME, higher = better)",
+            "best pretrained test top-1 (%)", "Transferability estimate against measured accuracy"),
+            "Transferability of the frozen features against the best measured test top-1, per (dataset, backbone).")
+    if "similarity_score" in points and "pretraining_gain" in points:
+        doc.figure("similarity_gain", figs.transferability_figure(
+            points, "similarity_score", "pretraining_gain", "source-domain similarity score",
+            "pretrained − scratch top-1 (points)", "Similarity to ImageNet against what pretraining buys"),
+            "Measured similarity to the pretraining data against the gain of pretraining, per (dataset, backbone).")
+    doc.table(points.round(3))
+
+
+def _section_reproduce(doc: Document, data: RunData) -> None:
+    doc.heading("7. Suite, environment and failed trials")
+    for run_dir in data.run_dirs:
+        key = str(run_dir)
+        doc.heading(f"Run `{run_dir}`", 3)
+        env = data.envs.get(key) or {}
+        if env:
+            packages = env.get("packages") or {}
+            facts = {k: env.get(k) for k in ("started_at", "bench_version", "git_sha", "python", "platform", "host",
+                                              "cpu_count", "memory_gb", "cuda", "gpus") if env.get(k) not in (None, "", [])}
+            facts.update({f"package {k}": v for k, v in packages.items() if v})
+            sessions = env.get("sessions")
+            if isinstance(sessions, list) and len(sessions) > 1:
+                facts["sessions (resumes)"] = len(sessions)
+            doc.table(pd.DataFrame({"environment": list(facts), "value": [json.dumps(v) if isinstance(v, (list, dict))
+                                                                           else str(v) for v in facts.values()]}))
+        else:
+            doc.para("No env.json in this run folder.")
+        suite = data.suites.get(key) or {}
+        if suite:
+            doc.para("Resolved suite (rerun it with `bench run` to reproduce):")
+            doc.pre(yaml.safe_dump(suite, sort_keys=False).strip())
+        else:
+            doc.para("No suite.yaml in this run folder.")
+    excluded = excluded_trials(data.trials)
+    doc.heading("Failed and diverged trials", 3)
+    if excluded.empty:
+        doc.para("None: every trial finished with a test accuracy.")
+    else:
+        doc.para(f"{len(excluded)} trial(s) left out of every statistic above:")
+        doc.table(excluded)
+    if data.problems:
+        doc.heading("Unreadable or incomplete files", 3)
+        doc.bullets(data.problems)

@@ -1,0 +1,154 @@
+"""Run folders: where a run lives, who may write it, and what it records about its environment.
+
+``<out>/<suite name>/<run id>/`` holds ``suite.yaml`` (resolved), ``env.json``, ``trials.parquet`` and
+``epochs.parquet``. A run id is a UTC timestamp, so folders sort by start time and ``--resume`` picks the newest.
+A lock file stops two ``bench run`` processes from writing one folder at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import yaml
+
+import bench
+from bench.errors import UserError
+
+LOCK_FILE = ".lock"
+PACKAGES = ("torch", "torchvision", "timm", "ray", "numpy", "pandas", "pyarrow", "scikit-learn", "pydantic")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def suite_folder(out: Path, suite_name: str) -> Path:
+    folder = (out / suite_name).resolve()
+    if out.resolve() not in folder.parents:  # suite names are validated; this is the last line of defence
+        raise UserError(f"suite name '{suite_name}' would write outside '{out}'")
+    return folder
+
+
+def latest_run(out: Path, suite_name: str) -> Path | None:
+    folder = suite_folder(out, suite_name)
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() \
+        else []
+    return runs[-1] if runs else None
+
+
+def create_run_dir(out: Path, suite_name: str) -> Path:
+    folder = suite_folder(out, suite_name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the output folder '{folder}': {error.strerror}") from None
+    run_id = new_run_id()
+    run_dir = folder / run_id
+    suffix = 1
+    while run_dir.exists():  # two runs started within one second
+        run_dir = folder / f"{run_id}-{suffix}"
+        suffix += 1
+    run_dir.mkdir()
+    return run_dir
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``<run_dir>/.lock``; released when the process dies."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"run folder '{self.path.parent}' is in use by another bench run "
+                            f"(lock {self.path}); wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+
+
+def write_suite(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """Save the resolved suite; on resume the file already exists and must describe the same suite."""
+    path = run_dir / "suite.yaml"
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    if path.exists():
+        if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
+            raise UserError(f"cannot resume '{run_dir}': the suite has changed since that run started "
+                            f"(compare {path}); start a new run without --resume")
+        return
+    _atomic_write_text(path, text)
+
+
+def write_env(run_dir: Path, cluster: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions, hardware and git sha of the driver; appended to ``env.json`` as a list (one per session)."""
+    env = {
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bench_version": bench.__version__,
+        "git_sha": _git_sha(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "packages": {name: _version(name) for name in PACKAGES},
+        "cluster": cluster or {},
+        "argv": sys.argv,
+    }
+    path = run_dir / "env.json"
+    sessions = []
+    if path.exists():
+        try:
+            loaded = json.loads(path.read_text())
+            sessions = loaded if isinstance(loaded, list) else [loaded]
+        except (json.JSONDecodeError, OSError):
+            sessions = []
+    _atomic_write_text(path, json.dumps(sessions + [env], indent=2))
+    return env
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_sha() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bench.__file__).parent, capture_output=True,
+                                text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

@@ -1,0 +1,274 @@
+"""Ray Tune runs a suite: the only module that imports Ray.
+
+The driver expands the suite into trial configs, prepares each dataset once (decoded, resized) and puts it in
+Ray's object store, then hands the trials to ``tune.Tuner`` as a grid. Each trial calls the shared core,
+``bench.core.run_trial``, in a worker, and reports its result row back to the driver. A driver-side callback
+writes every finished row at once (atomically) into the run folder's Parquet tables, whichever node ran the
+trial: workers never need to see the run folder.
+
+Failures: a trial whose input is wrong (``UserError``: a missing dataset root, corrupt weights) becomes a
+``failed`` row at once, since a retry would fail the same way. Any other exception (out of memory, a lost
+worker node) is retried by Tune up to ``max_failures`` times; if it still fails, its row says why.
+Resume is ours, not Tune's: the run folder's rows say which trials are done, and only the rest run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from bench import core, results, runs
+from bench.config import TrialConfig
+from bench.datasets import PreparedDataset, prepare_dataset
+from bench.errors import UserError
+from bench.suite import Suite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    total: int
+    skipped: int  # already ok in the run folder (resume)
+    ok: int = 0
+    failed: int = 0
+    diverged: int = 0
+    seconds: float = 0.0
+    nodes: set[str] = field(default_factory=set)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker side
+
+def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str) -> None:
+    """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows."""
+    config = TrialConfig.from_dict(params["trial"])
+    data = ray.get(datasets[_dataset_key(config)])
+    try:
+        result = core.run_trial(config, run_id=run_id, data=data)
+        row, epochs = result.row, result.epochs
+    except UserError as error:  # the same input would fail again: a failed row, no retry
+        row, epochs = _failed_row(config, run_id, str(error)), []
+    row["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    tune.report({"status": row["status"], "row_json": json.dumps(row, default=str),
+                 "epochs_json": json.dumps(epochs, default=str)})
+
+
+def _dataset_key(config: TrialConfig) -> str:
+    return json.dumps([config.dataset, config.img_size, config.dataset_root])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# driver side
+
+class _RowWriter(tune.Callback):
+    """Writes each trial's row the moment it arrives, and prints one progress line per finished trial."""
+
+    def __init__(self, run_dir: Path, run_id: str, summary: RunSummary, pending: int) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.summary = summary
+        self.pending = pending
+        self.started = time.monotonic()
+        self.running = 0
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running = sum(1 for t in trials if t.status == "RUNNING")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = json.loads(result["row_json"])
+        epochs = json.loads(result["epochs_json"])
+        write_rows(self.run_dir, [row], {row["trial_id"]: epochs})
+        self._count(row, trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        config = TrialConfig.from_dict(trial.config["trial"])
+        message = _error_message(trial)
+        row = _failed_row(config, self.run_id, message)
+        write_rows(self.run_dir, [row], {})
+        self._count(row, trials)
+
+    def _count(self, row: dict[str, Any], trials: list) -> None:
+        status = row["status"]
+        setattr(self.summary, status, getattr(self.summary, status) + 1)
+        if row.get("node"):
+            self.summary.nodes.add(row["node"])
+        self.running = sum(1 for t in trials if t.status == "RUNNING")
+        done = self.summary.ok + self.summary.failed + self.summary.diverged
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / done * (self.pending - done) if done else float("nan")
+        label = f"{row['backbone']}{'' if row.get('pretrained') in (True, None) else '(scratch)'} " \
+                f"{row['dataset']} freeze={row['freeze']} " \
+                f"{'shots=' + str(row['shots']) if row.get('shots') else 'frac=' + str(row['data_fraction'])} " \
+                f"seed={row['seed']}"
+        outcome = f"top1={row['metric_top1']:.1f}" if row.get("metric_top1") is not None else status.upper()
+        print(f"[{_clock(elapsed)}] {done}/{self.pending} done, {self.summary.failed} failed, "
+              f"{max(0, self.running - 1)} running, eta {_clock(eta)} | {label}: {outcome}", flush=True)
+
+
+def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> None:
+    written = results.upsert_trials(run_dir / results.TRIALS_FILE, rows)
+    for trial_id in written:
+        if epochs.get(trial_id):
+            results.replace_epochs(run_dir / results.EPOCHS_FILE, trial_id, epochs[trial_id])
+
+
+def _failed_row(config: TrialConfig, run_id: str, error: str) -> dict[str, Any]:
+    """The row of a trial that produced no result: its identity, hyperparameters and why it failed."""
+    now = core.now()
+    return {
+        "suite": config.suite, "run_id": run_id, "trial_id": config.trial_id, "status": "failed",
+        "error": error, "backbone": config.backbone, "pretrained": config.pretrained, "dataset": config.dataset,
+        "freeze": str(config.freeze), "strategy": config.strategy, "freeze_depth": config.freeze_fraction,
+        "data_fraction": config.data_fraction, "shots": config.shots, "seed": config.seed, "hp_lr": config.lr,
+        "hp_epochs": config.epochs, "hp_steps": config.steps, "hp_batch_size": config.batch_size,
+        "hp_optimizer": config.optimizer, "hp_weight_decay": config.weight_decay, "hp_img_size": config.img_size,
+        "hp_augment": config.augment, "started_at": now, "finished_at": now,
+    }
+
+
+def _error_message(trial: Any) -> str:
+    error = getattr(trial, "error_msg", None) or ""
+    if not error and getattr(trial, "error_file", None):
+        try:
+            error = Path(trial.error_file).read_text()
+        except OSError:
+            error = ""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "trial failed without an error message")[:500]
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _connect(address: str | None, num_cpus: int | None) -> dict[str, Any]:
+    """Start a local Ray for this run, or join an existing cluster (``--address`` / ``RAY_ADDRESS``)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet, not CSV/TensorBoard
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                                  "configure_logging": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return {"address": address or "local", "nodes": len(nodes), "resources": ray.cluster_resources()}
+
+
+def run_suite(suite: Suite, *, out: Path, address: str | None = None, resume: bool = False,
+              num_cpus: int | None = None, cache_dir: Path | None = None) -> RunSummary:
+    """Run every trial of ``suite`` that has no ``ok`` row yet; return the counts."""
+    out = Path(out)
+    if resume:
+        run_dir = runs.latest_run(out, suite.name)
+        if run_dir is None:
+            raise UserError(f"nothing to resume: no run of suite '{suite.name}' under '{out}'")
+    else:
+        run_dir = runs.create_run_dir(out, suite.name)
+    run_id = run_dir.name
+    with runs.RunLock(run_dir):
+        runs.write_suite(run_dir, suite.resolved)
+        done_ids = _finished_ids(run_dir)
+        cache = str(cache_dir or out / ".cache")
+        trials = [_placed(t, cache) for t in suite.trials() if t.trial_id not in done_ids]
+        summary = RunSummary(run_dir=run_dir, total=suite.trial_count(), skipped=suite.trial_count() - len(trials))
+        print(f"bench: suite '{suite.name}': {summary.total} trials, {summary.skipped} already done, "
+              f"{len(trials)} to run -> {run_dir}", flush=True)
+        if not trials:
+            return summary
+        cluster = _connect(address, num_cpus)
+        runs.write_env(run_dir, cluster)
+        print(f"bench: ray {cluster['address']}: {cluster['nodes']} node(s), "
+              f"{cluster['resources'].get('CPU', 0):g} CPU, {cluster['resources'].get('GPU', 0):g} GPU", flush=True)
+        started = time.monotonic()
+        refs, unavailable = _share_datasets(trials, cache)
+        failed_now = [t for t in trials if _dataset_key(t) in unavailable]
+        if failed_now:
+            write_rows(run_dir, [_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed_now], {})
+            summary.failed += len(failed_now)
+            for message in sorted(set(unavailable.values())):
+                print(f"bench: {message} -> {sum(1 for t in failed_now if unavailable[_dataset_key(t)] == message)}"
+                      " trial(s) failed", flush=True)
+        runnable = [t for t in trials if _dataset_key(t) not in unavailable]
+        if runnable:
+            _tune(suite, runnable, refs, run_dir, summary)
+        summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _placed(config: TrialConfig, cache: str) -> TrialConfig:
+    values = config.to_dict()
+    values["cache_dir"] = cache
+    return TrialConfig.from_dict(values)
+
+
+def _finished_ids(run_dir: Path) -> set[str]:
+    path = run_dir / results.TRIALS_FILE
+    if not path.exists():
+        return set()
+    table = results.read_table(path, required=("trial_id", "status"))
+    return set(table.loc[table["status"] != "failed", "trial_id"])
+
+
+def _share_datasets(trials: list[TrialConfig], cache: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Decode each (dataset, size, root) once on the driver and put it in the object store."""
+    refs: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    for config in trials:
+        key = _dataset_key(config)
+        if key in refs or key in unavailable:
+            continue
+        try:
+            data: PreparedDataset = prepare_dataset(config.dataset, config.img_size, root=config.dataset_root,
+                                                    download=config.download, cache_dir=cache)
+            refs[key] = ray.put(data)
+        except UserError as error:
+            unavailable[key] = str(error)
+    return refs, unavailable
+
+
+def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path,
+          summary: RunSummary) -> None:
+    resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, datasets=refs, run_id=run_dir.name),
+                                    resources)
+    writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials) + summary.failed)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=suite.tune.max_concurrent_trials, reuse_actors=True,
+                                    trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=str(run_dir / ".tune"), verbose=0, callbacks=[writer],
+            failure_config=tune.FailureConfig(max_failures=suite.tune.max_failures),
+        ),
+    )
+    try:
+        tuner.fit()
+    except (ray.exceptions.RayError, RuntimeError) as error:  # the driver lost the cluster: rows so far are kept
+        print(f"bench: Ray stopped the run: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
+              file=sys.stderr, flush=True)
+        traceback.print_exc(limit=2)

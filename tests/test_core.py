@@ -1,0 +1,174 @@
+"""The transfer core, called as a plain function on real data and real ImageNet weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from bench import core, features
+from bench.backbones import build_backbone
+from bench.config import TrialConfig
+from bench.errors import UserError
+from bench.freeze import apply_freeze, set_train_mode
+
+pytestmark = pytest.mark.slow
+
+BASE = TrialConfig(backbone="efficientnet_lite0", dataset="digits", img_size=64, epochs=4, batch_size=64,
+                   lr=1e-2, freeze="linear_probe")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(2)
+    yield
+
+
+def _trial(**changes) -> core.TrialResult:
+    return core.run_trial(dataclasses.replace(BASE, **changes))
+
+
+@pytest.fixture(scope="module")
+def probe_pretrained() -> core.TrialResult:
+    return _trial()
+
+
+def test_row_has_the_contract_columns_and_sane_values(probe_pretrained):
+    row = probe_pretrained.row
+    for column in ("schema_version", "trial_id", "status", "backbone", "pretrained", "weights", "dataset",
+                   "dataset_group", "n_classes", "freeze", "frozen_param_fraction", "trainable_params",
+                   "total_params", "data_fraction", "shots", "n_train", "data_regime", "seed", "hp_lr",
+                   "hp_epochs", "hp_steps", "hp_batch_size", "hp_optimizer", "hp_img_size", "hp_augment",
+                   "metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1", "train_seconds",
+                   "images_per_second", "peak_memory_mb", "device", "node", "torch_version", "timm_version",
+                   "started_at", "finished_at"):
+        assert column in row, column
+    assert row["status"] == "ok"
+    assert row["n_classes"] == 10
+    assert row["frozen_param_fraction"] == 1.0
+    assert row["trainable_params"] == 1280 * 10 + 10  # the head alone
+    assert row["feature_cache"] is True
+    assert 0 <= row["metric_top1"] <= 100 and row["metric_nll"] > 0
+    assert row["weights"].startswith("bundled:") and len(row["weights_sha256"]) == 64
+    assert len(probe_pretrained.epochs) == 4 and probe_pretrained.epochs[-1]["step"] == row["hp_total_steps"]
+
+
+def test_pretrained_probe_beats_scratch_probe_and_finetuning_beats_probe(probe_pretrained):
+    scratch = _trial(pretrained=False)
+    finetune = _trial(freeze="full", lr=1e-3)
+    pretrained_top1 = probe_pretrained.row["metric_top1"]
+    assert pretrained_top1 > scratch.row["metric_top1"] + 20, (pretrained_top1, scratch.row["metric_top1"])
+    assert finetune.row["metric_top1"] > pretrained_top1, (finetune.row["metric_top1"], pretrained_top1)
+
+
+def test_linear_probe_agrees_with_logistic_regression_on_the_same_features(probe_pretrained):
+    config = dataclasses.replace(BASE, epochs=30)
+    result = core.run_trial(config)
+    data = core.load_dataset(config)
+    train_idx, _ = core.select_indices(data.y_train, config)
+    backbone = build_backbone(config.backbone, data.n_classes)
+    normalize = core.Normalize(backbone.mean, backbone.std)
+    feats = features.compute_features(backbone.body, data.x_train, normalize, device=torch.device("cpu"))
+    test_feats = features.compute_features(backbone.body, data.x_test, normalize, device=torch.device("cpu"))
+    reference = LogisticRegression(max_iter=2000, C=1.0).fit(feats[train_idx].numpy(), data.y_train[train_idx])
+    reference_top1 = 100 * reference.score(test_feats.numpy(), data.y_test)
+    assert abs(result.row["metric_top1"] - reference_top1) <= 2.0, (result.row["metric_top1"], reference_top1)
+
+
+def test_cached_features_give_the_plain_paths_numbers(probe_pretrained):
+    plain = _trial(feature_cache=False)
+    assert plain.row["feature_cache"] is False
+    for metric in ("metric_top1", "metric_macro_f1", "metric_val_top1"):
+        assert plain.row[metric] == pytest.approx(probe_pretrained.row[metric], abs=0.5), metric
+    assert plain.row["metric_nll"] == pytest.approx(probe_pretrained.row["metric_nll"], rel=1e-2)
+
+
+def test_same_config_and_seed_give_the_same_metrics_twice():
+    config = dataclasses.replace(BASE, freeze=0.75, epochs=1, data_fraction=0.2, lr=1e-3)
+    first, second = core.run_trial(config), core.run_trial(config)
+    for metric in ("metric_top1", "metric_nll", "metric_val_top1", "n_train"):
+        assert first.row[metric] == second.row[metric], metric
+
+
+def test_frozen_parameters_do_not_change_and_frozen_batchnorm_stays_in_eval():
+    backbone = build_backbone("efficientnet_lite0", 10)
+    plan = apply_freeze(backbone.body, 0.5)
+    frozen = {n: p.detach().clone() for n, p in backbone.body.named_parameters() if not p.requires_grad}
+    frozen_bn = {n: b.clone() for n, b in backbone.body.named_buffers() if "running" in n
+                 and not backbone.body.get_parameter(n.rsplit(".", 1)[0] + ".weight").requires_grad}
+    assert plan.n_frozen_groups == round(0.5 * plan.n_groups)
+    assert sum(p.numel() for p in frozen.values()) == plan.frozen_params
+    model = core.TransferModel(backbone.body, backbone.head)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    set_train_mode(model)
+    for _ in range(3):
+        loss = model(torch.randn(8, 3, 64, 64)).logsumexp(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for name, before in frozen.items():
+        assert torch.equal(before, backbone.body.get_parameter(name)), name
+    for name, before in frozen_bn.items():
+        assert torch.equal(before, backbone.body.get_buffer(name)), name
+    trainable = [p for p in backbone.body.parameters() if p.requires_grad]
+    assert trainable and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+
+
+def test_freeze_fraction_matches_request_in_rows():
+    result = _trial(freeze=0.5, epochs=1, data_fraction=0.1, lr=1e-3)
+    plan = apply_freeze(build_backbone("efficientnet_lite0", 10).body, 0.5)
+    assert result.row["frozen_param_fraction"] == pytest.approx(plan.frozen_param_fraction)
+    assert result.row["freeze_groups"] == f"{plan.n_frozen_groups}/{plan.n_groups}"
+
+
+def test_lp_ft_runs_a_probe_phase_then_a_finetune_phase():
+    result = _trial(freeze="lp_ft", epochs=2, data_fraction=0.1, lr=1e-3, probe_lr=1e-2)
+    phases = [row["phase"] for row in result.epochs]
+    assert phases[0] == "probe" and phases[-1] == "finetune"
+    assert result.row["frozen_param_fraction"] == 0.0 and result.row["status"] == "ok"
+
+
+def test_steps_budget_and_shots():
+    result = _trial(epochs=None, steps=7, shots=5, data_fraction=None, batch_size=16)
+    assert result.row["n_train"] == 50 and result.row["hp_total_steps"] == 7
+    assert result.epochs[-1]["step"] == 7
+
+
+def test_divergence_is_a_row_not_an_exception():
+    result = _trial(freeze="full", lr=1e12, epochs=1, data_fraction=0.1, optimizer="sgd")
+    assert result.row["status"] == "diverged"
+    assert "non-finite loss" in result.row["error"]
+    assert result.row["metric_top1"] is None
+
+
+def test_augmentation_is_seeded_and_falls_back_to_the_plain_path():
+    result = _trial(augment="flip", epochs=1, data_fraction=0.1)
+    assert result.row["feature_cache"] is False and result.row["status"] == "ok"
+
+
+def test_bad_input_raises_user_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown backbone"):
+        _trial(backbone="efficentnet_lite0")
+    corrupt = tmp_path / "weights.pth"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(UserError, match="not a readable PyTorch state dict"):
+        _trial(weights=str(corrupt))
+    with pytest.raises(UserError, match="does not exist"):
+        _trial(dataset=f"imagefolder:{tmp_path / 'missing'}")
+
+
+def test_data_regime_thresholds():
+    assert [core.data_regime(n) for n in (1, 9.9, 10, 99, 100)] == ["scarce", "scarce", "limited", "limited",
+                                                                      "sufficient"]
+
+
+def test_subset_of_training_pool_never_touches_val_or_test():
+    config = dataclasses.replace(BASE, data_fraction=0.5)
+    data = core.load_dataset(config)
+    train_idx, val_idx = core.select_indices(data.y_train, config)
+    assert not set(train_idx) & set(val_idx)
+    counts = np.bincount(data.y_train[train_idx], minlength=10)
+    assert counts.min() >= 1

@@ -1,0 +1,249 @@
+"""bench.leaderboard on hand-made result tables whose answers are computed by hand below."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.errors import UserError
+from bench.leaderboard import (
+    DataThresholds,
+    excluded_trials,
+    format_table,
+    leaderboard,
+    leaderboard_command,
+    overall_ranking,
+    prepare,
+    regime_matrix,
+    run_summary,
+    seed_stats,
+)
+from result_rows import make_row, write_run
+
+T_975_DF2 = 4.302652729749464  # Student t, 97.5th percentile, 2 degrees of freedom (printed tables: 4.303)
+
+
+def seeds(values: list[float], **fields) -> list[dict]:
+    """One row per seed with the given test top-1 values (and val top-1 equal to them unless given)."""
+    val = fields.pop("val", None)
+    return [make_row(seed=i, metric_top1=v, metric_val_top1=v if val is None else val, **fields)
+            for i, v in enumerate(values)]
+
+
+def frame(*groups: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([row for group in groups for row in group])
+
+
+def test_seed_stats_match_hand_computation() -> None:
+    s = seed_stats([80.0, 82.0, 84.0])
+    assert s["n_seeds"] == 3
+    assert s["mean"] == pytest.approx(82.0)
+    assert s["std"] == pytest.approx(2.0)
+    assert s["ci95"] == pytest.approx(T_975_DF2 * 2.0 / math.sqrt(3))  # 4.968
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((82.0 - 4.96827, 82.0 + 4.96827), abs=1e-4)
+    one = seed_stats([50.0])
+    assert one["mean"] == 50.0 and math.isnan(one["ci95"])
+
+
+def test_leaderboard_aggregates_over_seeds_and_marks_ties() -> None:
+    df = frame(
+        seeds([80.0, 82.0, 84.0], strategy="linear_probe", metric_macro_f1=70.0),
+        seeds([78.0, 80.0, 82.0], strategy="full"),  # CI [75.0, 85.0] overlaps the leader's [77.0, 87.0]
+        seeds([50.0, 51.0, 52.0], strategy="lp_ft"),  # far below: a new rank...
+        seeds([49.0, 50.0, 51.0], strategy="full", pretrained=False),  # ...tied with this one
+    )
+    board = leaderboard(df, by="dataset")
+    assert list(board["entry"]) == [
+        "efficientnet_lite0 / linear_probe",
+        "efficientnet_lite0 / full",
+        "efficientnet_lite0 / lp_ft",
+        "efficientnet_lite0 scratch / full",
+    ]
+    assert list(board["rank"]) == ["=1", "=1", "=3", "=3"]
+    lead = board.iloc[0]
+    assert lead["n_seeds"] == 3 and lead["mean"] == pytest.approx(82.0)
+    assert lead["ci95"] == pytest.approx(T_975_DF2 * 2.0 / math.sqrt(3))
+    assert lead["macro_f1_mean"] == pytest.approx(70.0)
+    assert (lead["dataset"], lead["data"], lead["per_class"]) == ("digits", "100%", 100)
+
+
+def test_clearly_separated_entries_get_plain_ranks() -> None:
+    df = frame(seeds([90.0, 91.0, 92.0], strategy="linear_probe"), seeds([50.0, 51.0, 52.0], strategy="full"))
+    assert list(leaderboard(df)["rank"]) == ["1", "2"]
+
+
+def test_hp_selection_uses_validation_never_test() -> None:
+    # lr 1e-2 has the better validation score but the worse test score: it must be the one reported.
+    df = frame(
+        seeds([60.0, 61.0, 62.0], hp_lr=1e-2, val=90.0),
+        seeds([95.0, 96.0, 97.0], hp_lr=1e-3, val=70.0),
+        seeds([40.0, 40.0, 40.0], hp_lr=1e-2, val=99.0, strategy="full"),
+        seeds([99.0, 99.0, 99.0], hp_lr=1e-4, val=10.0, strategy="full"),
+    )
+    board = leaderboard(df).set_index("strategy")
+    assert board.loc["linear_probe", "mean"] == pytest.approx(61.0)
+    assert board.loc["linear_probe", "selected"] == "hp_lr=0.01"
+    assert board.loc["linear_probe", "selection"] == "val_top1"
+    assert board.loc["linear_probe", "n_seeds"] == 3 and board.loc["linear_probe", "n_settings"] == 2
+    assert board.loc["full", "mean"] == pytest.approx(40.0)
+
+
+def test_no_sweep_means_no_selection_label() -> None:
+    board = leaderboard(frame(seeds([80.0, 90.0])))
+    assert board.loc[0, "selected"] == "" and board.loc[0, "selection"] == "single setting"
+
+
+def test_cells_split_by_fraction_and_shots() -> None:
+    df = frame(
+        seeds([50.0, 60.0], data_fraction=0.1, n_train=100),
+        seeds([80.0, 90.0], data_fraction=1.0, n_train=1000),
+        seeds([30.0, 40.0], data_fraction=None, shots=5, n_train=50),
+    )
+    board = leaderboard(df)
+    assert list(board["data"]) == ["5-shot", "10%", "100%"]  # ordered by images per class
+    assert list(board["per_class"]) == [5, 10, 100]
+    assert list(board["mean"]) == pytest.approx([35.0, 55.0, 85.0])
+
+
+def test_failed_and_diverged_trials_are_excluded_and_listed() -> None:
+    df = frame(
+        seeds([80.0, 90.0]),
+        [make_row(seed=7, status="failed", error="OOM", metric_top1=None),
+         make_row(seed=8, status="diverged", error="loss is nan", metric_top1=10.0)],
+    )
+    board = leaderboard(df)
+    assert board.loc[0, "n_seeds"] == 2 and board.loc[0, "mean"] == pytest.approx(85.0)
+    excluded = excluded_trials(df)
+    assert sorted(excluded["status"]) == ["diverged", "failed"]
+    assert "loss is nan" in set(excluded["error"])
+
+
+def test_strategy_from_freeze_when_no_strategy_column() -> None:
+    df = frame(seeds([70.0], freeze=0.5, strategy="partial"), seeds([60.0], freeze=1.0, strategy=None))
+    df = df.drop(columns=[]).assign(strategy=[None, None])
+    assert sorted(prepare(df)["strategy"]) == ["freeze 0.5", "linear_probe"]
+
+
+def test_merged_runs_count_each_seed_once(tmp_path: Path) -> None:
+    rows = seeds([80.0, 82.0, 84.0])
+    write_run(tmp_path / "a", rows[:2])
+    write_run(tmp_path / "b", rows[1:])  # seed 1 appears in both runs
+    out = leaderboard_command([tmp_path / "a", tmp_path / "b"], by="dataset", fmt="csv")
+    board = pd.read_csv(pd.io.common.StringIO(out))
+    assert board.loc[0, "n_seeds"] == 3 and board.loc[0, "mean"] == pytest.approx(82.0)
+
+
+def test_overall_ranking_mean_rank_and_logit_mean() -> None:
+    df = frame(
+        seeds([90.0], dataset="d1", strategy="linear_probe"), seeds([80.0], dataset="d1", strategy="full"),
+        seeds([70.0], dataset="d1", strategy="lp_ft"),
+        seeds([60.0], dataset="d2", strategy="linear_probe"), seeds([70.0], dataset="d2", strategy="full"),
+        seeds([50.0], dataset="d2", strategy="lp_ft"),
+    )
+    overall = overall_ranking(df).set_index("strategy")
+    assert overall.loc["linear_probe", "mean_rank"] == 1.5 and overall.loc["full", "mean_rank"] == 1.5
+    assert overall.loc["lp_ft", "mean_rank"] == 3.0
+    logit = lambda pct: math.log(pct / (100 - pct))  # noqa: E731
+    assert overall.loc["linear_probe", "mean_logit"] == pytest.approx((logit(90.0) + logit(60.0)) / 2)
+    assert overall.loc["linear_probe", "logit_mean"] == pytest.approx(78.606, abs=1e-3)
+    # Equal mean rank: the better logit-space mean goes first.
+    assert list(overall.index) == ["linear_probe", "full", "lp_ft"]
+    assert list(overall["n_datasets"]) == [2, 2, 2]
+
+
+def _regime_rows(dataset: str, group: str, measured: str | None, per_class: int, results: dict[str, list[float]]) -> list[dict]:
+    rows = []
+    for strategy, values in results.items():
+        pretrained = not strategy.endswith("scratch")
+        rows += seeds(values, dataset=dataset, dataset_group=group, similarity_regime=measured,
+                      n_train=per_class * 10, n_classes=10, strategy=strategy.split()[0], pretrained=pretrained)
+    return rows
+
+
+def test_regime_matrix_verdicts() -> None:
+    df = frame(
+        # high (declared: natural) + sufficient: linear probe clearly best -> agrees
+        _regime_rows("nat", "natural", None, 200, {"linear_probe": [90.0, 91.0, 92.0], "full": [70.0, 71.0, 72.0]}),
+        # high (measured) + limited: overlap -> no clear winner
+        _regime_rows("nat2", "specialized", "high", 20, {"linear_probe": [60.0, 62.0, 64.0], "full": [61.0, 63.0, 65.0]}),
+        # low (measured) + sufficient: linear probe clearly beats full -> disagrees
+        _regime_rows("sat", "natural", "low", 150, {"linear_probe": [90.0, 91.0, 92.0], "full": [80.0, 81.0, 82.0],
+                                                    "full scratch": [50.0, 50.0, 51.0]}),
+        # low + scarce: overlap -> agrees with "no safe recipe"
+        _regime_rows("pcam", "specialized", None, 5, {"linear_probe": [55.0, 60.0, 65.0], "full": [50.0, 58.0, 66.0]}),
+        # low + limited: a clear winner -> disagrees with "no safe recipe"
+        _regime_rows("svhn", "structured", None, 50, {"lp_ft": [80.0, 81.0, 82.0], "linear_probe": [40.0, 41.0, 42.0]}),
+    )
+    matrix = regime_matrix(df).set_index(["similarity_regime", "data_regime"])
+    assert matrix.loc[("high", "sufficient"), "verdict"] == "agrees"
+    assert matrix.loc[("high", "sufficient"), "best_strategy"] == "linear_probe"
+    assert matrix.loc[("high", "sufficient"), "margin"] == pytest.approx(20.0)
+    assert matrix.loc[("high", "sufficient"), "similarity_source"] == "declared"
+    assert matrix.loc[("high", "limited"), "verdict"] == "no clear winner"
+    assert matrix.loc[("high", "limited"), "best_strategy"] == "full"
+    assert matrix.loc[("low", "sufficient"), "verdict"] == "disagrees"
+    assert matrix.loc[("low", "sufficient"), "runner_up_strategy"] == "full"
+    assert matrix.loc[("low", "scarce"), "verdict"] == "agrees"
+    assert matrix.loc[("low", "limited"), "verdict"] == "disagrees"
+    assert matrix.loc[("low", "limited"), "mean"] == pytest.approx(81.0)
+    assert matrix.loc[("high", "scarce"), "verdict"] == "not measured"
+    assert len(matrix) == 6
+
+
+def test_regime_cell_averages_datasets_per_seed_and_thresholds_are_configurable() -> None:
+    df = frame(
+        _regime_rows("a", "natural", None, 200, {"linear_probe": [90.0, 80.0]}),
+        _regime_rows("b", "natural", None, 300, {"linear_probe": [70.0, 60.0]}),
+    )
+    board = leaderboard(df, by="regime")
+    assert len(board) == 1 and board.loc[0, "n_cells"] == 2
+    assert board.loc[0, "mean"] == pytest.approx(75.0)
+    assert board.loc[0, "std"] == pytest.approx(np.std([80.0, 70.0], ddof=1))  # per-seed means 80.0 and 70.0
+    strict = leaderboard(df, by="regime", thresholds=DataThresholds(limited=10, sufficient=250))
+    assert sorted(strict["data_regime"]) == ["limited", "sufficient"]
+
+
+def test_single_seed_gives_no_clear_winner() -> None:
+    df = frame(_regime_rows("nat", "natural", None, 200, {"linear_probe": [90.0], "full": [50.0]}))
+    row = regime_matrix(df).set_index(["similarity_regime", "data_regime"]).loc[("high", "sufficient")]
+    assert row["verdict"] == "no clear winner" and "seeds" in row["reason"]
+
+
+def test_format_table_and_run_summary() -> None:
+    df = frame(seeds([80.0, 82.0, 84.0], strategy="linear_probe"), seeds([50.0, 51.0, 52.0], strategy="full"))
+    md = format_table(pd.DataFrame({"a": [1.23456789, None], "b": ["x|y", "z"]}))
+    assert md.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x\\|y |", "|  | z |"]
+    summary = run_summary(df)
+    assert "| digits | 100% | efficientnet_lite0 / linear_probe | 82.0 ± 5.0 | 3 |" in summary
+    with pytest.raises(UserError, match="--format"):
+        format_table(df, "xlsx")
+    with pytest.raises(UserError, match="--by"):
+        leaderboard(df, by="backbone")
+
+
+def test_leaderboard_command_markdown(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = write_run(tmp_path / "run", seeds([80.0, 90.0]) + [make_row(seed=5, status="failed", metric_top1=None)])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "trials.parquet").write_bytes(b"PAR1 truncated")
+    text = leaderboard_command([run, tmp_path / "broken"], by="regime", fmt="md")
+    assert "Regime matrix" in text and "efficientnet_lite0 / linear_probe" in text
+    assert "1 trial(s) failed or diverged" in text
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'broken' / 'trials.parquet'}: not a readable Parquet file" in err
+
+
+def test_regime_cell_compares_entries_on_common_cells_only() -> None:
+    # linear_probe also ran on an easy dataset that full never saw: it must not inflate linear_probe's score.
+    df = frame(
+        _regime_rows("hard", "natural", None, 200, {"linear_probe": [60.0, 61.0, 62.0], "full": [70.0, 71.0, 72.0]}),
+        _regime_rows("easy", "natural", None, 200, {"linear_probe": [99.0, 99.0, 99.0]}),
+    )
+    board = leaderboard(df, by="regime").set_index("strategy")
+    assert board.loc["linear_probe", "mean"] == pytest.approx(61.0)
+    assert board.loc["linear_probe", "cells_left_out"] == 1 and board.loc["full", "n_cells"] == 1
+    row = regime_matrix(df).set_index(["similarity_regime", "data_regime"]).loc[("high", "sufficient")]
+    assert row["verdict"] == "disagrees" and row["best_strategy"] == "full"

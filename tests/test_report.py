@@ -1,0 +1,173 @@
+"""bench.report: the research report from hand-made run folders, and the page opened in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import _report_figures as figs
+from bench.leaderboard import prepare, select_hparams
+from bench.report import pretraining_gain, rank_correlations, report_command, transferability_points, write_report
+from result_rows import make_row, write_run
+
+T_975_DF2 = 4.302652729749464
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+SECTIONS = ["1. The regime matrix, measured", "2. Learning curves over data size", "3. What pretraining buys",
+            "4. Freeze-depth profile", "5. Backbone leaderboard and cost",
+            "6. Transferability estimates against outcomes", "7. Suite, environment and failed trials"]
+
+
+def study_rows(measured: bool = False) -> list[dict]:
+    """Two datasets (natural, specialized) x linear probe / full x pretrained / scratch x 2 sizes x 2 seeds."""
+    rows = []
+    for dataset, group in (("digits", "natural"), ("pbc", "specialized")):
+        for backbone, quality in (("efficientnet_lite0", 0.0), ("efficientnet_lite1", 2.0), ("resnet18", -3.0)):
+            for pretrained in (True, False):
+                for strategy, frozen in (("linear_probe", 1.0), ("full", 0.0)):
+                    for fraction, n_train in ((0.1, 50), (1.0, 500)):
+                        for seed in (0, 1):
+                            top1 = 50 + 20 * pretrained + 10 * (fraction == 1.0) + quality + seed
+                            rows.append(make_row(
+                                dataset=dataset, dataset_group=group, backbone=backbone, pretrained=pretrained,
+                                strategy=strategy, frozen_param_fraction=frozen, data_fraction=fraction,
+                                n_train=n_train, seed=seed, metric_top1=top1, metric_val_top1=top1,
+                                train_seconds=2.0 if strategy == "linear_probe" else 20.0 + quality,
+                                transferability=(1.0 + quality / 10) if measured else None,
+                                similarity_score=(0.9 if group == "natural" else 0.2) if measured else None,
+                            ))
+    rows.append(make_row(trial_id="broken-trial", status="failed", error="RuntimeError: CUDA out of memory",
+                         metric_top1=None))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = write_run(tmp_path_factory.mktemp("runs") / "handmade" / "20250101T000000Z", study_rows())
+    html = report_command([run])
+    assert html == run / "report" / "report.html"
+    return html.parent
+
+
+@pytest.mark.slow
+def test_report_files_sections_and_figures(report_dir: Path) -> None:
+    html = (report_dir / "report.html").read_text()
+    md = (report_dir / "report.md").read_text()
+    pngs = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
+    assert pngs == ["cost.png", "freeze_profile.png", "learning_curves.png", "pretraining_gain.png",
+                    "regime_matrix.png"]
+    for section in SECTIONS:
+        assert f"## {section}" in md
+        assert section in html
+    # Markdown references every figure by a relative path that exists.
+    referenced = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
+    assert sorted(Path(r).name for r in referenced) == pngs
+    # HTML embeds every figure as a PNG, and nothing is fetched from a network.
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == len(pngs)
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<script" not in html
+    # Section 6 says why it is empty; section 7 lists the failed trial with its error.
+    assert "Similarity and transferability were not measured" in md
+    assert "broken-trial" in md and "CUDA out of memory" in html
+    # The regime matrix: digits is natural (declared high), pbc specialized (declared low), 10% = 5/class.
+    assert "Similarity regime: not measured for `digits`, `pbc`" in md
+
+
+@pytest.mark.slow
+def test_report_numbers_come_from_the_leaderboard(report_dir: Path) -> None:
+    md = (report_dir / "report.md").read_text()
+    # lite1 pretrained linear probe at 100% on digits: seeds give 82 and 83 -> mean 82.5, sd sqrt(0.5),
+    # half-width t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.5 = 6.4
+    half = 12.706204736174698 * math.sqrt(0.5) / math.sqrt(2)
+    assert f"82.5 ± {half:.1f}" in md
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_report_opens_in_headless_chromium_with_every_figure_loaded(report_dir: Path, tmp_path: Path) -> None:
+    page = (report_dir / "report.html").read_text()
+    expected = page.count("<img ")
+    assert expected == 5
+    loaded, total = _chromium_image_count(page, tmp_path / "ok")
+    assert (loaded, total) == (expected, expected)
+    # The check can fail: one corrupted figure is reported as not loaded.
+    broken = page.replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAAA", 1)
+    assert _chromium_image_count(broken, tmp_path / "broken") == (expected - 1, expected)
+
+
+def _chromium_image_count(page: str, folder: Path) -> tuple[int, int]:
+    """Open `page` in headless Chromium; a probe script appended to a copy counts images that decoded."""
+    folder.mkdir()
+    probe = (
+        "<script>window.addEventListener('load', function () {"
+        "var imgs = Array.prototype.slice.call(document.images);"
+        "document.body.setAttribute('data-images', imgs.length);"
+        "document.body.setAttribute('data-loaded', imgs.filter(function (i) {"
+        "return i.complete && i.naturalWidth > 0; }).length); });</script>"
+    )
+    copy = folder / "report.html"
+    copy.write_text(page.replace("</body>", probe + "</body>"))
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={folder / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    body = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-loaded="(\d+)"', result.stdout)
+    assert body, f"chromium gave no DOM (rc {result.returncode}): {result.stderr[-500:]}"
+    return int(body.group(2)), int(body.group(1))
+
+
+@pytest.mark.slow
+def test_report_with_transferability_measured(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", study_rows(measured=True))
+    html = write_report([run], tmp_path / "out")
+    md = (html.parent / "report.md").read_text()
+    assert "were not measured" not in md
+    assert (html.parent / "figures" / "transferability.png").exists()
+    assert (html.parent / "figures" / "similarity_gain.png").exists()
+    points = transferability_points(prepare(pd.read_parquet(run / "trials.parquet")),
+                                    select_hparams(prepare(pd.read_parquet(run / "trials.parquet"))))
+    correlations = rank_correlations(points).set_index(["estimate", "outcome", "scope"])
+    # Transferability follows backbone quality exactly, and so does accuracy: rho = 1 on each dataset.
+    assert correlations.loc[("transferability", "best_top1", "digits"), "spearman rho"] == 1.0
+    assert correlations.loc[("transferability", "best_top1", "digits"), "n"] == 3
+
+
+def test_report_of_partial_runs_lists_problems_and_reports_the_rest(tmp_path: Path) -> None:
+    good = write_run(tmp_path / "runs" / "good", study_rows()[:16])
+    bad = write_run(tmp_path / "runs" / "bad", study_rows()[:4])
+    content = (bad / "trials.parquet").read_bytes()
+    (bad / "trials.parquet").write_bytes(content[: len(content) // 3])
+    empty = tmp_path / "runs" / "empty"
+    empty.mkdir()
+    (empty / "suite.yaml").write_text("name: empty\n")
+    html = write_report([tmp_path / "runs"], tmp_path / "report")
+    md = (html.parent / "report.md").read_text()
+    assert f"{bad / 'trials.parquet'}: not a readable Parquet file" in md
+    assert f"{empty / 'trials.parquet'}: missing (empty run" in md
+    assert "16 trials (16 ok, 0 failed, 0 diverged) from 3 run folder(s)" in md
+    assert str(good) in md
+
+
+def test_pretraining_gain_is_paired_by_seed() -> None:
+    rows = [make_row(pretrained=True, seed=s, metric_top1=v) for s, v in enumerate([80.0, 82.0, 84.0])]
+    rows += [make_row(pretrained=False, seed=s, metric_top1=v) for s, v in enumerate([60.0, 61.0, 62.0])]
+    gains = pretraining_gain(select_hparams(prepare(pd.DataFrame(rows))))
+    (gain,) = gains.to_dict("records")
+    assert gain["mean"] == pytest.approx(21.0) and gain["n_seeds"] == 3
+    assert gain["ci95"] == pytest.approx(T_975_DF2 * 1.0 / math.sqrt(3))  # per-seed gains 20, 21, 22
+
+
+def test_pareto_front() -> None:
+    seconds = pd.Series([1.0, 2.0, 3.0, 4.0, 2.0])
+    accuracy = pd.Series([50.0, 70.0, 60.0, 80.0, 65.0])
+    assert list(figs.pareto_front(seconds, accuracy)) == [True, True, False, True, False]
