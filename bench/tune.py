@@ -174,6 +174,8 @@ def _connect(address: str | None, num_cpus: int | None) -> dict[str, Any]:
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    # Tune's end-of-run analysis looks for per-trial CSV/JSON logs we deliberately do not write.
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return {"address": address or "local", "nodes": len(nodes), "resources": ray.cluster_resources()}
 

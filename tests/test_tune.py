@@ -1,0 +1,181 @@
+"""`bench run` on a real Ray: local, a two-node cluster, killed drivers, lost nodes, broken datasets.
+
+Every test starts Ray for real and reads the Parquet files back. The suites are tiny (32 px digits, a few
+optimiser steps) so that the scheduling, writing and resuming are what the tests spend their time on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import results
+
+pytestmark = pytest.mark.slow
+
+CONTRACT = ["schema_version", "suite", "run_id", "trial_id", "status", "error", "backbone", "pretrained", "weights",
+            "dataset", "dataset_group", "n_classes", "similarity_score", "transferability", "similarity_regime",
+            "freeze", "frozen_param_fraction", "trainable_params", "total_params", "data_fraction", "shots",
+            "n_train", "data_regime", "seed", "hp_lr", "hp_epochs", "hp_steps", "hp_batch_size", "hp_optimizer",
+            "hp_img_size", "hp_augment", "metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1",
+            "train_seconds", "images_per_second", "peak_memory_mb", "device", "node", "torch_version",
+            "timm_version", "ray_version", "started_at", "finished_at"]
+
+
+def write_suite(folder: Path, *, name: str = "tiny", datasets: str = "[digits]", seeds: str = "[0, 1]",
+                concurrent: int = 2, max_failures: int = 1, steps: int = 3) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"""
+name: {name}
+backbones: [efficientnet_lite0]
+datasets: {datasets}
+grid:
+  freeze: [linear_probe, full]
+  data_fraction: [0.05, 0.1]
+  seed: {seeds}
+train: {{img_size: 32, steps: {steps}, batch_size: 16, lr: 1.0e-3}}
+tune:
+  resources_per_trial: {{cpu: 1, gpu: 0}}
+  max_concurrent_trials: {concurrent}
+  max_failures: {max_failures}
+""")
+    return path
+
+
+def bench(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_dir(out: Path, suite: str = "tiny") -> Path:
+    (folder,) = [p for p in (out / suite).iterdir() if p.is_dir()]
+    return folder
+
+
+def trials(out: Path, suite: str = "tiny") -> pd.DataFrame:
+    return results.read_table(run_dir(out, suite) / results.TRIALS_FILE)
+
+
+def test_local_run_writes_one_ok_row_per_trial_with_the_contract_columns(tmp_path):
+    suite = write_suite(tmp_path)
+    done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = trials(tmp_path / "out")
+    assert len(table) == 8 and table["trial_id"].is_unique
+    assert set(table["status"]) == {"ok"}
+    assert not [c for c in CONTRACT if c not in table.columns]
+    assert table["metric_top1"].between(0, 100).all()
+    epochs = results.read_table(run_dir(tmp_path / "out") / results.EPOCHS_FILE)
+    assert set(epochs["trial_id"]) == set(table["trial_id"])
+    folder = run_dir(tmp_path / "out")
+    assert (folder / "suite.yaml").exists() and (folder / "env.json").exists()
+    assert "8 ok, 0 diverged, 0 failed" in done.stdout and str(folder) in done.stdout
+    assert "| digits |" in done.stdout  # the leaderboard at the end
+    assert "Traceback" not in done.stdout + done.stderr
+
+    again = bench("run", str(suite), "--out", str(tmp_path / "out"), "--resume")
+    assert again.returncode == 0 and "8 already done, 0 to run" in again.stdout
+    assert trials(tmp_path / "out").equals(table)  # nothing rerun, nothing rewritten
+
+
+def test_missing_dataset_root_fails_its_trials_and_the_rest_finish(tmp_path):
+    missing = tmp_path / "nowhere"
+    suite = write_suite(tmp_path, datasets=f"[digits, 'imagefolder:{missing}']", seeds="[0]")
+    done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "2")
+    assert done.returncode == 1, done.stderr[-2000:]
+    table = trials(tmp_path / "out")
+    assert len(table) == 8
+    failed = table[table["status"] == "failed"]
+    assert set(failed["dataset"]) == {f"imagefolder:{missing}"} and len(failed) == 4
+    assert failed["error"].str.contains("does not exist").all()
+    assert set(table.loc[table["dataset"] == "digits", "status"]) == {"ok"}
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_kill_minus_nine_of_the_driver_then_resume_completes_without_losing_a_row(tmp_path):
+    suite = write_suite(tmp_path, concurrent=1, steps=6)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out),
+                               "--num-cpus", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        folder = next((p for p in (out / "tiny").glob("*") if p.is_dir()), None) if (out / "tiny").exists() else None
+        if folder and (folder / results.TRIALS_FILE).exists() and len(trials(out)) >= 2:
+            break
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    os.killpg(driver.pid, signal.SIGKILL)  # the local Ray the driver started
+    before = trials(out)
+    assert 2 <= len(before) < 8
+    ok_before = before[before["status"] == "ok"].set_index("trial_id").sort_index()
+
+    resumed = bench("run", str(suite), "--out", str(out), "--resume", "--num-cpus", "2")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = trials(out)
+    assert len(after) == 8 and after["trial_id"].is_unique and set(after["status"]) == {"ok"}
+    kept = after.set_index("trial_id").loc[ok_before.index].sort_index()
+    pd.testing.assert_frame_equal(kept, ok_before)
+
+
+def test_second_run_on_the_same_folder_is_refused_by_the_lock(tmp_path):
+    from bench.runs import RunLock
+
+    suite = write_suite(tmp_path)
+    out = tmp_path / "out"
+    folder = out / "tiny" / "20000101T000000Z"
+    folder.mkdir(parents=True)
+    with RunLock(folder):
+        refused = bench("run", str(suite), "--out", str(out), "--resume")
+    assert refused.returncode == 2
+    assert "in use by another bench run" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (folder / results.TRIALS_FILE).exists()
+
+
+@pytest.fixture
+def two_node_cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster, worker
+    cluster.shutdown()
+
+
+def test_two_node_cluster_rows_come_from_both_nodes(tmp_path, two_node_cluster):
+    cluster, _ = two_node_cluster
+    suite = write_suite(tmp_path, steps=8)
+    done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--address", cluster.address)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 node(s)" in done.stdout
+    table = trials(tmp_path / "out")
+    assert len(table) == 8 and set(table["status"]) == {"ok"}
+    assert table["ray_node_id"].nunique() == 2
+
+
+def test_losing_the_worker_node_part_way_still_completes_the_suite(tmp_path, two_node_cluster):
+    cluster, worker = two_node_cluster
+    suite = write_suite(tmp_path, steps=10, max_failures=2)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out),
+                               "--address", cluster.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        if (out / "tiny").exists() and any((p / results.TRIALS_FILE).exists() for p in (out / "tiny").iterdir()):
+            break
+        time.sleep(0.2)
+    cluster.remove_node(worker, allow_graceful=False)
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-2000:]
+    table = trials(out)
+    assert len(table) == 8 and table["trial_id"].is_unique and set(table["status"]) == {"ok"}
