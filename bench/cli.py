@@ -79,6 +79,12 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _perf(args: argparse.Namespace) -> int:
+    from bench import perf
+
+    return perf.main(args.perf_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Transfer-learning benchmarks on Ray Tune.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'timm:resnet*'")
     listing.add_argument("--all", action="store_true", help="every timm/torchvision model, not only cached ones")
     listing.set_defaults(handler=_list)
+
+    perf = commands.add_parser("perf", help="plain vs optimised trials: wall time, throughput, metric equality",
+                               add_help=False)
+    perf.add_argument("perf_args", nargs=argparse.REMAINDER)
+    perf.set_defaults(handler=_perf)
     return parser
 
 

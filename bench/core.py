@@ -37,9 +37,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from bench import datasets, features
+from bench import datasets, features, similarity
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
+from bench.errors import UserError
 from bench.freeze import FreezePlan, apply_freeze, set_train_mode
 
 SCHEMA_VERSION = 1
@@ -128,6 +129,7 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
             "test": Split(cached.test, images["test"].labels),
         }
 
+    scores = measure_similarity(config, data, backbone=backbone, device=device)
     phases = plan_phases(config, n_train=len(train_idx))
     epoch_rows: list[dict[str, Any]] = []
     status, error = "ok", None
@@ -156,6 +158,7 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
                       n_train=len(train_idx), n_val=len(val_idx), metrics=metrics, epoch_rows=epoch_rows,
                       phases=phases, train_seconds=train_seconds, images_seen=images_seen, device=device,
                       feature_cache=feature_splits is not None, started_at=started_at)
+    row.update(scores)
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)
@@ -210,6 +213,52 @@ def _features_for(backbone: Backbone, data: datasets.PreparedDataset, normalize:
                                img_size=config.img_size)
     return features.cached_features(key, backbone.body, data.x_train, data.x_test, normalize, device=device,
                                     cache_dir=config.cache_dir)
+
+
+SIMILARITY_COLUMNS = ("similarity_score", "transferability", "similarity_regime", "similarity_method",
+                      "bn_divergence", "leep", "nce", "h_score", "max_softmax", "energy")
+_SIMILARITY: dict[str, dict[str, Any]] = {}
+
+
+def measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, backbone: Backbone | None = None,
+                       device: torch.device | None = None) -> dict[str, Any]:
+    """Similarity of the dataset to ImageNet and transferability of the frozen features (``bench.similarity``).
+
+    Measured with the *pretrained* weights of the trial's architecture, once per (weights, dataset, image size),
+    from the pooled features a linear probe computes anyway; a scratch trial carries its pretrained twin's
+    numbers, so pretrained and scratch rows land in the same regime cell. Where no pretrained weights can be
+    had (offline, no cache), the columns are null.
+    """
+    device = device or resolve_device(config.device)
+    if backbone is None or not backbone.pretrained:
+        try:
+            backbone = build_backbone(config.backbone, data.n_classes, pretrained=True, weights=config.weights)
+        except UserError:
+            return {name: None for name in SIMILARITY_COLUMNS}
+        backbone.body.to(device, memory_format=torch.channels_last)
+    key = features.feature_key(arch=config.backbone, weights_key=backbone.weights_key,
+                               dataset_fingerprint=data.fingerprint, mean=backbone.mean, std=backbone.std,
+                               img_size=config.img_size)
+    if key not in _SIMILARITY:
+        normalize = Normalize(backbone.mean, backbone.std).to(device)
+        cached = features.cached_features(key, backbone.body, data.x_train, data.x_test, normalize,
+                                          device=device, cache_dir=config.cache_dir)
+        source_logits = None
+        if backbone.source_head is not None:
+            with torch.no_grad():
+                source_logits = backbone.source_head(cached.train)
+        scores = similarity.compute_similarity(cached.train, data.y_train, source_logits=source_logits,
+                                               model=backbone.body, images=data.x_train, mean=backbone.mean,
+                                               std=backbone.std)
+        backbone.body.to(memory_format=torch.channels_last)  # the BN recorder may have run it contiguous
+        _SIMILARITY[key] = {name: _finite_or_none(scores[name]) for name in SIMILARITY_COLUMNS}
+    return dict(_SIMILARITY[key])
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _model_and_inputs(backbone: Backbone, phase: Phase, images: dict[str, Split],
@@ -396,9 +445,6 @@ def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | N
         "dataset_group": data.group,
         "dataset_fingerprint": data.fingerprint,
         "n_classes": data.n_classes,
-        "similarity_score": None,
-        "transferability": None,
-        "similarity_regime": None,
         "freeze": str(config.freeze),
         "strategy": config.strategy,
         "freeze_depth": config.freeze_fraction,

@@ -252,9 +252,20 @@ def _read_existing(path: Path) -> pa.Table | None:
     if not path.exists():
         return None
     try:
-        return pq.read_table(path)
+        return _read_consistent(path)
     except (pa.ArrowException, OSError) as exc:
         raise UserError(f"{path}: not a readable Parquet file ({_short(exc)}); move it aside to continue") from exc
+
+
+def _read_consistent(path: Path) -> pa.Table:
+    """Read a table through one open file handle.
+
+    `pq.read_table(path)` stats the path and opens it again later; a writer's `os.replace` in between makes
+    it read the new file with the old file's size (a "truncated" error on a healthy file). One handle pins
+    one inode, so a reader sees either the old table or the new one, whole.
+    """
+    with open(path, "rb") as handle:
+        return pq.read_table(handle)
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
@@ -300,7 +311,7 @@ def read_table(path: Path, required: Sequence[str] = ()) -> pd.DataFrame:
     """Read one Parquet table; a bad file or a missing `required` column is a one-line UserError."""
     path = Path(path)
     try:
-        table = pq.read_table(path)
+        table = _read_consistent(path)
     except (pa.ArrowException, OSError) as exc:
         raise UserError(f"{path}: not a readable Parquet file ({_short(exc)})") from exc
     missing = [name for name in required if name not in table.column_names]

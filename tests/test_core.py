@@ -56,12 +56,21 @@ def test_row_has_the_contract_columns_and_sane_values(probe_pretrained):
     assert len(probe_pretrained.epochs) == 4 and probe_pretrained.epochs[-1]["step"] == row["hp_total_steps"]
 
 
-def test_pretrained_probe_beats_scratch_probe_and_finetuning_beats_probe(probe_pretrained):
-    scratch = _trial(pretrained=False)
-    finetune = _trial(freeze="full", lr=1e-3)
-    pretrained_top1 = probe_pretrained.row["metric_top1"]
-    assert pretrained_top1 > scratch.row["metric_top1"] + 20, (pretrained_top1, scratch.row["metric_top1"])
-    assert finetune.row["metric_top1"] > pretrained_top1, (finetune.row["metric_top1"], pretrained_top1)
+def test_pretrained_probe_beats_scratch_probe_by_a_wide_margin_on_natural_photos():
+    # On photo_patches (natural photographs) ImageNet features are far better than random ones. On digits they
+    # are not: see the README ("Measured, not assumed") -- a scratch EfficientNet's random features probe digits
+    # as well as ImageNet's do, which is the kind of finding this benchmark exists to surface.
+    pretrained = _trial(dataset="photo_patches", epochs=10)
+    scratch = _trial(dataset="photo_patches", epochs=10, pretrained=False)
+    assert pretrained.row["metric_top1"] > scratch.row["metric_top1"] + 12, (pretrained.row["metric_top1"],
+                                                                            scratch.row["metric_top1"])
+
+
+def test_finetuning_beats_the_linear_probe_on_digits():
+    probe = _trial(epochs=30)
+    finetune = _trial(freeze="full", lr=1e-3, epochs=3)
+    assert finetune.row["metric_top1"] > probe.row["metric_top1"], (finetune.row["metric_top1"],
+                                                                    probe.row["metric_top1"])
 
 
 def test_linear_probe_agrees_with_logistic_regression_on_the_same_features(probe_pretrained):
@@ -138,7 +147,7 @@ def test_steps_budget_and_shots():
 
 
 def test_divergence_is_a_row_not_an_exception():
-    result = _trial(freeze="full", lr=1e12, epochs=1, data_fraction=0.1, optimizer="sgd")
+    result = _trial(freeze="full", lr=1e30, epochs=1, data_fraction=0.1, optimizer="sgd")
     assert result.row["status"] == "diverged"
     assert "non-finite loss" in result.row["error"]
     assert result.row["metric_top1"] is None

@@ -1,0 +1,233 @@
+"""Frozen prefix, computed once: split a partially frozen body where its frozen groups end.
+
+A half-frozen trial (``freeze: 0.5``) pushes every image through the same frozen early layers at every step,
+and those layers are the expensive ones (full resolution). Frozen modules run in eval mode (``bench.freeze``)
+and, with ``augment: none``, see the same input every time, so their output per image is a fixed function of
+(weights, dataset, image size, preprocessing, freeze depth): whatever the data fraction, seed or learning rate.
+``split_frozen_prefix`` cuts the body into ``prefix`` (exactly the frozen groups) and ``suffix`` (the rest)
+with ``suffix(prefix(x)) == body(x)``; ``cached_prefix_outputs`` computes ``prefix`` once per dataset and
+keeps it exactly as ``bench.features`` keeps pooled features (same memory dict, same atomic disk cache), so a
+trial trains ``head(suffix(.))`` on stored activations.
+
+The split needs to know the body's forward as a chain of modules. It is known for timm's ``EfficientNet``
+(efficientnet_lite*, efficientnet_b*, mnasnet, mixnet, ...) and ``ResNet`` (resnet*, resnext*, seresnet*,
+...) classes whose forward is timm's own, and for a body that is a plain ``nn.Sequential``. Anything else
+gives ``None``: the core keeps the plain path and says so in the row.
+
+Train-mode semantics are kept, not only eval-mode values: in the plain path ``set_train_mode`` puts the
+largest fully frozen submodules in eval mode and leaves everything else (parameterless activations, pooling,
+the pooled-feature dropout of timm's ``forward_head``) in train mode. So a parameterless module joins the
+prefix only when it behaves the same in both modes (no dropout / drop-path, no buffers such as running
+statistics); a boundary that would need one inside the prefix gives ``None``. When every group is frozen the
+whole body is the prefix (the plain path then runs the whole body in eval mode) and the suffix is the
+identity: the prefix outputs are then the pooled features of ``bench.features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.models.efficientnet import EfficientNet
+from timm.models.resnet import ResNet
+from torch import nn
+
+from bench import features
+from bench.freeze import parameter_groups
+
+log = logging.getLogger(__name__)
+
+PREFIX_VERSION = 1  # bump when the split or the way prefix outputs are computed changes
+DEFAULT_MAX_BYTES = 1 << 30  # prefix outputs of one dataset larger than this are not cached (early boundaries
+# at full resolution: e.g. 32 x 112 x 112 floats per image at 224 px)
+
+Stage = tuple[str, nn.Module]  # (dotted name in the body, module)
+
+
+class FrozenPrefix(nn.Sequential):
+    """The frozen stages of a body, in order. ``stage_names`` are their dotted names in the body."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        super().__init__(OrderedDict((name.replace(".", "_"), module) for name, module in stages))
+        self.stage_names: tuple[str, ...] = tuple(name for name, _ in stages)
+
+
+class Suffix(nn.Sequential):
+    """The trainable rest of a body, in order; shares its modules (and parameters) with the body."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        super().__init__(OrderedDict((name.replace(".", "_"), module) for name, module in stages))
+        self.stage_names: tuple[str, ...] = tuple(name for name, _ in stages)
+
+
+class PooledHead(nn.Module):
+    """timm's ``forward_head`` (pool -> dropout -> classifier) as a module of its own, so that its dropout
+    follows the suffix's train/eval mode as it follows the body's in the plain path."""
+
+    def __init__(self, global_pool: nn.Module, drop_rate: float, classifier: nn.Module) -> None:
+        super().__init__()
+        self.global_pool = global_pool
+        self.drop_rate = float(drop_rate or 0.0)
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return self.classifier(x)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the body as a chain of stages
+
+def _children(module: nn.Module, prefix: str) -> list[Stage]:
+    return [(f"{prefix}.{name}" if prefix else name, child) for name, child in module.named_children()]
+
+
+def _uses_timm_forward(body: nn.Module, cls: type) -> bool:
+    kind = type(body)
+    return isinstance(body, cls) and all(getattr(kind, attr) is getattr(cls, attr)
+                                         for attr in ("forward", "forward_features", "forward_head"))
+
+
+def body_chain(body: nn.Module) -> tuple[list[Stage], nn.Module | None] | None:
+    """The body's forward as (stages applied in order, tail), or None when it is not known.
+
+    Stages that are ``nn.Sequential`` may be split further at a group boundary; the tail (pooling, dropout,
+    classifier) always runs last and is never split.
+    """
+    if _uses_timm_forward(body, EfficientNet):
+        stages = [("conv_stem", body.conv_stem), ("bn1", body.bn1), ("blocks", body.blocks),
+                  ("conv_head", body.conv_head), ("bn2", body.bn2)]
+        return stages, PooledHead(body.global_pool, body.drop_rate, body.classifier)
+    if _uses_timm_forward(body, ResNet):
+        stages = [(name, getattr(body, name)) for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2",
+                                                           "layer3", "layer4")]
+        return stages, PooledHead(body.global_pool, body.drop_rate, body.fc)
+    if type(body) is nn.Sequential:
+        return _children(body, ""), None
+    return None
+
+
+def _param_ids(module: nn.Module) -> set[int]:
+    return {id(p) for p in module.parameters()}
+
+
+def _same_in_both_modes(module: nn.Module) -> bool:
+    """A parameterless module whose output does not depend on train/eval mode (conservatively)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.modules.dropout._DropoutNd) or "Drop" in type(sub).__name__:
+            return False
+        if any(True for _ in sub.buffers(recurse=False)):  # running statistics and the like
+            return False
+    return True
+
+
+def _split_stages(stages: list[Stage], frozen: set[int]) -> tuple[list[Stage], list[Stage]] | None:
+    """Prefix = the leading stages whose parameters are all frozen (parameterless ones only if mode-free),
+    cut inside a ``nn.Sequential`` stage when the boundary falls there. None if the cut is impossible."""
+    prefix: list[Stage] = []
+    remaining = set(frozen)  # frozen parameters not yet in the prefix
+    for index, (name, module) in enumerate(stages):
+        ids = _param_ids(module)
+        if not remaining:
+            # Past the last frozen parameter: take along mode-free parameterless stages (ReLU, max-pool),
+            # which shrink what is stored and cost nothing to keep frozen.
+            if ids or not _same_in_both_modes(module):
+                return prefix, stages[index:]
+            prefix.append((name, module))
+        elif ids and ids <= remaining:
+            prefix.append((name, module))  # wholly frozen: in eval mode in the plain path too
+            remaining -= ids
+        elif not ids and _same_in_both_modes(module):
+            prefix.append((name, module))
+        elif ids & remaining and type(module) is nn.Sequential:
+            inner = _split_stages(_children(module, name), remaining & ids)
+            if inner is None or not remaining <= ids:
+                return None  # frozen parameters also after this stage: not a clean cut
+            return prefix + inner[0], inner[1] + stages[index + 1:]
+        else:
+            return None  # the boundary falls inside a module that is not a chain, or a mode-dependent one
+    return prefix, []
+
+
+def split_frozen_prefix(body: nn.Module, n_frozen_groups: int) -> tuple[FrozenPrefix, nn.Module] | None:
+    """(prefix, suffix) with ``suffix(prefix(x)) == body(x)``, the prefix holding exactly the parameters of
+    the first ``n_frozen_groups`` groups of ``bench.freeze.parameter_groups(body)``; None when the body's
+    forward is not a known chain or the group boundary does not fall between chained modules.
+
+    Both share the body's modules (no copies): training the suffix trains the body.
+    """
+    chain = body_chain(body)
+    if chain is None:
+        return None
+    stages, tail = chain
+    groups = parameter_groups(body)
+    if not 0 <= n_frozen_groups <= len(groups):
+        raise ValueError(f"n_frozen_groups must be in [0, {len(groups)}], got {n_frozen_groups}")
+    tail_stage: list[Stage] = [("head", tail)] if tail is not None else []
+    if n_frozen_groups == len(groups):
+        # All frozen: the plain path runs the whole body in eval mode, tail included.
+        prefix_stages, suffix_stages = stages + tail_stage, []
+    else:
+        params = dict(body.named_parameters())
+        frozen = {id(params[name]) for group in groups[:n_frozen_groups] for name in group}
+        if tail is not None and _param_ids(tail) & frozen:
+            return None
+        split = _split_stages(stages, frozen) if frozen else ([], stages)
+        if split is None:
+            return None
+        prefix_stages, suffix_stages = split[0], split[1] + tail_stage
+        if {i for _, m in prefix_stages for i in _param_ids(m)} != frozen:
+            return None
+    prefix, suffix = FrozenPrefix(prefix_stages), Suffix(suffix_stages)
+    if _param_ids(prefix) | _param_ids(suffix) != _param_ids(body):
+        return None  # a parameter outside the known chain: the forward is not what we think
+    return prefix, suffix
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the cache
+
+def prefix_cache_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
+                     img_size: int, n_frozen_groups: int, stage_names: Sequence[str],
+                     device_type: str = "cpu") -> str:
+    """Everything a pooled-feature key holds (``bench.features.feature_key``), plus the freeze boundary (group
+    count and the exact stages computed) and the precision (bf16 autocast on CUDA, fp32 elsewhere)."""
+    base = features.feature_key(arch=arch, weights_key=weights_key, dataset_fingerprint=dataset_fingerprint,
+                                mean=mean, std=std, img_size=img_size)
+    blob = json.dumps({"kind": "frozen_prefix", "features_key": base, "n_frozen_groups": n_frozen_groups,
+                       "stages": list(stage_names), "precision": "bf16" if device_type == "cuda" else "fp32",
+                       "version": PREFIX_VERSION}, sort_keys=True)
+    return "prefix-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def prefix_output_bytes(prefix: nn.Module, img_size: int, n_images: int, normalize: nn.Module, *,
+                        device: torch.device) -> int:
+    """Size of the float32 prefix outputs of ``n_images`` images, from one probe image."""
+    probe = np.zeros((1, 3, img_size, img_size), dtype=np.uint8)
+    one = features.compute_features(prefix, probe, normalize, device=device)
+    return int(one[0].numel()) * 4 * n_images
+
+
+def cached_prefix_outputs(key: str, prefix: nn.Module, x_train: np.ndarray, x_test: np.ndarray,
+                          normalize: nn.Module, *, device: torch.device, cache_dir: str | None,
+                          max_bytes: int | None = DEFAULT_MAX_BYTES) -> features.FeatureSet | None:
+    """``prefix(normalize(x))`` for every train and test image, from memory, disk or computed once (see
+    ``bench.features.cached_features``); None when they would exceed ``max_bytes`` (then train the plain way).
+    """
+    if max_bytes is not None:
+        size = prefix_output_bytes(prefix, int(x_train.shape[-1]), len(x_train) + len(x_test), normalize,
+                                   device=device)
+        if size > max_bytes:
+            log.info("frozen prefix %s: outputs would take %.0f MB > %.0f MB; not cached", key, size / 2**20,
+                     max_bytes / 2**20)
+            return None
+    return features.cached_features(key, prefix, x_train, x_test, normalize, device=device, cache_dir=cache_dir)

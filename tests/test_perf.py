@@ -1,0 +1,68 @@
+"""`python -m bench.perf`: its table parses, plain and optimised runs agree on the metrics, and its FLOP count
+is right for grouped convolutions. No timing is asserted: the machine is shared."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from bench import perf
+
+
+def test_markdown_table_round_trips():
+    rows = [["a trial", "1.0", "yes"], ["another", "22.5", "NO"]]
+    text = "before\n" + perf.markdown_table(("trial", "plain_s", "ok"), rows) + "\nafter\n"
+    assert perf.parse_table(text) == [{"trial": "a trial", "plain_s": "1.0", "ok": "yes"},
+                                      {"trial": "another", "plain_s": "22.5", "ok": "NO"}]
+    assert perf.parse_table("no table here") == []
+
+
+def test_training_flops_count_grouped_convolution_gradients_once_per_group():
+    torch.set_num_threads(1)
+    channels, size, batch = 8, 6, 2
+    depthwise = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                              nn.Flatten())
+    inputs = torch.randn(batch, channels, size, size, requires_grad=True)
+    forward = 2 * batch * size * size * channels * 9  # one multiply-add per weight per output position
+    # backward: the input gradient and the weight gradient, each one forward's worth
+    assert perf.count_training_flops(depthwise, inputs) == 3 * forward
+    frozen_input = inputs.detach()  # no input gradient needed: forward + weight gradient
+    assert perf.count_training_flops(depthwise, frozen_input) == 2 * forward
+
+
+def test_matmul_rate_is_positive_and_finite():
+    torch.set_num_threads(1)
+    rate = perf.matmul_gflops(size=256, repeats=2)
+    assert 0.01 < rate < 1e6
+
+
+@pytest.mark.slow
+def test_quick_run_prints_a_table_where_plain_and_optimised_metrics_agree(tmp_path):
+    out = tmp_path / "perf.json"
+    finished = subprocess.run([sys.executable, "-m", "bench.perf", "--quick", "--json", str(out),
+                               "--cache-dir", str(tmp_path / "cache")],
+                              capture_output=True, text=True, timeout=900, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = perf.parse_table(finished.stdout)
+    assert [row["trial"] for row in rows] == [t.name for t in perf.default_trials(quick=True)]
+    assert set(rows[0]) == set(perf.COLUMNS)
+    for row in rows:
+        assert float(row["plain_s"]) > 0 and float(row["opt_s"]) > 0 and float(row["ratio"]) > 0
+        assert float(row["d_top1"]) <= 0.5, row
+        assert float(row["d_nll"]) <= 1e-3, row
+        assert float(row["peak_MB plain"]) > 0 and float(row["peak_MB opt"]) > 0
+    assert rows[0]["path"] == "frozen features"  # the linear probe trained on cached features
+    full = next(row for row in rows if row["trial"].startswith("full"))
+    assert full["FLOP/s of peak"].endswith("%")
+    assert "GFLOP per training image" in finished.stdout and "load average" in finished.stdout
+    measured = json.loads(out.read_text())
+    assert [m["trial"] for m in measured] == [row["trial"] for row in rows]
+    for m, row in zip(measured, rows):
+        assert f"{m['ratio']:.2f}" == row["ratio"]
+        assert m["plain"]["row"]["feature_cache"] is False  # plain means plain
+        assert m["plain"]["row"]["trial_id"] == m["optimised"]["row"]["trial_id"]  # the same trial both ways
