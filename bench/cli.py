@@ -1,18 +1,20 @@
 """The ``bench`` command: parse, set up, run, clean up (DESIGN.md "Command line").
 
 Exit codes: 0 every trial finished; 1 the run finished but some trials failed; 2 bad input (nothing was run,
-one line on stderr, no traceback); anything else is an internal error and keeps its traceback.
+one line on stderr, no traceback); 3 the output could not be written (disk full, permissions: one line
+naming the path; finished rows are kept); anything else is an internal error and keeps its traceback.
 Heavy imports (torch, Ray) happen inside the commands, so ``bench validate`` answers instantly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import UserError
+from bench.errors import StorageError, UserError
 
 EMBEDDED_DEFAULT = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
 
@@ -49,6 +51,16 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _similarity(args: argparse.Namespace) -> int:
+    from bench.similarity_table import format_similarity_table, similarity_table
+    from bench.suite import load_suite
+
+    suite = load_suite(args.suite, smoke=args.smoke)
+    table = similarity_table(suite, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    print(format_similarity_table(table, args.format))
+    return 1 if table["error"].notna().any() else 0
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from bench import leaderboard
 
@@ -66,7 +78,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     if args.what == "backbones":
-        from bench.backbones import list_backbones
+        from bench.registry import list_backbones
 
         for row in list_backbones(args.pattern, all_timm=args.all):
             print(f"{row.name:48s} {row.family:12s} {'offline' if row.offline else 'download':9s} {row.note}")
@@ -77,12 +89,6 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{entry.name:16s} {entry.group:12s} {'offline' if entry.offline else 'download':9s} "
                   f"{entry.description}")
     return 0
-
-
-def _perf(args: argparse.Namespace) -> int:
-    from bench import perf
-
-    return perf.main(args.perf_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--smoke", action="store_true")
     validate.set_defaults(handler=_validate)
 
+    measure = commands.add_parser("similarity", help="similarity and transferability per (backbone, dataset); "
+                                                     "trains nothing")
+    measure.add_argument("suite")
+    measure.add_argument("--smoke", action="store_true")
+    measure.add_argument("--cache-dir", default=str(Path("results") / ".cache"),
+                         help="prepared datasets, features and scores (default: results/.cache, as bench run)")
+    measure.add_argument("--format", choices=("md", "csv"), default="md")
+    measure.set_defaults(handler=_similarity)
+
     board = commands.add_parser("leaderboard", help="ranked tables, mean and 95%% CI over seeds")
     board.add_argument("run_dirs", nargs="+")
     board.add_argument("--by", choices=("dataset", "regime"), default="dataset")
@@ -122,20 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="every timm/torchvision model, not only cached ones")
     listing.set_defaults(handler=_list)
 
-    perf = commands.add_parser("perf", help="plain vs optimised trials: wall time, throughput, metric equality",
-                               add_help=False)
-    perf.add_argument("perf_args", nargs=argparse.REMAINDER)
-    perf.set_defaults(handler=_perf)
+    # `bench perf ARGS` is handed to bench.perf's own parser by `main`; listed here for --help.
+    commands.add_parser("perf", help="plain vs optimised trials: wall time, throughput, metric equality")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["perf"]:  # its own parser, its own --help
+        from bench import perf
+
+        return perf.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except UserError as error:
         print(f"bench: error: {error}", file=sys.stderr)
         return 2
+    except StorageError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return 3
+    except OSError as error:
+        if isinstance(error, BrokenPipeError):  # `bench list ... | head`: the reader left, nothing is wrong
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- keeps the interpreter's final flush quiet
+            return 0
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"bench: error: {error.strerror or error}{where}; finished trials are kept "
+              "(bench run --resume to go on)", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("bench: interrupted; finished trials are in the run folder (bench run --resume to go on)",
               file=sys.stderr)

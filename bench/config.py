@@ -20,7 +20,8 @@ OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("none", "flip", "crop_flip")
 
 # Fields that say where or how a trial runs but not what it computes: left out of trial_id.
-_PLACEMENT_FIELDS = ("suite", "cache_dir", "device", "feature_cache", "download")
+_PLACEMENT_FIELDS = ("suite", "cache_dir", "device", "feature_cache", "download", "similarity",
+                     "similarity_threshold")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class TrialConfig:
     cache_dir: str | None = None  # prepared datasets and frozen features; None = no disk cache
     device: str = "auto"  # "auto" = cuda when available, else cpu
     feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.features)
+    similarity: bool = True  # measure similarity / transferability (bench.similarity) into the row
+    similarity_threshold: float | None = None  # regime cut on similarity_score; None = bench.similarity's default
 
     @property
     def strategy(self) -> str:

@@ -18,6 +18,8 @@ A non-finite loss ends the trial with status ``diverged``; it is a result, not a
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import platform
 import resource
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from bench import datasets, features, similarity
+from bench import datasets, features, prefix, similarity
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
 from bench.errors import UserError
@@ -116,48 +119,37 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
     images = {
         "train": Split(torch.from_numpy(np.asarray(data.x_train[train_idx])), _labels(data.y_train[train_idx])),
         "val": Split(torch.from_numpy(np.asarray(data.x_train[val_idx])), _labels(data.y_train[val_idx])),
-        "test": Split(torch.from_numpy(np.asarray(data.x_test)), _labels(data.y_test)),
+        "test": Split(torch.from_numpy(np.array(data.x_test)), _labels(data.y_test)),  # a writable copy
     }
-    use_features = config.feature_cache and config.augment == "none" and config.strategy in ("linear_probe",
-                                                                                           "lp_ft")
-    cached = _features_for(backbone, data, normalize, config, device) if use_features else None
-    feature_splits = None
-    if cached is not None:
-        feature_splits = {
-            "train": Split(cached.train[train_idx], images["train"].labels),
-            "val": Split(cached.train[val_idx], images["val"].labels),
-            "test": Split(cached.test, images["test"].labels),
-        }
-
     scores = measure_similarity(config, data, backbone=backbone, device=device)
     phases = plan_phases(config, n_train=len(train_idx))
     epoch_rows: list[dict[str, Any]] = []
     status, error = "ok", None
     train_seconds, images_seen = 0.0, 0
     plan: FreezePlan
+    frozen_paths: list[str] = []
     for phase in phases:
         plan = apply_freeze(backbone.body, phase.freeze)
-        model, splits, prepare = _model_and_inputs(backbone, phase, images, feature_splits, normalize, config,
-                                                   device)
-        outcome = fit(model, splits["train"], splits["val"], prepare=prepare, phase=phase, config=config,
-                      device=device, log=epoch_rows)
+        setup = _phase_setup(backbone, plan, images, (train_idx, val_idx), data, normalize, config, device)
+        frozen_paths.append(setup.frozen_path)
+        outcome = fit(setup.model, setup.splits["train"], setup.splits["val"], prepare=setup.prepare, phase=phase,
+                      config=config, device=device, log=epoch_rows)
         train_seconds += outcome.seconds
         images_seen += outcome.images_seen
         if outcome.diverged:
             status, error = "diverged", f"non-finite loss at step {outcome.steps} of phase '{phase.name}'"
             break
 
-    final_phase = phases[-1]
-    model, splits, prepare = _model_and_inputs(backbone, final_phase, images, feature_splits, normalize, config,
-                                               device)
     metrics = {}
-    if status == "ok":
-        metrics = evaluate(model, splits["test"], prepare, device)
-        metrics["val_top1"] = evaluate(model, splits["val"], prepare, device)["top1"] if len(val_idx) else None
+    if status == "ok":  # `setup` is the last phase's: the model as trained, on the inputs it was trained on
+        metrics = evaluate(setup.model, setup.splits["test"], setup.prepare, device)
+        metrics["val_top1"] = (evaluate(setup.model, setup.splits["val"], setup.prepare, device)["top1"]
+                               if len(val_idx) else None)
     row = _result_row(config, run_id=run_id, status=status, error=error, backbone=backbone, data=data, plan=plan,
                       n_train=len(train_idx), n_val=len(val_idx), metrics=metrics, epoch_rows=epoch_rows,
                       phases=phases, train_seconds=train_seconds, images_seen=images_seen, device=device,
-                      feature_cache=feature_splits is not None, started_at=started_at)
+                      frozen_paths=[f"{p.name}: {path}" for p, path in zip(phases, frozen_paths, strict=False)]
+                      if len(phases) > 1 else frozen_paths, started_at=started_at)
     row.update(scores)
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
@@ -225,10 +217,14 @@ def measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, b
     """Similarity of the dataset to ImageNet and transferability of the frozen features (``bench.similarity``).
 
     Measured with the *pretrained* weights of the trial's architecture, once per (weights, dataset, image size),
-    from the pooled features a linear probe computes anyway; a scratch trial carries its pretrained twin's
-    numbers, so pretrained and scratch rows land in the same regime cell. Where no pretrained weights can be
-    had (offline, no cache), the columns are null.
+    from the pooled features a linear probe computes anyway; kept in memory and as
+    ``<cache_dir>/similarity/<key>.json``, so the other trials of a run (on any worker sharing the cache) read
+    it. A scratch trial carries its pretrained twin's numbers, so pretrained and scratch rows land in the same
+    regime cell. Where no pretrained weights can be had (offline, no cache), the columns are null. The regime
+    label uses ``config.similarity_threshold`` (the suite's ``analysis.similarity_threshold``).
     """
+    if not config.similarity:
+        return {name: None for name in SIMILARITY_COLUMNS}
     device = device or resolve_device(config.device)
     if backbone is None or not backbone.pretrained:
         try:
@@ -238,11 +234,16 @@ def measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, b
         backbone.body.to(device, memory_format=torch.channels_last)
     key = features.feature_key(arch=config.backbone, weights_key=backbone.weights_key,
                                dataset_fingerprint=data.fingerprint, mean=backbone.mean, std=backbone.std,
-                               img_size=config.img_size)
+                               img_size=config.img_size, device_type=device.type)
+    key = f"{key}-s{similarity.SIMILARITY_VERSION}"
+    path = Path(config.cache_dir) / "similarity" / f"{key}.json" if config.cache_dir else None
+    if key not in _SIMILARITY and path is not None and path.is_file():
+        with contextlib.suppress(OSError, ValueError):  # a torn file: measure again
+            _SIMILARITY[key] = json.loads(path.read_text())
     if key not in _SIMILARITY:
         normalize = Normalize(backbone.mean, backbone.std).to(device)
-        cached = features.cached_features(key, backbone.body, data.x_train, data.x_test, normalize,
-                                          device=device, cache_dir=config.cache_dir)
+        cached = features.cached_features(key.rsplit("-s", 1)[0], backbone.body, data.x_train, data.x_test,
+                                          normalize, device=device, cache_dir=config.cache_dir)
         source_logits = None
         if backbone.source_head is not None:
             with torch.no_grad():
@@ -252,7 +253,13 @@ def measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, b
                                                std=backbone.std)
         backbone.body.to(memory_format=torch.channels_last)  # the BN recorder may have run it contiguous
         _SIMILARITY[key] = {name: _finite_or_none(scores[name]) for name in SIMILARITY_COLUMNS}
-    return dict(_SIMILARITY[key])
+        if path is not None:
+            features.atomic_write_text(json.dumps(_SIMILARITY[key], sort_keys=True), path)
+    measured = dict(_SIMILARITY[key])
+    if measured["similarity_score"] is not None:
+        measured["similarity_regime"] = similarity.similarity_regime(measured["similarity_score"],
+                                                                     config.similarity_threshold)
+    return measured
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -261,22 +268,76 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _model_and_inputs(backbone: Backbone, phase: Phase, images: dict[str, Split],
-                      feature_splits: dict[str, Split] | None, normalize: Normalize, config: TrialConfig,
-                      device: torch.device) -> tuple[nn.Module, dict[str, Split], Callable]:
-    """A fully frozen body with cached features trains the head alone on features; otherwise the whole
-    model trains on images."""
-    if phase.freeze >= 1.0 and feature_splits is not None:
-        return backbone.head, feature_splits, lambda batch, train: batch
+@dataclass
+class PhaseSetup:
+    """What one phase trains (``model``), on which inputs (``splits``, turned into model inputs by ``prepare``),
+    and how the frozen part of the body is computed (``frozen_path``, recorded in the row)."""
+
+    model: nn.Module
+    splits: dict[str, Split]
+    prepare: Callable[[torch.Tensor, bool], torch.Tensor]
+    frozen_path: str
+
+
+def _phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
+                 indices: tuple[np.ndarray, np.ndarray], data: datasets.PreparedDataset, normalize: Normalize,
+                 config: TrialConfig, device: torch.device) -> PhaseSetup:
+    """The cached path where it is exact, else the plain one.
+
+    ``features``: every group frozen: the head trains on the body's pooled features, computed once per dataset.
+    ``prefix``: some groups frozen: the rest of the body and the head train on the frozen prefix's outputs,
+    computed once per dataset and freeze boundary (``bench.prefix``). Both need a frozen part that sees no
+    random augmentation. ``none``: nothing frozen. ``plain (<why>)``: images through the whole model.
+    """
+    reason = None
+    if plan.n_frozen_groups == 0:
+        reason = "none"
+    elif not config.feature_cache:
+        reason = "plain (feature_cache off)"
+    elif config.augment != "none":
+        reason = "plain (augmentation)"
+    if reason is None and plan.n_frozen_groups == plan.n_groups:
+        stored = _features_for(backbone, data, normalize, config, device)
+        return PhaseSetup(backbone.head, _index(stored, images, indices), lambda batch, train: batch, "features")
+    if reason is None:
+        split = prefix.split_frozen_prefix(backbone.body, plan.n_frozen_groups)
+        if split is None:
+            reason = "plain (no prefix split for this architecture)"
+        else:
+            front, back = split
+            key = prefix.prefix_cache_key(arch=config.backbone, weights_key=backbone.weights_key,
+                                          dataset_fingerprint=data.fingerprint, mean=backbone.mean,
+                                          std=backbone.std, img_size=config.img_size,
+                                          n_frozen_groups=plan.n_frozen_groups, stage_names=front.stage_names,
+                                          device_type=device.type)
+            stored = prefix.cached_prefix_outputs(key, front, data.x_train, data.x_test, normalize, device=device,
+                                                  cache_dir=config.cache_dir)
+            if stored is None:
+                reason = "plain (prefix outputs over the memory cap)"
+            else:
+                return PhaseSetup(TransferModel(back, backbone.head), _index(stored, images, indices),
+                                  lambda batch, train: _channels_last(batch), "prefix")
     augmenter = Augment(config.augment, seed=config.seed)
 
     def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
         batch = normalize(batch)
         if train:
             batch = augmenter(batch)
-        return batch.contiguous(memory_format=torch.channels_last)
+        return _channels_last(batch)
 
-    return TransferModel(backbone.body, backbone.head), images, prepare
+    return PhaseSetup(TransferModel(backbone.body, backbone.head), images, prepare, reason or "plain")
+
+
+def _index(stored: features.FeatureSet, images: dict[str, Split],
+           indices: tuple[np.ndarray, np.ndarray]) -> dict[str, Split]:
+    train_idx, val_idx = indices
+    return {"train": Split(stored.train[train_idx], images["train"].labels),
+            "val": Split(stored.train[val_idx], images["val"].labels),
+            "test": Split(stored.test, images["test"].labels)}
+
+
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -426,7 +487,7 @@ def device_name(device: torch.device) -> str:
 def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | None, backbone: Backbone,
                 data: datasets.PreparedDataset, plan: FreezePlan, n_train: int, n_val: int,
                 metrics: dict[str, Any], epoch_rows: list[dict[str, Any]], phases: list[Phase],
-                train_seconds: float, images_seen: int, device: torch.device, feature_cache: bool,
+                train_seconds: float, images_seen: int, device: torch.device, frozen_paths: list[str],
                 started_at: str) -> dict[str, Any]:
     head_params = sum(p.numel() for p in backbone.head.parameters())
     val_scores = [r["val_top1"] for r in epoch_rows if r["val_top1"] is not None]
@@ -475,7 +536,8 @@ def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | N
         "metric_nll": metrics.get("nll"),
         "metric_val_top1": metrics.get("val_top1"),
         "metric_best_val_top1": max(val_scores) if val_scores else None,
-        "feature_cache": feature_cache,
+        "feature_cache": any(path.endswith(("features", "prefix")) for path in frozen_paths),
+        "frozen_prefix": ", ".join(frozen_paths),
         "train_seconds": train_seconds,
         "images_per_second": images_seen / train_seconds if train_seconds > 0 else None,
         "peak_memory_mb": peak_memory_mb(device),

@@ -7,8 +7,11 @@ cache folder, on disk next to the prepared dataset), and a linear probe trains i
 pass per dataset instead of one per image per epoch per trial.
 
 The cache key holds everything the features depend on -- the weights' hash, the architecture, the dataset's
-fingerprint (name, root, size, preprocessing version), mean/std, and this module's version -- so a stale hit
-is impossible: change any of them and the key changes.
+fingerprint (name, root, size, preprocessing version), mean/std, the precision (bf16 on CUDA) and this
+module's version -- so a stale hit is impossible: change any of them and the key changes.
+
+Memory holds at most ``BENCH_FEATURE_MEMORY_GB`` (default 4) of feature sets per process, least recently used
+dropped first; the disk copy in the cache folder stays.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +32,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 FEATURES_VERSION = 1  # bump when the way features are computed changes
-_MEMORY: dict[str, "FeatureSet"] = {}
-STATS = {"hits": 0, "misses": 0, "disk_hits": 0}
+MEMORY_BUDGET_BYTES = int(float(os.environ.get("BENCH_FEATURE_MEMORY_GB", "4")) * 2**30)
+_MEMORY: OrderedDict[str, "FeatureSet"] = OrderedDict()  # least recently used first
+STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "evictions": 0}
 
 
 @dataclass
@@ -45,9 +50,11 @@ class FeatureSet:
 
 
 def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
-                img_size: int) -> str:
+                img_size: int, device_type: str = "cpu") -> str:
+    """Everything the features depend on; the precision too (bf16 autocast on CUDA, fp32 elsewhere)."""
     blob = json.dumps({"arch": arch, "weights": weights_key, "dataset": dataset_fingerprint, "mean": list(mean),
-                       "std": list(std), "img_size": img_size, "version": FEATURES_VERSION}, sort_keys=True)
+                       "std": list(std), "img_size": img_size, "version": FEATURES_VERSION,
+                       **({"precision": "bf16"} if device_type == "cuda" else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -73,6 +80,7 @@ def cached_features(key: str, body: nn.Module, x_train: np.ndarray, x_test: np.n
     """The features for ``key``: from memory, else from ``cache_dir``, else computed (and stored)."""
     if key in _MEMORY:
         STATS["hits"] += 1
+        _MEMORY.move_to_end(key)
         return _MEMORY[key]
     path = Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
@@ -91,10 +99,32 @@ def cached_features(key: str, body: nn.Module, x_train: np.ndarray, x_test: np.n
                               test=compute_features(body, x_test, normalize, device=device))
         if path is not None:
             _atomic_save({"train": features.train, "test": features.test}, path)
-    _MEMORY[key] = features
+    _remember(key, features)
     log.info("feature cache: key %s, %.1f MB, hits %d, misses %d", key, features.nbytes / 2**20, STATS["hits"],
              STATS["misses"])
     return features
+
+
+def _remember(key: str, features: FeatureSet) -> None:
+    """Keep ``features`` in memory, dropping the least recently used sets beyond the budget (the disk copy
+    stays, so an evicted set costs one read, not a recomputation)."""
+    _MEMORY[key] = features
+    while len(_MEMORY) > 1 and sum(f.nbytes for f in _MEMORY.values()) > MEMORY_BUDGET_BYTES:
+        _MEMORY.popitem(last=False)
+        STATS["evictions"] += 1
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see all of it or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _atomic_save(obj: object, path: Path) -> None:

@@ -63,12 +63,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from bench.config import TrialConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROW_MARKER = "BENCH_PERF_ROW "  # the plain child's one line of output that the parent reads
 
@@ -342,7 +345,7 @@ def _machine_line(threads: int) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # whole suites: `bench run` against a plain process per trial, and Ray against in-process calls
 
-def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tuple[float, "pd.DataFrame"]:
+def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tuple[float, pd.DataFrame]:
     """`bench run` as a user types it (a fresh process: start-up, Ray, dataset sharing, caches); its wall
     time and its trials table."""
     import pandas as pd
@@ -362,7 +365,7 @@ def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tup
     return wall, table
 
 
-def _leaderboard_difference(left: "pd.DataFrame", right: "pd.DataFrame") -> tuple[bool, float]:
+def _leaderboard_difference(left: pd.DataFrame, right: pd.DataFrame) -> tuple[bool, float]:
     """(same ranking in every cell, largest difference of a cell's mean top-1) between two trial tables."""
     from bench.leaderboard import leaderboard
 

@@ -201,7 +201,7 @@ def prefix_cache_key(*, arch: str, weights_key: str, dataset_fingerprint: str, m
     """Everything a pooled-feature key holds (``bench.features.feature_key``), plus the freeze boundary (group
     count and the exact stages computed) and the precision (bf16 autocast on CUDA, fp32 elsewhere)."""
     base = features.feature_key(arch=arch, weights_key=weights_key, dataset_fingerprint=dataset_fingerprint,
-                                mean=mean, std=std, img_size=img_size)
+                                mean=mean, std=std, img_size=img_size, device_type=device_type)
     blob = json.dumps({"kind": "frozen_prefix", "features_key": base, "n_frozen_groups": n_frozen_groups,
                        "stages": list(stage_names), "precision": "bf16" if device_type == "cuda" else "fp32",
                        "version": PREFIX_VERSION}, sort_keys=True)

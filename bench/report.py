@@ -11,6 +11,7 @@ never disagree.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def write_report(
     if not run_dirs:
         raise UserError("bench report: give at least one run folder")
     data = load_runs(run_dirs)
+    for problem in data.problems:  # also listed in the report's section 7
+        print(f"warning: {problem}", file=sys.stderr)
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -272,9 +275,13 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
         }))
 
 
+# Estimates computed before training (bench.similarity); `transferability` is LogME.
+ESTIMATES = ("similarity_score", "transferability", "leep", "nce", "h_score")
+
+
 def transferability_points(prepared: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, backbone) at the dataset's largest data size: the estimates and the measured outcomes."""
-    measured = [c for c in ("similarity_score", "transferability") if c in prepared and prepared[c].notna().any()]
+    measured = [c for c in ESTIMATES if c in prepared and prepared[c].notna().any()]
     if not measured or selected.empty:
         return pd.DataFrame()
     pretrained = selected[selected["pretrained"].astype(bool)]
@@ -292,9 +299,12 @@ def transferability_points(prepared: pd.DataFrame, selected: pd.DataFrame) -> pd
 
 
 def rank_correlations(points: pd.DataFrame) -> pd.DataFrame:
-    """Spearman rho (and p) of each estimate against each outcome, per dataset (>= 3 backbones) and pooled."""
-    pairs = [("transferability", "probe_top1"), ("transferability", "best_top1"),
-             ("similarity_score", "best_top1"), ("similarity_score", "pretraining_gain")]
+    """Kendall tau (with its p) and Spearman rho of each estimate against each outcome, per dataset (>= 3
+    backbones) and pooled: the question the transferability literature asks (does the estimate rank the
+    backbones as training does?). Kendall's tau-b handles ties and reads as (concordant - discordant) pairs."""
+    pairs = [(estimate, outcome) for estimate in ("transferability", "leep", "nce", "h_score")
+             for outcome in ("probe_top1", "best_top1")]
+    pairs += [("similarity_score", "best_top1"), ("similarity_score", "pretraining_gain")]
     rows = []
     for estimate, outcome in pairs:
         if estimate not in points or outcome not in points:
@@ -303,9 +313,11 @@ def rank_correlations(points: pd.DataFrame) -> pd.DataFrame:
             usable = group[[estimate, outcome]].dropna()
             if len(usable) < 3 or usable[estimate].nunique() < 2 or usable[outcome].nunique() < 2:
                 continue
-            rho, p = st.spearmanr(usable[estimate], usable[outcome])
+            tau, p = st.kendalltau(usable[estimate], usable[outcome])
+            rho = st.spearmanr(usable[estimate], usable[outcome]).statistic
             rows.append({"estimate": estimate, "outcome": outcome, "scope": scope, "n": len(usable),
-                         "spearman rho": round(float(rho), 3), "p": float(p)})
+                         "kendall tau": round(float(tau), 3), "p": round(float(p), 4),
+                         "spearman rho": round(float(rho), 3)})
     return pd.DataFrame(rows)
 
 
@@ -318,8 +330,9 @@ def _section_transferability(doc: Document, prepared: pd.DataFrame, selected: pd
         return
     doc.para("Each point is one (dataset, backbone) pair at the dataset's largest data size: the estimate computed "
              "before training against the measured test top-1 (best pretrained strategy, and linear probe) and "
-             "the gain of pretraining. Rank correlations per dataset need at least three backbones; the pooled "
-             "one also mixes datasets of different difficulty.")
+             "the gain of pretraining. The rank correlation (Kendall tau-b, Spearman rho beside it) asks whether an "
+             "estimate orders the backbones as training does; per dataset it needs at least three backbones, and "
+             "the pooled one also mixes datasets of different difficulty. `transferability` is LogME.")
     correlations = rank_correlations(points)
     doc.table(correlations if not correlations.empty else pd.DataFrame({"note": ["fewer than 3 points to correlate"]}))
     if "transferability" in points:

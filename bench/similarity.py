@@ -84,6 +84,8 @@ __all__ = [
     "source_similarity",
 ]
 
+SIMILARITY_VERSION = 1  # bump when a score's definition or its defaults change (cache keys carry it)
+
 # Calibrated with scripts/calibrate_similarity.py (table and figures in the README): 3 backbones x 4 image
 # sizes (64, 96, 160, 224 px) x 14 labelled image sets, 168 cases. Natural photographs scored >= 0.914 (CIFAR-10,
 # 32 px photos, lowest); microscopy, retina, histology, documents, digits, CT phantom, astronomy, synthetic
@@ -260,11 +262,13 @@ def record_statistics(
     resolution: int | None = None,
     max_images: int = DEFAULT_MAX_IMAGES,
     batch_size: int = 32,
+    coarsest_only: bool = False,
 ) -> RecordedStatistics:
     """Run `images` through `model` (eval mode, no grad, resized to `resolution`) recording BN input moments.
 
     Alternate images go to two halves, recorded apart, so `divergence_corrected` can remove the small-sample
-    bias. The model's train/eval mode is restored afterwards.
+    bias. The model's train/eval mode is restored afterwards. `coarsest_only` records only the layers that
+    `layers="coarsest"` reads (several times faster: the early full-resolution maps are most of the work).
     """
     side = resolution or pretraining_resolution(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -272,12 +276,12 @@ def record_statistics(
     model.eval()
     seen = 0
     try:
-        with BatchNormRecorder(model, groups=2) as recorder, torch.no_grad():
+        with BatchNormRecorder(model, groups=2, coarsest_only=coarsest_only) as recorder, torch.no_grad():
             for batch in _batches(images, mean, std, max_images=max_images, batch_size=batch_size):
                 if batch.shape[-2:] != (side, side):  # bicubic, as timm's eval transforms for these weights
                     batch = F.interpolate(batch, size=(side, side), mode="bicubic", antialias=True,
                                           align_corners=False)
-                batch = batch.to(device)
+                batch = batch.to(device).contiguous(memory_format=torch.channels_last)  # as the trials run it
                 for group, offset in enumerate(((seen % 2), 1 - (seen % 2))):  # image i -> half i % 2
                     part = batch[offset::2]
                     if len(part):
@@ -328,7 +332,8 @@ def bn_divergence(
     if not has_imagenet_statistics(model):
         raise ValueError(f"{type(model).__name__} has no trained BatchNorm statistics to compare with")
     recorded = record_statistics(
-        model, images, mean=mean, std=std, resolution=resolution, max_images=max_images, batch_size=batch_size
+        model, images, mean=mean, std=std, resolution=resolution, max_images=max_images, batch_size=batch_size,
+        coarsest_only=layers == "coarsest",
     )
     if recorded.n_images == 0:
         raise ValueError("no images to measure: the image set is empty")
@@ -376,7 +381,7 @@ def source_similarity(
         return SimilarityScores(float("nan"), float("nan"), "unavailable", 0, 0, 0,
                                 "the model has no BatchNorm statistics and no reference network was allowed")
     recorded = record_statistics(probe, images, mean=probe_mean, std=probe_std, resolution=resolution,
-                                 max_images=max_images, batch_size=batch_size)
+                                 max_images=max_images, batch_size=batch_size, coarsest_only=True)
     seen, side = recorded.n_images, recorded.resolution
     if seen == 0:
         return SimilarityScores(float("nan"), float("nan"), method, 0, 0, side, "no images to measure")

@@ -294,7 +294,7 @@ class BackboneSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from bench.backbones import check_backbone_name
+        from bench.registry import check_backbone_name
 
         try:
             check_backbone_name(name)
@@ -463,7 +463,8 @@ class DataRegimesSpec(_Strict):
 
 
 class AnalysisSpec(_Strict):
-    similarity_threshold: float | None = None  # None: the similarity module's documented default
+    similarity: bool = True  # measure similarity and transferability once per (backbone, dataset, size)
+    similarity_threshold: Annotated[float, Field(gt=0, le=1)] | None = None  # None: bench.similarity's default
     data_regimes: DataRegimesSpec = DataRegimesSpec()
 
 
@@ -679,6 +680,7 @@ class Suite:
                 momentum=train.momentum, warmup_fraction=train.warmup_fraction,
                 label_smoothing=train.label_smoothing, augment=train.augment,
                 val_fraction=train.val_fraction, eval_every=train.eval_every,
+                similarity=spec.analysis.similarity, similarity_threshold=spec.analysis.similarity_threshold,
             )
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from ray import tune
 from bench import core, results, runs
 from bench.config import TrialConfig
 from bench.datasets import PreparedDataset, prepare_dataset
-from bench.errors import UserError
+from bench.errors import StorageError, UserError
 from bench.suite import Suite
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,20 @@ class _RowWriter(tune.Callback):
         self.pending = pending
         self.started = time.monotonic()
         self.running = 0
+        self.storage_error: OSError | None = None
+
+
+class _StopAll(tune.Stopper):
+    """Ends the whole experiment once the run folder cannot be written: later rows would be lost anyway."""
+
+    def __init__(self, writer: _RowWriter) -> None:
+        self.writer = writer
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.writer.storage_error is not None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running = sum(1 for t in trials if t.status == "RUNNING")
@@ -93,15 +109,26 @@ class _RowWriter(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = json.loads(result["row_json"])
         epochs = json.loads(result["epochs_json"])
-        write_rows(self.run_dir, [row], {row["trial_id"]: epochs})
-        self._count(row, trials)
+        if self._write([row], {row["trial_id"]: epochs}):
+            self._count(row, trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         config = TrialConfig.from_dict(trial.config["trial"])
         message = _error_message(trial)
         row = _failed_row(config, self.run_id, message)
-        write_rows(self.run_dir, [row], {})
-        self._count(row, trials)
+        if self._write([row], {}):
+            self._count(row, trials)
+
+    def _write(self, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> bool:
+        """Write rows; on a storage error (disk full) keep the first one and stop the run (see ``_StopAll``)."""
+        if self.storage_error is not None:
+            return False
+        try:
+            write_rows(self.run_dir, rows, epochs)
+        except OSError as error:  # each write is atomic: the tables hold exactly the rows written before
+            self.storage_error = error
+            return False
+        return True
 
     def _count(self, row: dict[str, Any], trials: list) -> None:
         status = row["status"]
@@ -258,13 +285,16 @@ def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir
     trainable = tune.with_resources(tune.with_parameters(_trainable, datasets=refs, run_id=run_dir.name),
                                     resources)
     writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials) + summary.failed)
+    scratch = tempfile.mkdtemp(prefix="bench-tune-")
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
         tune_config=tune.TuneConfig(max_concurrent_trials=suite.tune.max_concurrent_trials, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(run_dir / ".tune"), verbose=0, callbacks=[writer],
+            # Tune's own experiment state is scratch (resume reads our Parquet rows), so it stays out of the
+            # run folder: a full or read-only results disk then fails in one place, our row writer.
+            name="tune", storage_path=scratch, verbose=0, callbacks=[writer], stop=_StopAll(writer),
             failure_config=tune.FailureConfig(max_failures=suite.tune.max_failures),
         ),
     )
@@ -274,3 +304,10 @@ def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir
         print(f"bench: Ray stopped the run: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
               file=sys.stderr, flush=True)
         traceback.print_exc(limit=2)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if writer.storage_error is not None:
+        error = writer.storage_error
+        where = error.filename or run_dir
+        raise StorageError(f"cannot write {where}: {error.strerror or error}; the {summary.ok + summary.diverged} "
+                           "trial(s) finished before it are kept; free space, then bench run --resume")

@@ -238,8 +238,6 @@ def test_list_shows_both_registries_with_offline_availability() -> None:
     assert {line.split()[0] for line in filtered.stdout.splitlines()} == {"cifar10", "cifar100"}
 
 
-@pytest.mark.xfail(strict=True, reason="bench.cli.main lets BrokenPipeError escape: `bench list datasets | true` "
-                                       "prints a traceback (fix: catch BrokenPipeError in main)")
 def test_output_into_a_closed_pipe_prints_no_traceback() -> None:
     """`bench list datasets | head -1` on a long listing: the reader is gone before bench writes."""
     piped = subprocess.run(f"'{sys.executable}' -m bench.cli list datasets | true", shell=True,
@@ -259,10 +257,6 @@ def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bench.cli promises `bench validate` answers instantly, but validating a "
-                                       "backbone name imports torch, torchvision and timm (5-8 s); fix: "
-                                       "bench/backbones.py imports them lazily, check_backbone_name needs them "
-                                       "only for timm:/tv: names")
 def test_validate_of_a_bundled_backbone_suite_does_not_import_torch() -> None:
     code = ("import sys; from bench.cli import main; rc = main(['validate', 'suites/smoke.yaml']); "
             "print('torch' in sys.modules, 'ray' in sys.modules); sys.exit(rc)")

@@ -95,6 +95,21 @@ def test_cached_features_give_the_plain_paths_numbers(probe_pretrained):
     assert plain.row["metric_nll"] == pytest.approx(probe_pretrained.row["metric_nll"], rel=1e-2)
 
 
+def test_a_cached_frozen_prefix_gives_the_plain_paths_numbers():
+    cached = _trial(freeze=0.5, epochs=2, data_fraction=0.2, lr=1e-3)
+    plain = _trial(freeze=0.5, epochs=2, data_fraction=0.2, lr=1e-3, feature_cache=False)
+    assert cached.row["frozen_prefix"] == "prefix" and cached.row["feature_cache"] is True
+    assert plain.row["frozen_prefix"] == "plain (feature_cache off)" and plain.row["feature_cache"] is False
+    assert cached.row["trainable_params"] == plain.row["trainable_params"]
+    for metric in ("metric_top1", "metric_macro_f1", "metric_val_top1"):
+        assert cached.row[metric] == pytest.approx(plain.row[metric], abs=0.5), metric
+    assert cached.row["metric_nll"] == pytest.approx(plain.row["metric_nll"], rel=1e-2)
+    flipped = _trial(freeze=0.5, epochs=1, data_fraction=0.2, lr=1e-3, augment="flip")
+    assert flipped.row["frozen_prefix"] == "plain (augmentation)"
+    lp_ft = _trial(freeze="lp_ft", epochs=2, data_fraction=0.1, lr=1e-3)
+    assert lp_ft.row["frozen_prefix"] == "probe: features, finetune: none"
+
+
 def test_same_config_and_seed_give_the_same_metrics_twice():
     config = dataclasses.replace(BASE, freeze=0.75, epochs=1, data_fraction=0.2, lr=1e-3)
     first, second = core.run_trial(config), core.run_trial(config)

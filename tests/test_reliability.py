@@ -5,8 +5,6 @@ that overflows, `kill -9` of the driver at random moments, a disk that fills up 
 `bench run` processes on one run folder, truncated and foreign Parquet files. Runs are real `bench` processes
 on a real local Ray, and every check reads the Parquet files back. Suites are tiny (32 px digits or a dozen
 CIFAR-10 JPEGs, a few optimiser steps) so the time goes into the faults, not the training.
-
-Tests marked xfail(strict=True) show behaviour the code does not have yet; each reason names the fix.
 """
 
 from __future__ import annotations
@@ -517,19 +515,14 @@ def test_a_full_disk_keeps_every_finished_row_and_resume_completes(disk_full: di
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a full disk ends `bench run` with Tune's nested tracebacks and exit 1 "
-                                       "(= 'some trials failed'); fix in bench/tune.py _tune + bench/cli.py main: "
-                                       "catch the OSError (inside TuneError), print one line, exit 3")
 def test_a_full_disk_is_reported_in_one_line(disk_full: dict) -> None:
     log = disk_full["log"]
     assert "Traceback" not in log, log[-3000:]
     assert len([line for line in log.splitlines() if "No space left on device" in line]) == 1, log[-3000:]
-    assert disk_full["rc"] not in (0, 1, 2)  # 1 would say 'the run finished', 2 'bad input, nothing ran'
+    assert disk_full["rc"] == 3  # 1 would say "the run finished", 2 "bad input, nothing ran"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="an --out on a full disk fails in RunLock/write_suite with a traceback; "
-                                       "fix: bench/cli.py main catches OSError -> one line naming the path, exit 3")
 def test_an_output_folder_on_a_full_disk_is_one_line_and_no_traceback(tmp_path: Path) -> None:
     small = tmp_path / "small"
     _mount_tmpfs(small, "64k")
@@ -539,7 +532,7 @@ def test_an_output_folder_on_a_full_disk_is_one_line_and_no_traceback(tmp_path: 
         done = bench("run", suite, "--out", small, "--num-cpus", "1", timeout=300)
     finally:
         _unmount(small)
-    assert done.returncode not in (0, 1), done.stderr[-2000:]
+    assert done.returncode == 3, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert len(done.stderr.strip().splitlines()) == 1 and "No space left on device" in done.stderr
 
@@ -605,8 +598,5 @@ def test_report_skips_a_bad_parquet_file_and_lists_it(broken_runs: dict) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bench report lists unreadable files only inside report.md, not on stderr; "
-                                       "fix: bench/report.py report_command prints each data.problems line to stderr "
-                                       "as leaderboard_command does")
 def test_report_names_a_bad_parquet_file_on_stderr(broken_runs: dict) -> None:
     _one_line_naming(broken_runs["report"].stderr, broken_runs["bad"] / results.TRIALS_FILE)

@@ -137,7 +137,8 @@ def test_report_with_transferability_measured(tmp_path: Path) -> None:
     points = transferability_points(prepare(pd.read_parquet(run / "trials.parquet")),
                                     select_hparams(prepare(pd.read_parquet(run / "trials.parquet"))))
     correlations = rank_correlations(points).set_index(["estimate", "outcome", "scope"])
-    # Transferability follows backbone quality exactly, and so does accuracy: rho = 1 on each dataset.
+    # Transferability follows backbone quality exactly, and so does accuracy: tau = rho = 1 on each dataset.
+    assert correlations.loc[("transferability", "best_top1", "digits"), "kendall tau"] == 1.0
     assert correlations.loc[("transferability", "best_top1", "digits"), "spearman rho"] == 1.0
     assert correlations.loc[("transferability", "best_top1", "digits"), "n"] == 3
 
