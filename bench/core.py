@@ -450,7 +450,7 @@ class Augment:
 # the result row
 
 def _labels(values: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values), dtype=torch.long)
+    return torch.from_numpy(np.array(values, dtype=np.int64))  # a copy: object-store arrays are read-only
 
 
 def now() -> str:

@@ -10,7 +10,7 @@ What it measures, per trial:
 - plain: what a careful user writes by hand with timm. Each trial is its own fresh Python process (start-up
   and imports included) that loads and decodes its data (no cache folder), builds the model and pushes every
   image through every layer at every step: ``bench.core.run_trial`` with ``feature_cache=False,
-  cache_dir=None``, minus the similarity-to-ImageNet scores a hand-written loop does not compute. Wall time
+  cache_dir=None, similarity=False`` (a hand-written loop does not score similarity to ImageNet). Wall time
   is measured around the process; peak memory is the process's peak RSS.
 - optimised: bench's way, in this process: ``run_trial`` with a dataset cache folder and the frozen
   feature / prefix caches on (``feature_cache=True``), so whatever the core does today. Each trial runs twice
@@ -39,9 +39,8 @@ Floors it is held to (issue 6; printed in the table as ``floor`` and ``ok``, nev
   another in one fresh process; both pay start-up and imports, the difference is Ray: at most 10% (issue 6
   holds ``suites/smoke.yaml`` to it).
 
-The half-frozen trial is only as fast as the core makes it: until the core trains the unfrozen part on
-cached frozen-prefix outputs (``bench.prefix``), its ratio is what sharing a decoded dataset and skipping a
-process start buys, and the ``path`` column says which path the optimised row took.
+The ``path`` column says which path the optimised row took (the row's ``frozen_prefix``: ``features``,
+``prefix``, ``none`` or ``plain (<why>)``).
 
 ``--quick`` (tiny images, a few steps) is for the test; the default takes a few minutes on two busy CPU
 cores. The machine's load average at start and end is printed with the table: timings on a shared machine
@@ -129,11 +128,7 @@ class Comparison:
     @property
     def path(self) -> str:
         """Which path the optimised row took, from the columns the core writes."""
-        row = self.optimised.row
-        if row.get("feature_cache"):
-            return "frozen features"
-        prefix = row.get("frozen_prefix")
-        return f"prefix: {prefix}" if prefix else "images"
+        return str(self.optimised.row.get("frozen_prefix") or "-")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,7 +163,9 @@ def default_trials(*, quick: bool) -> list[PerfTrial]:
 # plain: a fresh process per trial
 
 def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
-    plain = dataclasses.replace(config, feature_cache=False, cache_dir=None)
+    # A hand-written timm loop trains and evaluates; it does not score the dataset's similarity to ImageNet
+    # (bench does, once per backbone and dataset: that cost is in the optimised ``first`` column).
+    plain = dataclasses.replace(config, feature_cache=False, cache_dir=None, similarity=False)
     command = [sys.executable, "-m", "bench.perf", "--plain-trial", json.dumps(plain.to_dict()),
                "--threads", str(threads)]
     tic = time.perf_counter()
@@ -182,21 +179,11 @@ def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
     return Measurement(wall_seconds=wall, peak_memory_mb=row["peak_memory_mb"], row=row)
 
 
-def _without_similarity(core: Any) -> None:
-    """A hand-written timm loop trains and evaluates; it does not score the dataset's similarity to ImageNet
-    (bench does, once per backbone and dataset: that cost is in the optimised ``first`` column). Leaving it
-    in every plain process would inflate every ratio by a minute of work the baseline never does."""
-    if hasattr(core, "measure_similarity"):
-        columns = getattr(core, "SIMILARITY_COLUMNS", ())
-        core.measure_similarity = lambda *args, **kwargs: {name: None for name in columns}
-
-
 def _plain_child(config_json: str, threads: int) -> int:
     """The plain trial's own process: decode, build, train every layer every step, report the row."""
     torch.set_num_threads(threads)
     from bench import core
 
-    _without_similarity(core)
     row = core.run_trial(TrialConfig.from_dict(json.loads(config_json))).row
     print(ROW_MARKER + json.dumps(row, default=str), flush=True)
     return 0

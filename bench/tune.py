@@ -91,18 +91,6 @@ class _RowWriter(tune.Callback):
         self.storage_error: OSError | None = None
 
 
-class _StopAll(tune.Stopper):
-    """Ends the whole experiment once the run folder cannot be written: later rows would be lost anyway."""
-
-    def __init__(self, writer: _RowWriter) -> None:
-        self.writer = writer
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return self.writer.storage_error is not None
-
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running = sum(1 for t in trials if t.status == "RUNNING")
 
@@ -146,6 +134,19 @@ class _StopAll(tune.Stopper):
         outcome = f"top1={row['metric_top1']:.1f}" if row.get("metric_top1") is not None else status.upper()
         print(f"[{_clock(elapsed)}] {done}/{self.pending} done, {self.summary.failed} failed, "
               f"{max(0, self.running - 1)} running, eta {_clock(eta)} | {label}: {outcome}", flush=True)
+
+
+class _StopAll(tune.Stopper):
+    """Ends the whole experiment once the run folder cannot be written: later rows would be lost anyway."""
+
+    def __init__(self, writer: _RowWriter) -> None:
+        self.writer = writer
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.writer.storage_error is not None
 
 
 def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> None:

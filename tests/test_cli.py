@@ -9,6 +9,7 @@ a sample of them through genuine `python -m bench.cli` processes, which must giv
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -264,3 +265,33 @@ def test_validate_of_a_bundled_backbone_suite_does_not_import_torch() -> None:
                           env=clean_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False False"
+
+
+@pytest.mark.slow
+def test_similarity_command_prints_the_table_and_caches_it(tmp_path: Path) -> None:
+    suite = tmp_path / "sim.yaml"
+    suite.write_text("""
+name: sim
+backbones: [efficientnet_lite0, {name: efficientnet_lite0, pretrained: false}]
+datasets: [digits, "imagefolder:/surely/missing/folder"]
+grid: {freeze: [linear_probe], data_fraction: [0.1, 1.0], seed: [0]}
+train: {img_size: 32, steps: 3, lr: 1.0e-2}
+""")
+    cache = tmp_path / "cache"
+    first = bench("similarity", str(suite), "--cache-dir", str(cache), "--format", "csv", timeout=600)
+    assert first.returncode == 1, first.stderr[-2000:]  # the missing folder is one failed row, the rest is there
+    rows = list(csv.DictReader(first.stdout.splitlines()))
+    assert [(r["dataset"], r["backbone"]) for r in rows] == [("digits", "efficientnet_lite0"),
+                                                            ("imagefolder:/surely/missing/folder",
+                                                             "efficientnet_lite0")]
+    digits, missing = rows
+    assert digits["similarity_regime"] == "low" and 0.6 < float(digits["similarity_score"]) < 0.85
+    assert math.isfinite(float(digits["transferability"])) and math.isfinite(float(digits["leep"]))
+    assert digits["error"] == "" and "does not exist" in missing["error"]
+    stored = list((cache / "similarity").glob("*.json"))
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["similarity_score"] == pytest.approx(
+        float(digits["similarity_score"]))
+    written = stored[0].stat().st_mtime_ns
+    again = bench("similarity", str(suite), "--cache-dir", str(cache), "--format", "csv", timeout=600)
+    assert list(csv.DictReader(again.stdout.splitlines()))[0]["similarity_score"] == digits["similarity_score"]
+    assert stored[0].stat().st_mtime_ns == written  # read back, not measured again

@@ -56,7 +56,8 @@ def test_quick_run_prints_a_table_where_plain_and_optimised_metrics_agree(tmp_pa
         assert float(row["d_top1"]) <= 0.5, row
         assert float(row["d_nll"]) <= 1e-3, row
         assert float(row["peak_MB plain"]) > 0 and float(row["peak_MB opt"]) > 0
-    assert rows[0]["path"] == "frozen features"  # the linear probe trained on cached features
+    assert rows[0]["path"] == "features"  # the linear probe trained on cached features
+    assert next(row for row in rows if row["trial"].startswith("half"))["path"] == "prefix"
     full = next(row for row in rows if row["trial"].startswith("full"))
     assert full["FLOP/s of peak"].endswith("%")
     assert "GFLOP per training image" in finished.stdout and "load average" in finished.stdout
