@@ -19,7 +19,9 @@ A non-finite loss ends the trial with status ``diverged``; it is a result, not a
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
+import logging
 import math
 import platform
 import resource
@@ -46,6 +48,7 @@ from bench.config import TrialConfig
 from bench.errors import UserError
 from bench.freeze import FreezePlan, apply_freeze, set_train_mode
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 EVAL_BATCH_SIZE = 256
 DATA_REGIME_THRESHOLDS = (10, 100)  # images per class: < 10 scarce, 10-99 limited, >= 100 sufficient
@@ -76,6 +79,7 @@ class Phase:
     freeze: float
     lr: float
     steps: int
+    batch_size: int
 
 
 class Normalize(nn.Module):
@@ -98,11 +102,43 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
     """Run one trial and return its result row and evaluation rows.
 
     ``data`` is the prepared dataset when the caller already holds it (the Ray layer shares one copy per
-    node through the object store); otherwise it is prepared here, once per process.
+    node through the object store); otherwise it is prepared here, once per process. Out of memory (CUDA, or
+    the CPU allocator) starts the trial again at half the batch size, down to 1; the row records
+    ``batch_size_used`` and ``oom_halvings``.
     """
     started_at = now()
     device = resolve_device(config.device)
     data = data if data is not None else load_dataset(config)
+    batch_size, halvings = config.batch_size, 0
+    while True:
+        try:
+            result = _attempt(config, data, device, batch_size=batch_size, run_id=run_id, started_at=started_at)
+        except Exception as error:
+            if not _out_of_memory(error) or batch_size == 1:
+                raise
+            # Out of memory: free what the attempt held and start the trial again at half the batch. The row
+            # records it (batch_size_used, oom_halvings); hp_batch_size and trial_id stay the suite's.
+            log.warning("trial %s: out of memory at batch size %d; retrying at %d", config.trial_id, batch_size,
+                        batch_size // 2)
+            del error
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch_size, halvings = batch_size // 2, halvings + 1
+            continue
+        result.row.update(batch_size_used=batch_size, oom_halvings=halvings)
+        return result
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "allocate memory" in str(error))
+
+
+def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.device, *, batch_size: int,
+             run_id: str, started_at: str) -> TrialResult:
+    """One try at the trial with mini-batches of ``batch_size``."""
     train_idx, val_idx = select_indices(data.y_train, config)
 
     torch.manual_seed(config.seed)  # the scratch baseline's random init, and anything else drawing from it
@@ -122,7 +158,7 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
         "test": Split(torch.from_numpy(np.array(data.x_test)), _labels(data.y_test)),  # a writable copy
     }
     scores = measure_similarity(config, data, backbone=backbone, device=device)
-    phases = plan_phases(config, n_train=len(train_idx))
+    phases = plan_phases(config, n_train=len(train_idx), batch_size=batch_size)
     epoch_rows: list[dict[str, Any]] = []
     status, error = "ok", None
     train_seconds, images_seen = 0.0, 0
@@ -186,16 +222,18 @@ def select_indices(y_train: np.ndarray, config: TrialConfig) -> tuple[np.ndarray
     return pool_idx[chosen], val_idx
 
 
-def plan_phases(config: TrialConfig, *, n_train: int) -> list[Phase]:
+def plan_phases(config: TrialConfig, *, n_train: int, batch_size: int | None = None) -> list[Phase]:
     """Training steps per phase. ``lp_ft`` (Kumar et al. 2022) spends the first half of the budget as a
-    linear probe at ``probe_lr`` and the second half fine-tuning everything at ``lr``."""
-    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    linear probe at ``probe_lr`` and the second half fine-tuning everything at ``lr``. ``batch_size``
+    (default: the config's) is smaller after an out-of-memory halving."""
+    batch_size = batch_size or config.batch_size
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     total = config.steps if config.steps is not None else (config.epochs or 1) * steps_per_epoch
     if config.strategy == "lp_ft":
         probe = max(1, total // 2)
-        return [Phase("probe", 1.0, config.probe_lr or config.lr, probe),
-                Phase("finetune", 0.0, config.lr, max(1, total - probe))]
-    return [Phase("train", config.freeze_fraction, config.lr, total)]
+        return [Phase("probe", 1.0, config.probe_lr or config.lr, probe, batch_size),
+                Phase("finetune", 0.0, config.lr, max(1, total - probe), batch_size)]
+    return [Phase("train", config.freeze_fraction, config.lr, total, batch_size)]
 
 
 def _features_for(backbone: Backbone, data: datasets.PreparedDataset, normalize: Normalize,
@@ -364,14 +402,14 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
                                   warmup_lr_init=phase.lr * 0.01, warmup_prefix=True, lr_min=0.0,
                                   t_in_epochs=False)
     order = torch.Generator().manual_seed(config.seed)  # data order: a function of the seed alone
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
     n_epochs = math.ceil(phase.steps / steps_per_epoch)
     step, seconds, seen = 0, 0.0, 0
     for epoch in range(1, n_epochs + 1):
         set_train_mode(model)
         tic = time.perf_counter()
         epoch_loss, epoch_batches = 0.0, 0
-        for batch_idx in torch.randperm(len(train), generator=order).split(config.batch_size):
+        for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):
             inputs = prepare(train.inputs[batch_idx].to(device, non_blocking=True), True)
             labels = train.labels[batch_idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

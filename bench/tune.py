@@ -8,20 +8,25 @@ trial: workers never need to see the run folder.
 
 Failures: a trial whose input is wrong (``UserError``: a missing dataset root, corrupt weights) becomes a
 ``failed`` row at once, since a retry would fail the same way. Any other exception (out of memory, a lost
-worker node) is retried by Tune up to ``max_failures`` times; if it still fails, its row says why.
+worker node) is retried by Tune up to ``max_failures`` times; if it still fails, its row says why. A trial
+that runs past ``tune.trial_timeout_s`` is stopped inside its worker and becomes a ``failed`` row (no retry).
 Resume is ours, not Tune's: the run folder's rows say which trials are done, and only the rest run again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,15 +62,48 @@ class RunSummary:
 # ---------------------------------------------------------------------------------------------------------
 # worker side
 
-def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str) -> None:
+class TrialTimeout(Exception):
+    """Raised inside a trial's thread when it runs past ``tune.trial_timeout_s``."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Raise TrialTimeout in this thread after ``seconds``: a trial stuck in a loop, a slow file system or a
+    hung collective ends as a failed row instead of holding its worker forever. The exception lands at the
+    next Python bytecode, so a single C call (one convolution) finishes first."""
+    if not seconds:
+        yield
+        return
+    target, lock, finished = threading.get_ident(), threading.Lock(), threading.Event()
+
+    def fire() -> None:
+        with lock:
+            if not finished.is_set():
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(TrialTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:  # after this, the timer can no longer fire into code that is not the trial's
+            finished.set()
+        timer.cancel()
+
+
+def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None) -> None:
     """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows."""
     config = TrialConfig.from_dict(params["trial"])
     data = ray.get(datasets[_dataset_key(config)])
     try:
-        result = core.run_trial(config, run_id=run_id, data=data)
+        with _deadline(timeout_s):
+            result = core.run_trial(config, run_id=run_id, data=data)
         row, epochs = result.row, result.epochs
     except UserError as error:  # the same input would fail again: a failed row, no retry
         row, epochs = _failed_row(config, run_id, str(error)), []
+    except TrialTimeout:  # so would a retry: a failed row saying so
+        row, epochs = _failed_row(config, run_id, f"timed out after {timeout_s:g} s (tune.trial_timeout_s)"), []
     row["ray_node_id"] = ray.get_runtime_context().get_node_id()
     tune.report({"status": row["status"], "row_json": json.dumps(row, default=str),
                  "epochs_json": json.dumps(epochs, default=str)})
@@ -283,8 +321,8 @@ def _share_datasets(trials: list[TrialConfig], cache: str) -> tuple[dict[str, An
 def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path,
           summary: RunSummary) -> None:
     resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, datasets=refs, run_id=run_dir.name),
-                                    resources)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, datasets=refs, run_id=run_dir.name,
+                                                         timeout_s=suite.tune.trial_timeout_s), resources)
     writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials) + summary.failed)
     scratch = tempfile.mkdtemp(prefix="bench-tune-")
     tuner = tune.Tuner(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -166,6 +167,30 @@ def test_divergence_is_a_row_not_an_exception():
     assert result.row["status"] == "diverged"
     assert "non-finite loss" in result.row["error"]
     assert result.row["metric_top1"] is None
+
+
+def test_out_of_memory_halves_the_batch_and_is_recorded(monkeypatch):
+    """Fault injection: the real body raises CUDA's OutOfMemoryError on any batch over 16 images, as a card
+    would that fits 16; the core must halve 64 -> 32 -> 16, finish, and say so in the row."""
+    real_build = core.build_backbone
+
+    def build_with_a_small_card(*args, **kwargs):
+        backbone = real_build(*args, **kwargs)
+
+        def limit(module, inputs):
+            if inputs[0].shape[0] > 16 and torch.is_grad_enabled():
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+        backbone.body.register_forward_pre_hook(limit)
+        return backbone
+
+    monkeypatch.setattr(core, "build_backbone", build_with_a_small_card)
+    result = _trial(freeze="full", epochs=1, data_fraction=0.2, lr=1e-3, batch_size=64)
+    row = result.row
+    assert row["status"] == "ok" and row["batch_size_used"] == 16 and row["oom_halvings"] == 2
+    assert row["hp_batch_size"] == 64 and row["trial_id"] == dataclasses.replace(BASE, freeze="full", epochs=1,
+                                                                                data_fraction=0.2, lr=1e-3).trial_id
+    assert row["hp_total_steps"] == math.ceil(row["n_train"] / 16)  # one epoch at the batch that fits
 
 
 def test_augmentation_is_seeded_and_falls_back_to_the_plain_path():

@@ -179,3 +179,24 @@ def test_losing_the_worker_node_part_way_still_completes_the_suite(tmp_path, two
     assert driver.returncode == 0, stderr[-2000:]
     table = trials(out)
     assert len(table) == 8 and table["trial_id"].is_unique and set(table["status"]) == {"ok"}
+
+
+def test_a_trial_past_its_timeout_is_a_failed_row_and_the_others_finish(tmp_path):
+    suite = tmp_path / "slow.yaml"
+    suite.write_text("""
+name: slow
+backbones: [efficientnet_lite0]
+datasets: [digits]
+grid: {freeze: [linear_probe, full], data_fraction: [0.1], seed: [0]}
+train: {img_size: 32, steps: 3000, batch_size: 16, lr: 1.0e-3}
+tune: {max_concurrent_trials: 2, trial_timeout_s: 25}
+analysis: {similarity: false}
+""")
+    done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "2")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    table = trials(tmp_path / "out", "slow").set_index("strategy")
+    # the probe trains a head on cached features (3000 steps in seconds); full fine-tuning cannot finish in 25 s
+    assert table.loc["linear_probe", "status"] == "ok"
+    assert table.loc["full", "status"] == "failed"
+    assert "timed out after 25 s" in table.loc["full", "error"]
+    assert table["similarity_score"].isna().all()  # analysis.similarity: false
