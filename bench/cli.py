@@ -24,12 +24,16 @@ def _run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite, smoke=args.smoke)
     from bench import tune  # imports Ray: only once the suite is known to be valid
+    from bench.memory import PeakMemory
 
-    summary = tune.run_suite(suite, out=Path(args.out), address=args.address, resume=args.resume,
-                             num_cpus=args.num_cpus, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    with PeakMemory() as peak:
+        summary = tune.run_suite(suite, out=Path(args.out), address=args.address, resume=args.resume,
+                                 num_cpus=args.num_cpus, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     _print_leaderboard(summary.run_dir)
     print(f"bench: {summary.ok} ok, {summary.diverged} diverged, {summary.failed} failed, "
           f"{summary.skipped} already done; {summary.seconds:.0f} s; nodes: {', '.join(sorted(summary.nodes)) or '-'}")
+    if peak.peak_bytes:
+        print(f"bench: peak memory on this machine: {peak.gib:.2f} GiB (PSS of bench and the processes it started)")
     print(f"bench: run folder: {summary.run_dir}")
     return summary.exit_code
 

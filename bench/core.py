@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import platform
-import resource
 import socket
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from bench import datasets, features, prefix, similarity
+from bench import datasets, features, memory, prefix, similarity
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
 from bench.errors import UserError
@@ -108,6 +107,7 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
     """
     started_at = now()
     device = resolve_device(config.device)
+    memory.reset_peak_rss()
     data = data if data is not None else load_dataset(config)
     batch_size, halvings = config.batch_size, 0
     while True:
@@ -510,10 +510,11 @@ def data_regime(images_per_class: float, thresholds: tuple[int, int] = DATA_REGI
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated by torch on the device. CPU: peak resident set size of this process."""
+    """CUDA: peak allocated by torch on the device. CPU: peak resident set size of this process since the
+    trial started (``bench.memory``)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return memory.peak_rss_mb()
 
 
 def device_name(device: torch.device) -> str:

@@ -192,41 +192,19 @@ def _plain_child(config_json: str, threads: int) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # optimised: bench's way, in this process
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")  # Linux: reset the peak resident set size (VmHWM) to the current one
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement, Measurement]:
     """(first run on empty caches, second run with the caches warm), both in this process."""
-    from bench import core, features
+    from bench import core, features, memory
 
     features.clear_memory_cache()  # and a fresh cache folder per trial: the first run is cold
     getattr(core, "_SIMILARITY", {}).clear()  # the core's per-process similarity memo
     optimised = dataclasses.replace(config, feature_cache=True, cache_dir=str(cache_dir))
     runs = []
     for _ in range(2):
-        _reset_peak_rss()
+        memory.reset_peak_rss()
         tic = time.perf_counter()
         row = core.run_trial(optimised).row
-        runs.append(Measurement(wall_seconds=time.perf_counter() - tic, peak_memory_mb=_peak_rss_mb(), row=row))
+        runs.append(Measurement(wall_seconds=time.perf_counter() - tic, peak_memory_mb=memory.peak_rss_mb(), row=row))
     return runs[0], runs[1]
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from bench import core, results, runs
+from bench import core, memory, results, runs
 from bench.config import TrialConfig
 from bench.datasets import PreparedDataset, prepare_dataset
 from bench.errors import StorageError, UserError
@@ -104,6 +104,8 @@ def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, ti
         row, epochs = _failed_row(config, run_id, str(error)), []
     except TrialTimeout:  # so would a retry: a failed row saying so
         row, epochs = _failed_row(config, run_id, f"timed out after {timeout_s:g} s (tune.trial_timeout_s)"), []
+    finally:
+        memory.release_freed_memory()  # a reused worker starts the next trial as lean as the first
     row["ray_node_id"] = ray.get_runtime_context().get_node_id()
     tune.report({"status": row["status"], "row_json": json.dumps(row, default=str),
                  "epochs_json": json.dumps(epochs, default=str)})
@@ -127,7 +129,6 @@ class _RowWriter(tune.Callback):
         self.started = time.monotonic()
         self.running = 0
         self.storage_error: OSError | None = None
-
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running = sum(1 for t in trials if t.status == "RUNNING")

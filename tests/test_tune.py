@@ -7,6 +7,7 @@ optimiser steps) so that the scheduling, writing and resuming are what the tests
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,8 @@ def test_local_run_writes_one_ok_row_per_trial_with_the_contract_columns(tmp_pat
     suite = write_suite(tmp_path)
     done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "2")
     assert done.returncode == 0, done.stderr[-2000:]
+    peak = re.search(r"peak memory on this machine: ([0-9.]+) GiB", done.stdout)
+    assert peak and 0.2 < float(peak.group(1)) < 16, done.stdout[-1000:]  # driver + Ray + 2 workers with torch
     table = trials(tmp_path / "out")
     assert len(table) == 8 and table["trial_id"].is_unique
     assert set(table["status"]) == {"ok"}
