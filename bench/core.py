@@ -381,6 +381,18 @@ def _channels_last(batch: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # the training loop
 
+GPU_RESIDENT_BYTES = 2 * 2**30  # a training split up to this size lives on the card for the whole trial
+
+
+def _stage(split: Split, device: torch.device) -> Split:
+    """On CUDA, the training split goes to the card once when it is small (uint8 images or cached features:
+    indexing there beats a host-to-device copy per batch), else into pinned host memory."""
+    if device.type != "cuda":
+        return split
+    if split.inputs.numel() * split.inputs.element_size() <= GPU_RESIDENT_BYTES:
+        return Split(split.inputs.to(device), split.labels.to(device))
+    return Split(split.inputs.pin_memory(), split.labels.pin_memory())
+
 @dataclass
 class FitOutcome:
     steps: int
@@ -401,6 +413,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, phase.steps - warmup), warmup_t=warmup,
                                   warmup_lr_init=phase.lr * 0.01, warmup_prefix=True, lr_min=0.0,
                                   t_in_epochs=False)
+    train = _stage(train, device)
     order = torch.Generator().manual_seed(config.seed)  # data order: a function of the seed alone
     steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
     n_epochs = math.ceil(phase.steps / steps_per_epoch)
