@@ -65,7 +65,7 @@ def compute_features(body: nn.Module, images: np.ndarray, normalize: nn.Module, 
     body.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a writable copy
         with _autocast(device):
             outputs.append(body(normalize(batch).contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
