@@ -116,18 +116,17 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
         except Exception as error:
             if not _out_of_memory(error) or batch_size == 1:
                 raise
-            # Out of memory: free what the attempt held and start the trial again at half the batch. The row
-            # records it (batch_size_used, oom_halvings); hp_batch_size and trial_id stay the suite's.
             log.warning("trial %s: out of memory at batch size %d; retrying at %d", config.trial_id, batch_size,
                         batch_size // 2)
-            del error
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            batch_size, halvings = batch_size // 2, halvings + 1
-            continue
-        result.row.update(batch_size_used=batch_size, oom_halvings=halvings)
-        return result
+        else:
+            result.row.update(batch_size_used=batch_size, oom_halvings=halvings)
+            return result
+        # Out of memory: with the traceback gone, the failed attempt's tensors can be freed; start again at half
+        # the batch. hp_batch_size and trial_id stay the suite's; the row records what was used.
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        batch_size, halvings = batch_size // 2, halvings + 1
 
 
 def _out_of_memory(error: BaseException) -> bool:
