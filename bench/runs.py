@@ -19,7 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 import yaml
 
 import bench
@@ -105,6 +104,8 @@ def write_suite(run_dir: Path, resolved: dict[str, Any]) -> None:
 
 def write_env(run_dir: Path, cluster: dict[str, Any] | None = None) -> dict[str, Any]:
     """Versions, hardware and git sha of the driver; appended to ``env.json`` as a list (one per session)."""
+    import torch  # here, not at import time: the driver needs torch for nothing else
+
     env = {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bench_version": bench.__version__,

@@ -28,13 +28,14 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from bench import core, memory, results, runs
+from bench import memory, results, runs
 from bench.config import TrialConfig
 from bench.datasets import PreparedDataset, prepare_dataset
 from bench.errors import StorageError, UserError
@@ -94,6 +95,8 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None) -> None:
     """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows."""
+    from bench import core  # torch and timm: in the workers; the driver never needs them
+
     config = TrialConfig.from_dict(params["trial"])
     data = ray.get(datasets[_dataset_key(config)])
     try:
@@ -197,7 +200,7 @@ def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list
 
 def _failed_row(config: TrialConfig, run_id: str, error: str) -> dict[str, Any]:
     """The row of a trial that produced no result: its identity, hyperparameters and why it failed."""
-    now = core.now()
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {
         "suite": config.suite, "run_id": run_id, "trial_id": config.trial_id, "status": "failed",
         "error": error, "backbone": config.backbone, "pretrained": config.pretrained, "dataset": config.dataset,

@@ -32,7 +32,7 @@ from bench import results
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-CIFAR = Path("/work/shared/data/cifar10")
+CIFAR = Path(os.environ.get("BENCH_DATA", REPO.parent / "shared" / "data")) / "cifar10"  # CI sets BENCH_DATA
 FAULT_SEED = int(os.environ.get("BENCH_FAULT_SEED", "7"))  # random kill moments: reproducible, changeable
 
 
@@ -255,7 +255,7 @@ def faulty_image_folder(root: Path) -> Path:
 BROKEN_FILES = ("garbage.jpg", "truncated.jpg", "zero.jpg")
 
 
-@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs /work/shared/data/cifar10")
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the shared CIFAR-10 images (BENCH_DATA)")
 def test_imagefolder_faults_have_their_documented_handling(tmp_path: Path) -> None:
     from bench.datasets import prepare_dataset
 
@@ -280,7 +280,7 @@ def test_imagefolder_faults_have_their_documented_handling(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs /work/shared/data/cifar10")
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the shared CIFAR-10 images (BENCH_DATA)")
 def test_data_faults_fail_or_degrade_per_trial_and_the_run_goes_on(tmp_path: Path) -> None:
     """A faulty image folder still trains (documented handling); a missing root fails its own trials (exit 1).
 
