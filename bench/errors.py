@@ -2,8 +2,8 @@
 
 A `UserError` is a mistake in what the user gave us (a suite file, a path, a weights file, a results folder).
 The command line prints its one-line message and exits with code 2, never a traceback. A `StorageError` (the
-run folder cannot be written) exits with code 3. Anything else that
-escapes is an internal error and keeps its traceback.
+run folder cannot be written) exits with code 3. Anything else that escapes is an internal error and keeps its
+traceback.
 """
 
 

@@ -42,7 +42,6 @@ BUNDLED: dict[str, BundledWeights] = {
 }
 
 
-
 def split_name(name: str) -> tuple[str, str]:
     """'timm:resnet50.a1_in1k' -> ('timm', 'resnet50.a1_in1k'); 'efficientnet_lite0' -> ('bundled', ...)."""
     if ":" in name:
