@@ -262,6 +262,14 @@ def measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, b
     """
     if not config.similarity:
         return {name: None for name in SIMILARITY_COLUMNS}
+    # Building a pretrained twin draws from torch's global RNG; the trial must not depend on whether this
+    # process measured the scores or found them cached, so the RNG state is restored afterwards.
+    with torch.random.fork_rng(devices=[]):
+        return _measure_similarity(config, data, backbone=backbone, device=device)
+
+
+def _measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, backbone: Backbone | None,
+                        device: torch.device | None) -> dict[str, Any]:
     device = device or resolve_device(config.device)
     if backbone is None or not backbone.pretrained:
         try:
