@@ -235,13 +235,17 @@ def plan_phases(config: TrialConfig, *, n_train: int, batch_size: int | None = N
     return [Phase("train", config.freeze_fraction, config.lr, total, batch_size)]
 
 
+def _feature_key(backbone: Backbone, data: datasets.PreparedDataset, config: TrialConfig,
+                 device: torch.device) -> str:
+    return features.feature_key(arch=config.backbone, weights_key=backbone.weights_key,
+                                dataset_fingerprint=data.fingerprint, mean=backbone.mean, std=backbone.std,
+                                img_size=config.img_size, device_type=device.type)
+
+
 def _features_for(backbone: Backbone, data: datasets.PreparedDataset, normalize: Normalize,
                   config: TrialConfig, device: torch.device) -> features.FeatureSet:
-    key = features.feature_key(arch=config.backbone, weights_key=backbone.weights_key,
-                               dataset_fingerprint=data.fingerprint, mean=backbone.mean, std=backbone.std,
-                               img_size=config.img_size)
-    return features.cached_features(key, backbone.body, data.x_train, data.x_test, normalize, device=device,
-                                    cache_dir=config.cache_dir)
+    return features.cached_features(_feature_key(backbone, data, config, device), backbone.body, data.x_train,
+                                    data.x_test, normalize, device=device, cache_dir=config.cache_dir)
 
 
 SIMILARITY_COLUMNS = ("similarity_score", "transferability", "similarity_regime", "similarity_method",
@@ -277,18 +281,13 @@ def _measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, 
         except UserError:
             return {name: None for name in SIMILARITY_COLUMNS}
         backbone.body.to(device, memory_format=torch.channels_last)
-    key = features.feature_key(arch=config.backbone, weights_key=backbone.weights_key,
-                               dataset_fingerprint=data.fingerprint, mean=backbone.mean, std=backbone.std,
-                               img_size=config.img_size, device_type=device.type)
-    key = f"{key}-s{similarity.SIMILARITY_VERSION}"
+    key = f"{_feature_key(backbone, data, config, device)}-s{similarity.SIMILARITY_VERSION}"
     path = Path(config.cache_dir) / "similarity" / f"{key}.json" if config.cache_dir else None
     if key not in _SIMILARITY and path is not None and path.is_file():
         with contextlib.suppress(OSError, ValueError):  # a torn file: measure again
             _SIMILARITY[key] = json.loads(path.read_text())
     if key not in _SIMILARITY:
-        normalize = Normalize(backbone.mean, backbone.std).to(device)
-        cached = features.cached_features(key.rsplit("-s", 1)[0], backbone.body, data.x_train, data.x_test,
-                                          normalize, device=device, cache_dir=config.cache_dir)
+        cached = _features_for(backbone, data, Normalize(backbone.mean, backbone.std).to(device), config, device)
         source_logits = None
         if backbone.source_head is not None:
             with torch.no_grad():
