@@ -21,7 +21,7 @@ AUGMENTS = ("none", "flip", "crop_flip")
 
 # Fields that say where or how a trial runs but not what it computes: left out of trial_id.
 _PLACEMENT_FIELDS = ("suite", "cache_dir", "device", "feature_cache", "download", "similarity",
-                     "similarity_threshold")
+                     "similarity_threshold", "gpu_share")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TrialConfig:
     img_size: int = 64
     epochs: int | None = 5  # train for epochs ...
     steps: int | None = None  # ... or for a fixed number of optimiser steps
-    batch_size: int = 64
+    batch_size: int | Literal["auto"] = 64  # "auto": the largest that fits the card (bench.batch_size)
     optimizer: str = "adamw"
     lr: float = 1e-3
     probe_lr: float | None = None  # lp_ft: learning rate of the linear-probe phase (default: lr)
@@ -58,6 +58,7 @@ class TrialConfig:
     feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.features)
     similarity: bool = True  # measure similarity / transferability (bench.similarity) into the row
     similarity_threshold: float | None = None  # regime cut on similarity_score; None = bench.similarity's default
+    gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
 
     @property
     def strategy(self) -> str:
@@ -76,6 +77,11 @@ class TrialConfig:
         if isinstance(self.freeze, str):
             return NAMED_FREEZE.get(self.freeze, 0.0)
         return float(self.freeze)
+
+    @property
+    def fixed_batch_size(self) -> int | None:
+        """The suite's batch size, or None for ``auto`` (chosen per trial; the row's ``batch_size_used``)."""
+        return None if self.batch_size == "auto" else int(self.batch_size)
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the trial's result (the input of `trial_id`)."""

@@ -41,6 +41,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from bench import batch_size as auto_batch
 from bench import datasets, features, memory, prefix, similarity
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
@@ -109,7 +110,10 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
     device = resolve_device(config.device)
     memory.reset_peak_rss()
     data = data if data is not None else load_dataset(config)
-    batch_size, halvings = config.batch_size, 0
+    if device.type == "cuda" and config.gpu_share < 1:  # packed trials: each held to its share of the card
+        torch.cuda.set_per_process_memory_fraction(config.gpu_share, device)
+    search = _auto_batch_size(config, data, device) if config.fixed_batch_size is None else None
+    batch_size, halvings = (search.batch_size if search else int(config.batch_size)), 0
     while True:
         try:
             result = _attempt(config, data, device, batch_size=batch_size, run_id=run_id, started_at=started_at)
@@ -119,7 +123,8 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
             log.warning("trial %s: out of memory at batch size %d; retrying at %d", config.trial_id, batch_size,
                         batch_size // 2)
         else:
-            result.row.update(batch_size_used=batch_size, oom_halvings=halvings)
+            result.row.update(batch_size_used=batch_size, oom_halvings=halvings,
+                              batch_size_search=search.describe() if search else None)
             return result
         # Out of memory: with the traceback gone, the failed attempt's tensors can be freed; start again at half
         # the batch. hp_batch_size and trial_id stay the suite's; the row records what was used.
@@ -127,6 +132,52 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
         if device.type == "cuda":
             torch.cuda.empty_cache()
         batch_size, halvings = batch_size // 2, halvings + 1
+
+
+def _auto_batch_size(config: TrialConfig, data: datasets.PreparedDataset,
+                     device: torch.device) -> auto_batch.BatchSearch:
+    """``batch_size: auto``: probe the trial's model (the plain path, the last phase's freeze: the most memory
+    any phase needs) with one forward and backward pass per power of two (``bench.batch_size``). The probe
+    model is built for this alone, under a forked RNG: the trial itself is untouched."""
+    n_train = len(select_indices(data.y_train, config)[0])
+    cap, cap_name = min(auto_batch.AUTO_CAP, n_train), "cap" if n_train >= auto_batch.AUTO_CAP else "training set"
+    if device.type != "cuda":
+        return auto_batch.BatchSearch(min(auto_batch.CPU_BATCH, auto_batch.largest_power_of_two(cap)), (), "cpu")
+    with torch.random.fork_rng(devices=[device]):
+        backbone = build_backbone(config.backbone, data.n_classes, pretrained=False, head_seed=config.seed)
+    apply_freeze(backbone.body, config.freeze_fraction)
+    model = TransferModel(backbone.body, backbone.head).to(device).to(memory_format=torch.channels_last)
+    set_train_mode(model)
+    normalize = Normalize(backbone.mean, backbone.std).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    state_per_param = 2 if config.optimizer == "adamw" else 1  # AdamW's two moments; SGD's momentum
+    fixed = state_per_param * sum(p.numel() * p.element_size() for p in trainable)
+    image_bytes = int(np.prod(data.x_train.shape[1:]))
+    resident = n_train * image_bytes if n_train * image_bytes <= GPU_RESIDENT_BYTES else 0  # see _stage
+    budget = auto_batch.HEADROOM * config.gpu_share * torch.cuda.get_device_properties(device).total_memory
+
+    def fits(size: int) -> bool:
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            inputs = _channels_last(normalize(torch.from_numpy(np.asarray(data.x_train[:size])).to(device)))
+            labels = _labels(data.y_train[:size]).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(inputs)
+            F.cross_entropy(logits.float(), labels).backward()
+        except Exception as error:
+            if not _out_of_memory(error):
+                raise
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated(device) + fixed + resident <= budget
+
+    try:
+        return auto_batch.search(fits, cap=cap, cap_name=cap_name)
+    finally:
+        del model, backbone
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -584,7 +635,7 @@ def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | N
         "hp_epochs": config.epochs,
         "hp_steps": config.steps,
         "hp_total_steps": sum(p.steps for p in phases),
-        "hp_batch_size": config.batch_size,
+        "hp_batch_size": config.fixed_batch_size,
         "hp_optimizer": config.optimizer,
         "hp_weight_decay": config.weight_decay,
         "hp_img_size": config.img_size,

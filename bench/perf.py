@@ -344,7 +344,8 @@ def _leaderboard_difference(left: pd.DataFrame, right: pd.DataFrame) -> tuple[bo
     return same, float((merged["mean_a"] - merged["mean_b"]).abs().max())
 
 
-def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, scratch: Path) -> list[str]:
+def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, scratch: Path,
+                  keep: Path | None = None) -> list[str]:
     """The whole suite through `bench run` against each of its trials as its own plain process (``workers``
     at a time, as Ray runs ``workers`` trials at a time on ``workers`` CPUs). Floor: ratio >= 3, same
     leaderboard."""
@@ -362,6 +363,8 @@ def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, s
     plain_table = pd.DataFrame([m.row for m in plain])
     joined = bench_table.merge(plain_table, on="trial_id", suffixes=("_bench", "_plain"))
     d_top1 = float((joined["metric_top1_bench"] - joined["metric_top1_plain"]).abs().max())
+    if keep is not None:
+        _keep_tables(keep, bench_table, plain_table, joined)
     same, d_mean = _leaderboard_difference(bench_table, plain_table)
     ratio = plain_wall / bench_wall
     row = [f"suite {Path(suite_path).name}{' --smoke' if smoke else ''} ({len(trials)} trials)",
@@ -370,6 +373,19 @@ def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, s
     header = ("run", "plain processes_s", "bench run_s", "ratio", "floor", "trials matched", "d_top1 max",
               "same leaderboard", "d_mean top1", "ok")
     return [markdown_table(header, [row])]
+
+
+def _keep_tables(folder: Path, bench_table: pd.DataFrame, plain_table: pd.DataFrame, joined: pd.DataFrame) -> None:
+    """Both trial tables and, per trial, the two top-1s and their difference, largest first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bench_table.to_parquet(folder / "bench.parquet")
+    plain_table.astype({c: str for c in plain_table.columns if plain_table[c].dtype == object}).to_parquet(
+        folder / "plain.parquet")
+    columns = ["trial_id", "dataset_bench", "backbone_bench", "pretrained_bench", "freeze_bench",
+               "data_fraction_bench", "seed_bench", "frozen_prefix_bench", "metric_top1_bench", "metric_top1_plain"]
+    diff = joined[[c for c in columns if c in joined.columns]].copy()
+    diff["d_top1"] = joined["metric_top1_bench"] - joined["metric_top1_plain"]
+    diff.sort_values("d_top1", key=abs, ascending=False).to_csv(folder / "diff.csv", index=False)
 
 
 def _in_process_suite(suite_path: str, smoke: bool, cache_dir: str, threads: int) -> int:
@@ -418,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None, help="cache folder of the optimised runs "
                         "(default: a temporary folder, removed at the end)")
     parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+    parser.add_argument("--keep", default=None, metavar="DIR", help="with --suite: keep both trial tables "
+                        "(DIR/bench.parquet, DIR/plain.parquet) and the per-trial differences (DIR/diff.csv)")
     parser.add_argument("--suite", default=None, metavar="SUITE", help="instead: SUITE through `bench run` vs "
                         "each of its trials as a plain process (floor 3x, same leaderboard)")
     parser.add_argument("--ray-overhead", default=None, metavar="SUITE", help="instead: `bench run --num-cpus 1` "
@@ -470,7 +488,7 @@ def _whole_suites(args: argparse.Namespace) -> int:
         if args.suite:
             print(f"suite {args.suite}: bench run, then one plain process per trial ...", flush=True)
             tables += compare_suite(args.suite, smoke=args.smoke, workers=args.workers, threads=args.threads,
-                                    scratch=Path(scratch))
+                                    scratch=Path(scratch), keep=Path(args.keep) if args.keep else None)
         if args.ray_overhead:
             print(f"ray overhead {args.ray_overhead}: in one process, then bench run --num-cpus 1 ...", flush=True)
             tables += compare_ray_overhead(args.ray_overhead, smoke=args.smoke, threads=args.threads,

@@ -255,6 +255,13 @@ def _freeze_value(value: Any) -> str | float:
     raise ValueError(f"expected linear_probe, full, lp_ft or a number in [0, 1], got {_short(value)}{extra}")
 
 
+def _batch_size_value(value: Any) -> int | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"expected a positive integer or auto (the largest batch that fits the card), "
+                     f"got {_short(value)}")
+
+
 def _freeze_key(value: str | float) -> tuple[str, float]:
     """What a freeze value does: `linear_probe` and 1.0 are the same trial, so a grid may not list both."""
     trial = TrialConfig(backbone="", dataset="", freeze=value)
@@ -403,7 +410,7 @@ class TrainSpec(_Strict):
     img_size: Annotated[int, Field(ge=16, le=1024)] = _DEFAULTS["img_size"]
     epochs: Annotated[int, Field(ge=1)] | None = None
     steps: Annotated[int, Field(ge=1)] | None = None
-    batch_size: Annotated[int, Field(ge=1)] = _DEFAULTS["batch_size"]
+    batch_size: Annotated[Any, AfterValidator(_batch_size_value)] = _DEFAULTS["batch_size"]
     optimizer: Literal["adamw", "sgd"] = _DEFAULTS["optimizer"]
     lr: LrByStrategy = LrByStrategy(default=_DEFAULTS["lr"])
     weight_decay: NonNegativeFloat = _DEFAULTS["weight_decay"]
@@ -681,7 +688,13 @@ class Suite:
                 label_smoothing=train.label_smoothing, augment=train.augment,
                 val_fraction=train.val_fraction, eval_every=train.eval_every,
                 similarity=spec.analysis.similarity, similarity_threshold=spec.analysis.similarity_threshold,
+                gpu_share=_gpu_share(spec.tune.resources_per_trial.gpu),
             )
+
+
+def _gpu_share(gpu: float) -> float:
+    """A fractional GPU request is the share of one card a trial may fill; whole cards (or none) mean all of it."""
+    return gpu if 0 < gpu < 1 else 1.0
 
 
 def load_suite(path: str | Path, *, smoke: bool = False) -> Suite:

@@ -206,7 +206,7 @@ def _failed_row(config: TrialConfig, run_id: str, error: str) -> dict[str, Any]:
         "error": error, "backbone": config.backbone, "pretrained": config.pretrained, "dataset": config.dataset,
         "freeze": str(config.freeze), "strategy": config.strategy, "freeze_depth": config.freeze_fraction,
         "data_fraction": config.data_fraction, "shots": config.shots, "seed": config.seed, "hp_lr": config.lr,
-        "hp_epochs": config.epochs, "hp_steps": config.steps, "hp_batch_size": config.batch_size,
+        "hp_epochs": config.epochs, "hp_steps": config.steps, "hp_batch_size": config.fixed_batch_size,
         "hp_optimizer": config.optimizer, "hp_weight_decay": config.weight_decay, "hp_img_size": config.img_size,
         "hp_augment": config.augment, "started_at": now, "finished_at": now,
     }
