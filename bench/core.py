@@ -229,8 +229,8 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
     metrics = {}
     if status == "ok":  # `setup` is the last phase's: the model as trained, on the inputs it was trained on
         metrics = evaluate(setup.model, setup.splits["test"], setup.prepare, device)
-        metrics["val_top1"] = (evaluate(setup.model, setup.splits["val"], setup.prepare, device)["top1"]
-                               if len(val_idx) else None)
+        # fit() always validates after its last step: the last epoch row is this model on the validation split.
+        metrics["val_top1"] = epoch_rows[-1]["val_top1"]
     row = _result_row(config, run_id=run_id, status=status, error=error, backbone=backbone, data=data, plan=plan,
                       n_train=len(train_idx), n_val=len(val_idx), metrics=metrics, epoch_rows=epoch_rows,
                       phases=phases, train_seconds=train_seconds, images_seen=images_seen, device=device,

@@ -322,6 +322,25 @@ def _share_datasets(trials: list[TrialConfig], cache: str) -> tuple[dict[str, An
     return refs, unavailable
 
 
+def schedule_order(trials: list[TrialConfig]) -> list[TrialConfig]:
+    """The order Tune starts the trials in: round-robin over (backbone, dataset) groups, backbone-major.
+
+    The first trial of a group pays its one-off work (similarity scores, frozen features, frozen prefix) and
+    writes it to the shared cache; the group's later trials read it. In the suite's own order the workers
+    start on the same dataset at once and each computes the same one-off work; in this order trials running
+    side by side belong to different groups and different datasets, so that work is done once. Results do not
+    depend on the order: every trial is a function of its config.
+    """
+    groups: dict[tuple[Any, ...], list[TrialConfig]] = {}
+    for config in trials:
+        key = (config.backbone, config.pretrained, config.weights, config.img_size, config.dataset,
+               config.dataset_root)
+        groups.setdefault(key, []).append(config)
+    backbones = list(dict.fromkeys(key[:4] for key in groups))  # in the suite's order
+    queues = [groups[key] for key in sorted(groups, key=lambda key: backbones.index(key[:4]))]  # stable sort
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+
+
 def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path,
           summary: RunSummary) -> None:
     resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
@@ -331,7 +350,7 @@ def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir
     scratch = tempfile.mkdtemp(prefix="bench-tune-")
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
+        param_space={"trial": tune.grid_search([t.to_dict() for t in schedule_order(trials)])},
         tune_config=tune.TuneConfig(max_concurrent_trials=suite.tune.max_concurrent_trials, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(

@@ -343,3 +343,23 @@ def test_random_changes_to_a_valid_suite_only_raise_user_error(tmp_path: Path, s
     data = deep_merge(MINIMAL, {"smoke": {"grid": {"seed": [1]}}})
     data[section] = {**data[section], key: value} if isinstance(data.get(section), dict) else [value]
     _only_user_errors(tmp_path, yaml.safe_dump(data))
+
+
+def test_schedule_order_spreads_groups_and_keeps_every_trial(tmp_path: Path) -> None:
+    """Trials started side by side belong to different (backbone, dataset) groups and datasets, so two workers
+    do not compute the same one-off work at once; the order is a permutation of the suite's trials."""
+    from bench.tune import schedule_order
+
+    suite = suite_from(tmp_path, {"datasets": ["digits", "photo_patches"],
+                                  "backbones": ["efficientnet_lite0",
+                                                {"name": "efficientnet_lite0", "pretrained": False}],
+                                  "grid": {"freeze": ["linear_probe", 0.5], "data_fraction": [0.1, 1.0],
+                                           "seed": [0, 1]}})
+    trials = suite.trials()
+    ordered = schedule_order(trials)
+    assert sorted(t.trial_id for t in ordered) == sorted(t.trial_id for t in trials)
+    assert all(a.dataset != b.dataset for a, b in zip(ordered, ordered[1:]))
+    assert [(t.pretrained, t.dataset) for t in ordered[:4]] == [(True, "digits"), (True, "photo_patches"),
+                                                               (False, "digits"), (False, "photo_patches")]
+    first_of_group = ordered[:4]
+    assert all(t.freeze == "linear_probe" and t.data_fraction == 0.1 and t.seed == 0 for t in first_of_group)
