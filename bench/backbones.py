@@ -54,11 +54,16 @@ class Backbone:
     pretrained: bool
     weights: str  # where the weights came from: "bundled:<file>", "file:<path>", "timm:<tag>", "random", ...
     weights_sha256: str | None  # of the weights file, when there is one; None for random init
+    init_sha256: str | None = None  # of the body's initial parameters and buffers, when there is no file
 
     @property
     def weights_key(self) -> str:
-        """Identifies the parameters the body starts from (a cache key for frozen features)."""
-        return self.weights_sha256 or self.weights
+        """Identifies the parameters the body starts from (a cache key for frozen features and prefixes).
+
+        A weights file is named by its hash; otherwise (random init, hub weights) by a hash of the body's own
+        initial state, so two scratch bodies drawn from different seeds can never share cached outputs.
+        """
+        return self.weights_sha256 or f"{self.weights}:{self.init_sha256}"
 
 
 class TransferModel(nn.Module):
@@ -167,7 +172,19 @@ def build_backbone(name: str, num_classes: int, *, pretrained: bool = True, weig
     builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm, "tv": _build_tv}[family]
     backbone = builder(name, model_name, pretrained=pretrained, weights=weights)
     backbone.head = new_head(backbone.feature_dim, num_classes, seed=head_seed)
+    if backbone.weights_sha256 is None:
+        backbone.init_sha256 = state_sha256(backbone.body)
     return backbone
+
+
+def state_sha256(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers, in state-dict order (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def new_head(feature_dim: int, num_classes: int, *, seed: int) -> nn.Linear:

@@ -110,7 +110,7 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
     device = resolve_device(config.device)
     memory.reset_peak_rss()
     data = data if data is not None else load_dataset(config)
-    if device.type == "cuda" and config.gpu_share < 1:  # packed trials: each held to its share of the card
+    if device.type == "cuda":  # packed trials (gpu: 0.25): each held to its share of the card
         torch.cuda.set_per_process_memory_fraction(config.gpu_share, device)
     search = _auto_batch_size(config, data, device) if config.fixed_batch_size is None else None
     batch_size, halvings = (search.batch_size if search else int(config.batch_size)), 0
@@ -138,13 +138,13 @@ def _auto_batch_size(config: TrialConfig, data: datasets.PreparedDataset,
                      device: torch.device) -> auto_batch.BatchSearch:
     """``batch_size: auto``: probe the trial's model (the plain path, the last phase's freeze: the most memory
     any phase needs) with one forward and backward pass per power of two (``bench.batch_size``). The probe
-    model is built for this alone, under a forked RNG: the trial itself is untouched."""
+    model is built for this alone and the RNG draws it makes do not reach the trial: each attempt seeds itself
+    (``_attempt``)."""
     n_train = len(select_indices(data.y_train, config)[0])
     cap, cap_name = min(auto_batch.AUTO_CAP, n_train), "cap" if n_train >= auto_batch.AUTO_CAP else "training set"
     if device.type != "cuda":
         return auto_batch.BatchSearch(min(auto_batch.CPU_BATCH, auto_batch.largest_power_of_two(cap)), (), "cpu")
-    with torch.random.fork_rng(devices=[device]):
-        backbone = build_backbone(config.backbone, data.n_classes, pretrained=False, head_seed=config.seed)
+    backbone = build_backbone(config.backbone, data.n_classes, pretrained=False, head_seed=config.seed)
     apply_freeze(backbone.body, config.freeze_fraction)
     model = TransferModel(backbone.body, backbone.head).to(device).to(memory_format=torch.channels_last)
     set_train_mode(model)

@@ -111,6 +111,23 @@ def test_a_cached_frozen_prefix_gives_the_plain_paths_numbers():
     assert lp_ft.row["frozen_prefix"] == "probe: features, finetune: none"
 
 
+def test_scratch_bodies_of_different_seeds_never_share_cached_outputs(tmp_path):
+    """Regression: a scratch body's cache key was "random" whatever the seed, so seed 1 trained on seed 0's
+    cached features (found by `bench perf --suite`: up to 19 points off the plain run)."""
+    scratch = dict(pretrained=False, epochs=2, data_fraction=0.2, cache_dir=str(tmp_path), similarity=False)
+    for freeze in ("linear_probe", 0.5):
+        _trial(freeze=freeze, seed=0, **scratch)  # fills the cache with seed 0's body
+        cached = _trial(freeze=freeze, seed=1, **scratch)
+        plain = _trial(freeze=freeze, seed=1, feature_cache=False, **scratch)
+        assert cached.row["frozen_prefix"] in ("features", "prefix")
+        assert cached.row["metric_top1"] == pytest.approx(plain.row["metric_top1"], abs=0.5), freeze
+    keys = set()
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        keys.add(core.build_backbone("efficientnet_lite0", 10, pretrained=False).weights_key)
+    assert len(keys) == 2  # one per seed; the same seed gives the same key
+
+
 def test_same_config_and_seed_give_the_same_metrics_twice():
     config = dataclasses.replace(BASE, freeze=0.75, epochs=1, data_fraction=0.2, lr=1e-3)
     first, second = core.run_trial(config), core.run_trial(config)

@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from bench import results
+from tiny_suites import write_suite
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -38,28 +39,6 @@ FAULT_SEED = int(os.environ.get("BENCH_FAULT_SEED", "7"))  # random kill moments
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers (the style of tests/test_tune.py: tiny suites at 32 px, a few steps)
-
-
-def write_suite(folder: Path, *, name: str, datasets: str = "[digits]", freeze: str = "[linear_probe, full]",
-                sizes: str = "data_fraction: [0.05, 0.1]", seeds: str = "[0, 1]", steps: int = 3,
-                extra_grid: str = "", optimizer: str = "adamw", concurrent: int = 1) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(f"""
-name: {name}
-backbones: [efficientnet_lite0]
-datasets: {datasets}
-grid:
-  freeze: {freeze}
-  {sizes}
-  seed: {seeds}
-{extra_grid}
-train: {{img_size: 32, steps: {steps}, batch_size: 16, lr: 1.0e-3, optimizer: {optimizer}}}
-tune:
-  resources_per_trial: {{cpu: 1, gpu: 0}}
-  max_concurrent_trials: {concurrent}
-  max_failures: 1
-""")
-    return path
 
 
 def env() -> dict[str, str]:
@@ -291,7 +270,8 @@ def test_data_faults_fail_or_degrade_per_trial_and_the_run_goes_on(tmp_path: Pat
     (tmp_path / "data" / "sub").mkdir()
     via_dotdot = tmp_path / "data" / "sub" / ".." / "faulty"
     missing = tmp_path / "data" / "nowhere"
-    suite = write_suite(tmp_path, name="datafaults", datasets=f"['imagefolder:{via_dotdot}', 'imagefolder:{missing}']",
+    suite = write_suite(tmp_path, name="datafaults", concurrent=1,
+                        datasets=f"['imagefolder:{via_dotdot}', 'imagefolder:{missing}']",
                         sizes="shots: [5]", seeds="[0]")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -329,8 +309,8 @@ def explode_race(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two `bench run --resume` processes started together on one run folder of a suite whose lr 1e12 trial
     (SGD, full fine-tune) must diverge beside an lr 1e-3 trial that must not."""
     root = tmp_path_factory.mktemp("explode")
-    suite = write_suite(root, name="explode", freeze="[full]", sizes="data_fraction: [0.1]", seeds="[0]",
-                        extra_grid="  lr: [1.0e12, 1.0e-3]", optimizer="sgd")
+    suite = write_suite(root, name="explode", concurrent=1, freeze="[full]", sizes="data_fraction: [0.1]",
+                        seeds="[0]", extra_grid="  lr: [1.0e12, 1.0e-3]", optimizer="sgd")
     folder = root / "out" / "explode" / "20000101T000000Z"
     folder.mkdir(parents=True)
     logs = [root / f"driver{i}.log" for i in range(2)]
@@ -377,7 +357,7 @@ def test_an_exploding_loss_gives_a_diverged_row_and_the_run_still_succeeds(explo
 @pytest.mark.slow
 def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(FAULT_SEED)
-    suite = write_suite(tmp_path, name="killed", seeds="[0, 1, 2]")  # 12 trials, one at a time
+    suite = write_suite(tmp_path, name="killed", concurrent=1, seeds="[0, 1, 2]")  # 12 trials, one at a time
     expected = suite_trial_ids(suite)
     out = tmp_path / "out"
     kept = pd.DataFrame()
@@ -471,7 +451,7 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory):
     _mount_tmpfs(small, "2m")
     driver = None
     try:
-        suite = write_suite(root, name="full")  # 8 trials, one at a time
+        suite = write_suite(root, name="full", concurrent=1)  # 8 trials, one at a time
         driver = start_bench("run", suite, "--out", small, "--cache-dir", root / "cache", "--num-cpus", "1",
                              log=root / "full.log")
         assert wait_for(lambda: row_count(small, "full") >= 1, 300, driver), (root / "full.log").read_text()[-2000:]
@@ -528,7 +508,7 @@ def test_an_output_folder_on_a_full_disk_is_one_line_and_no_traceback(tmp_path: 
     _mount_tmpfs(small, "64k")
     try:
         _fill(small)
-        suite = write_suite(tmp_path, name="nospace")
+        suite = write_suite(tmp_path, name="nospace", concurrent=1)
         done = bench("run", suite, "--out", small, "--num-cpus", "1", timeout=300)
     finally:
         _unmount(small)

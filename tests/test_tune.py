@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from bench import results
+from tiny_suites import write_suite
 
 pytestmark = pytest.mark.slow
 
@@ -28,26 +29,6 @@ CONTRACT = ["schema_version", "suite", "run_id", "trial_id", "status", "error", 
             "hp_img_size", "hp_augment", "metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1",
             "train_seconds", "images_per_second", "peak_memory_mb", "device", "node", "torch_version",
             "timm_version", "ray_version", "started_at", "finished_at"]
-
-
-def write_suite(folder: Path, *, name: str = "tiny", datasets: str = "[digits]", seeds: str = "[0, 1]",
-                concurrent: int = 2, max_failures: int = 1, steps: int = 3) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(f"""
-name: {name}
-backbones: [efficientnet_lite0]
-datasets: {datasets}
-grid:
-  freeze: [linear_probe, full]
-  data_fraction: [0.05, 0.1]
-  seed: {seeds}
-train: {{img_size: 32, steps: {steps}, batch_size: 16, lr: 1.0e-3}}
-tune:
-  resources_per_trial: {{cpu: 1, gpu: 0}}
-  max_concurrent_trials: {concurrent}
-  max_failures: {max_failures}
-""")
-    return path
 
 
 def bench(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
