@@ -43,6 +43,7 @@ from torch import nn
 
 from bench import batch_size as auto_batch
 from bench import datasets, features, memory, prefix, similarity
+from bench.atomic import atomic_write_text
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
 from bench.errors import UserError
@@ -144,6 +145,16 @@ def _auto_batch_size(config: TrialConfig, data: datasets.PreparedDataset,
     cap, cap_name = min(auto_batch.AUTO_CAP, n_train), "cap" if n_train >= auto_batch.AUTO_CAP else "training set"
     if device.type != "cuda":
         return auto_batch.BatchSearch(min(auto_batch.CPU_BATCH, auto_batch.largest_power_of_two(cap)), (), "cpu")
+    found = _probe_on_card(config, data, device, n_train=n_train, cap=cap, cap_name=cap_name)
+    gc.collect()  # the probe model went with _probe_on_card's frame; give its memory back to the trial
+    torch.cuda.empty_cache()
+    return found
+
+
+def _probe_on_card(config: TrialConfig, data: datasets.PreparedDataset, device: torch.device, *, n_train: int,
+                   cap: int, cap_name: str) -> auto_batch.BatchSearch:
+    """The CUDA search: one bf16 forward and backward pass of a model of its own per batch size, kept within
+    ``HEADROOM`` of the trial's share of the card with the optimiser state and the resident split added."""
     backbone = build_backbone(config.backbone, data.n_classes, pretrained=False, head_seed=config.seed)
     apply_freeze(backbone.body, config.freeze_fraction)
     model = TransferModel(backbone.body, backbone.head).to(device).to(memory_format=torch.channels_last)
@@ -172,12 +183,7 @@ def _auto_batch_size(config: TrialConfig, data: datasets.PreparedDataset,
             model.zero_grad(set_to_none=True)
         return torch.cuda.max_memory_allocated(device) + fixed + resident <= budget
 
-    try:
-        return auto_batch.search(fits, cap=cap, cap_name=cap_name)
-    finally:
-        del model, backbone
-        gc.collect()
-        torch.cuda.empty_cache()
+    return auto_batch.search(fits, cap=cap, cap_name=cap_name)
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -349,7 +355,7 @@ def _measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, 
         backbone.body.to(memory_format=torch.channels_last)  # the BN recorder may have run it contiguous
         _SIMILARITY[key] = {name: _finite_or_none(scores[name]) for name in SIMILARITY_COLUMNS}
         if path is not None:
-            features.atomic_write_text(json.dumps(_SIMILARITY[key], sort_keys=True), path)
+            atomic_write_text(json.dumps(_SIMILARITY[key], sort_keys=True), path)
     measured = dict(_SIMILARITY[key])
     if measured["similarity_score"] is not None:
         measured["similarity_regime"] = similarity.similarity_regime(measured["similarity_score"],

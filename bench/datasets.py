@@ -23,6 +23,7 @@ and does not change the data or its fingerprint).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
@@ -52,6 +53,7 @@ from bench._datasets_sources import (
     load_torchvision,
 )
 from bench._datasets_splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, split_train_val, stratified_subset
+from bench.atomic import atomic_write_text
 from bench.errors import UserError
 
 __all__ = [
@@ -262,9 +264,8 @@ def _resolve(name: str, root: str | None) -> tuple[DatasetEntry, str, Path | Non
     return entry, name, Path(os.path.realpath(Path(root).expanduser())) if root is not None else None
 
 
-def _fingerprint(key_name: str, root: Path | None, img_size: int) -> str:
-    """Stable cache key of a prepared dataset. Contents are not hashed: if the files under a root change,
-    delete the cache folder (or bump PREPROCESS_VERSION when the preprocessing itself changes)."""
+def _source_key(key_name: str, root: Path | None, img_size: int) -> str:
+    """Which dataset, where, at which size and preprocessing: the part of the key known without the files."""
     blob = json.dumps(
         {"name": key_name, "root": str(root) if root else None, "img_size": img_size, "preprocess": PREPROCESS_VERSION},
         sort_keys=True,
@@ -272,11 +273,37 @@ def _fingerprint(key_name: str, root: Path | None, img_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def contents_digest(key_name: str, root: Path | None) -> str | None:
+    """For an image folder: sha256 of every file's relative path, size and modification time under it (a stat
+    walk, no reads), so an image added, removed, replaced or edited changes it. None when the folder is not on
+    disk, and for torchvision datasets: their root is often shared by many datasets (a walk would cover them
+    all) and their files are fixed releases that torchvision checks itself."""
+    if key_name != "imagefolder" or root is None or not root.exists():
+        return None
+    digest = hashlib.sha256()
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in sorted(files):
+            path = Path(folder, name)
+            with contextlib.suppress(OSError):  # vanished while walking: it is not part of the data
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _fingerprint(source_key: str, contents: str | None) -> str:
+    """Cache key of a prepared dataset (and, through it, of every frozen-feature cache built on it): the source
+    key plus the contents digest, so changed files under a root can never hit an older cache."""
+    if contents is None:
+        return source_key
+    return hashlib.sha256(f"{source_key}:{contents}".encode()).hexdigest()[:16]
+
+
 def dataset_fingerprint(name: str, img_size: int, root: str | None = None) -> str:
-    """The `fingerprint` that `prepare_dataset` would give, without reading or decoding anything."""
+    """The `fingerprint` that `prepare_dataset` would give, without decoding anything (a stat walk of the root)."""
     check_dataset_name(name)
     _, key_name, resolved_root = _resolve(name, root)
-    return _fingerprint(key_name, resolved_root, img_size)
+    return _fingerprint(_source_key(key_name, resolved_root, img_size), contents_digest(key_name, resolved_root))
 
 
 def _allocate(folder: Path | None, stem: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
@@ -364,11 +391,19 @@ def prepare_dataset(
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
         raise UserError(f"dataset '{name}': img_size must be a positive integer, got {img_size!r}")
     entry, key_name, resolved_root = _resolve(name, root)
-    fingerprint = _fingerprint(key_name, resolved_root, img_size)
+    source_key = _source_key(key_name, resolved_root, img_size)
+    contents = contents_digest(key_name, resolved_root)
+    fingerprint = _fingerprint(source_key, contents)
 
     final: Path | None = None
     if cache_dir is not None:
-        final = Path(os.path.abspath(Path(cache_dir).expanduser())) / "datasets" / fingerprint
+        datasets_dir = Path(os.path.abspath(Path(cache_dir).expanduser())) / "datasets"
+        latest = datasets_dir / f"{source_key}.latest"
+        if resolved_root is not None and contents is None and latest.is_file():
+            # No files here (a worker node, a moved disk): the newest preparation of this source stands in.
+            with contextlib.suppress(OSError):
+                fingerprint = latest.read_text().strip() or fingerprint
+        final = datasets_dir / fingerprint
         if final.is_dir():
             return _load_cached(final, name, entry.group)
 
@@ -417,6 +452,8 @@ def prepare_dataset(
         raise
     assert final is not None
     _publish(temporary, final)
+    if contents is not None:
+        atomic_write_text(fingerprint, final.parent / f"{source_key}.latest")
     return _load_cached(final, name, entry.group)
 
 

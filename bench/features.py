@@ -20,15 +20,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from bench.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -115,26 +115,8 @@ def _remember(key: str, features: FeatureSet) -> None:
         STATS["evictions"] += 1
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see all of it or none."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def _atomic_save(obj: object, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def clear_memory_cache() -> None:

@@ -22,6 +22,7 @@ from typing import IO, Any
 import yaml
 
 import bench
+from bench.atomic import atomic_write_text
 from bench.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -99,7 +100,7 @@ def write_suite(run_dir: Path, resolved: dict[str, Any]) -> None:
             raise UserError(f"cannot resume '{run_dir}': the suite has changed since that run started "
                             f"(compare {path}); start a new run without --resume")
         return
-    _atomic_write_text(path, text)
+    atomic_write_text(text, path)
 
 
 def write_env(run_dir: Path, cluster: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -129,14 +130,8 @@ def write_env(run_dir: Path, cluster: dict[str, Any] | None = None) -> dict[str,
             sessions = loaded if isinstance(loaded, list) else [loaded]
         except (json.JSONDecodeError, OSError):
             sessions = []
-    _atomic_write_text(path, json.dumps(sessions + [env], indent=2))
+    atomic_write_text(json.dumps(sessions + [env], indent=2), path)
     return env
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _version(package: str) -> str | None:

@@ -26,6 +26,7 @@ from bench.datasets import (
     GROUPS,
     PreparedDataset,
     check_dataset_name,
+    dataset_fingerprint,
     dataset_group,
     list_datasets,
     prepare_dataset,
@@ -268,7 +269,8 @@ def test_cache_writes_once_then_memory_maps_without_decoding(tmp_path: Path) -> 
     assert sorted(p.name for p in folder.iterdir()) == [
         "meta.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"
     ]
-    assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir()] == [first.fingerprint]  # no temp left
+    # one folder, no temporary left; beside it the pointer a root-less cache hit follows
+    assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir() if p.is_dir()] == [first.fingerprint]
     assert np.load(folder / "x_train.npy", mmap_mode="r").shape[0] == len(first.y_train)  # trimmed after the skip
     assert first.meta["skipped_images"] == 1 and len(first.y_train) + len(first.y_test) == 12
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
@@ -281,6 +283,32 @@ def test_cache_writes_once_then_memory_maps_without_decoding(tmp_path: Path) -> 
     for field in ("x_train", "y_train", "x_test", "y_test"):
         assert np.array_equal(getattr(second, field), getattr(in_memory, field))
     assert second.meta["cache_path"] == str(folder)
+
+
+@needs_data
+def test_changed_files_under_a_root_never_hit_the_old_cache(tmp_path: Path) -> None:
+    """The fingerprint (and every frozen-feature key built on it) covers the files: adding or editing an image
+    prepares the dataset again; with the root gone, the newest preparation is used."""
+    source = tmp_path / "images"
+    for class_name in ("bird", "ship"):
+        (source / class_name).mkdir(parents=True)
+        for path in cifar_files(class_name, 6):
+            shutil.copy(path, source / class_name / path.name)
+    name, cache = f"imagefolder:{source}", tmp_path / "cache"
+    first = prepare_dataset(name, 24, cache_dir=cache)
+    assert prepare_dataset(name, 24, cache_dir=cache).fingerprint == first.fingerprint  # unchanged: a hit
+    extra = cifar_files("bird", 7)[-1]
+    shutil.copy(extra, source / "bird" / "extra.jpg")
+    added = prepare_dataset(name, 24, cache_dir=cache)
+    assert added.fingerprint != first.fingerprint
+    assert len(added.y_train) + len(added.y_test) == len(first.y_train) + len(first.y_test) + 1
+    edited_path = source / "ship" / sorted(p.name for p in (source / "ship").iterdir())[0]
+    edited_path.write_bytes(extra.read_bytes())  # same name, other picture
+    edited = prepare_dataset(name, 24, cache_dir=cache)
+    assert edited.fingerprint not in (first.fingerprint, added.fingerprint)
+    assert dataset_fingerprint(name, 24) == edited.fingerprint
+    shutil.rmtree(source)
+    assert prepare_dataset(name, 24, cache_dir=cache).fingerprint == edited.fingerprint  # the newest
 
 
 def test_concurrent_preparation_shares_one_cache_folder(tmp_path: Path) -> None:
