@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-AUTO = "auto"
 AUTO_START = 16
 AUTO_CAP = 1024
 CPU_BATCH = 64

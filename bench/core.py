@@ -28,7 +28,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from bench import batch_size as auto_batch
-from bench import datasets, features, memory, prefix, similarity
+from bench import datasets, features, memory, prefix, results, similarity
 from bench.atomic import atomic_write_text
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
@@ -107,7 +106,7 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
     the CPU allocator) starts the trial again at half the batch size, down to 1; the row records
     ``batch_size_used`` and ``oom_halvings``.
     """
-    started_at = now()
+    started_at = results.utc_now()
     device = resolve_device(config.device)
     memory.reset_peak_rss()
     data = data if data is not None else load_dataset(config)
@@ -567,10 +566,6 @@ def _labels(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(values, dtype=np.int64))  # a copy: object-store arrays are read-only
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -662,5 +657,5 @@ def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | N
         "timm_version": _version("timm"),
         "ray_version": _version("ray"),
         "started_at": started_at,
-        "finished_at": now(),
+        "finished_at": results.utc_now(),
     }

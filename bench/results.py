@@ -185,6 +185,11 @@ def _normalise_trial_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def utc_now() -> str:
+    """Now, as the tables' ``started_at`` / ``finished_at`` write it: ISO 8601 in UTC, to the second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 def _iso_utc(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None

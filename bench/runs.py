@@ -22,6 +22,7 @@ from typing import IO, Any
 import yaml
 
 import bench
+from bench import results
 from bench.atomic import atomic_write_text
 from bench.errors import UserError
 
@@ -108,7 +109,7 @@ def write_env(run_dir: Path, cluster: dict[str, Any] | None = None) -> dict[str,
     import torch  # here, not at import time: the driver needs torch for nothing else
 
     env = {
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": results.utc_now(),
         "bench_version": bench.__version__,
         "git_sha": _git_sha(),
         "python": sys.version.split()[0],

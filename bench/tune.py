@@ -28,7 +28,6 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +199,7 @@ def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list
 
 def _failed_row(config: TrialConfig, run_id: str, error: str) -> dict[str, Any]:
     """The row of a trial that produced no result: its identity, hyperparameters and why it failed."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = results.utc_now()
     return {
         "suite": config.suite, "run_id": run_id, "trial_id": config.trial_id, "status": "failed",
         "error": error, "backbone": config.backbone, "pretrained": config.pretrained, "dataset": config.dataset,
