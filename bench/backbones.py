@@ -101,10 +101,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file safely (no code execution); UserError if it is missing or not a state dict."""
+    """Read a weights file safely (no code execution); UserError if it is missing or not a state dict.
+
+    Read once per process and version of the file (size, mtime): a Ray worker builds every trial's backbone
+    from the same tensors (``nn.Module.load_state_dict`` copies out of them; nothing writes into them).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file '{path}' does not exist")
+    stat = path.stat()
+    return dict(_read_state_dict(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_state_dict(name: str, size: int, mtime_ns: int) -> dict[str, torch.Tensor]:
+    path = Path(name)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

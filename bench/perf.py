@@ -10,7 +10,8 @@ What it measures, per trial:
 - plain: what a careful user writes by hand with timm. Each trial is its own fresh Python process (start-up
   and imports included) that loads and decodes its data (no cache folder), builds the model and pushes every
   image through every layer at every step: ``bench.core.run_trial`` with ``feature_cache=False,
-  cache_dir=None, similarity=False`` (a hand-written loop does not score similarity to ImageNet). Wall time
+  fold_batchnorm=False, cache_dir=None, similarity=False`` (a hand-written loop evaluates the model as it
+  trains it, BatchNorm layers and all, and does not score similarity to ImageNet). Wall time
   is measured around the process; peak memory is the process's peak RSS.
 - optimised: bench's way, in this process: ``run_trial`` with a dataset cache folder and the frozen
   feature / prefix caches on (``feature_cache=True``), so whatever the core does today. Each trial runs twice
@@ -165,7 +166,8 @@ def default_trials(*, quick: bool) -> list[PerfTrial]:
 def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
     # A hand-written timm loop trains and evaluates; it does not score the dataset's similarity to ImageNet
     # (bench does, once per backbone and dataset: that cost is in the optimised ``first`` column).
-    plain = dataclasses.replace(config, feature_cache=False, cache_dir=None, similarity=False)
+    # Nor does it fold BatchNorm into the convolutions for evaluation (``bench.fold``).
+    plain = dataclasses.replace(config, feature_cache=False, fold_batchnorm=False, cache_dir=None, similarity=False)
     command = [sys.executable, "-m", "bench.perf", "--plain-trial", json.dumps(plain.to_dict()),
                "--threads", str(threads)]
     tic = time.perf_counter()

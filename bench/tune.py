@@ -96,6 +96,7 @@ def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, ti
     """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows."""
     from bench import core  # torch and timm: in the workers; the driver never needs them
 
+    memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
     config = TrialConfig.from_dict(params["trial"])
     data = ray.get(datasets[_dataset_key(config)])
     try:

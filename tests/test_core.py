@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from bench import core, features
-from bench.backbones import build_backbone
+from bench.backbones import build_backbone, bundled_weights_path, load_state_dict
 from bench.config import TrialConfig
 from bench.errors import UserError
 from bench.freeze import apply_freeze, set_train_mode
@@ -109,6 +110,19 @@ def test_a_cached_frozen_prefix_gives_the_plain_paths_numbers():
     assert flipped.row["frozen_prefix"] == "plain (augmentation)"
     lp_ft = _trial(freeze="lp_ft", epochs=2, data_fraction=0.1, lr=1e-3)
     assert lp_ft.row["frozen_prefix"] == "probe: features, finetune: none"
+
+
+def test_folding_batchnorm_for_evaluation_changes_no_training_and_no_metric():
+    changes = dict(freeze="full", epochs=2, data_fraction=0.2, lr=1e-3, similarity=False)
+    folded, unfolded = _trial(**changes), _trial(fold_batchnorm=False, **changes)
+    # The same training, step for step (evaluation never touches the trained model) ...
+    assert [row["train_loss"] for row in folded.epochs] == [row["train_loss"] for row in unfolded.epochs]
+    # ... and the same metrics up to float rounding: a prediction can flip only on a tie to ~1e-6.
+    for metric, n in (("metric_top1", "n_test"), ("metric_val_top1", "n_val")):
+        one_image = 100.0 / folded.row[n]
+        assert folded.row[metric] == pytest.approx(unfolded.row[metric], abs=one_image), metric
+    assert folded.row["metric_nll"] == pytest.approx(unfolded.row["metric_nll"], rel=1e-4)
+    assert folded.row["trial_id"] == unfolded.row["trial_id"]  # how it is evaluated, not what it computes
 
 
 def test_scratch_bodies_of_different_seeds_never_share_cached_outputs(tmp_path):
@@ -224,6 +238,16 @@ def test_bad_input_raises_user_errors(tmp_path):
         _trial(weights=str(corrupt))
     with pytest.raises(UserError, match="does not exist"):
         _trial(dataset=f"imagefolder:{tmp_path / 'missing'}")
+
+
+def test_a_weights_file_rewritten_in_place_is_read_again(tmp_path):
+    """The per-process read cache (many trials, one file) must never hand out a file's old contents."""
+    path = tmp_path / "weights.pth"
+    shutil.copy(bundled_weights_path("efficientnet_lite0"), path)
+    assert len(load_state_dict(path)) > 0
+    path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(UserError, match="not a readable PyTorch state dict"):
+        load_state_dict(path)
 
 
 def test_data_regime_thresholds():
