@@ -173,9 +173,7 @@ def _probe_on_card(config: TrialConfig, data: datasets.PreparedDataset, device: 
         try:
             inputs = _channels_last(normalize(torch.from_numpy(np.asarray(data.x_train[:size])).to(device)))
             labels = _labels(data.y_train[:size]).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(inputs)
-            F.cross_entropy(logits.float(), labels).backward()
+            training_loss(model, inputs, labels, device, config.label_smoothing).backward()
         except Exception as error:
             if not _out_of_memory(error):
                 raise
@@ -459,6 +457,15 @@ def _stage(split: Split, device: torch.device) -> Split:
         return Split(split.inputs.to(device), split.labels.to(device))
     return Split(split.inputs.pin_memory(), split.labels.pin_memory())
 
+
+def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """The forward pass of a training step (bf16 autocast on CUDA) and its cross-entropy, in fp32."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(inputs)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
 @dataclass
 class FitOutcome:
     steps: int
@@ -493,9 +500,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
         for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):
             inputs = prepare(train.inputs[batch_idx].to(device, non_blocking=True), True)
             labels = train.labels[batch_idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(inputs)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            loss = training_loss(model, inputs, labels, device, config.label_smoothing)
             if not torch.isfinite(loss):
                 return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True)
             optimizer.zero_grad(set_to_none=True)
