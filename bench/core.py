@@ -244,6 +244,7 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
                       frozen_paths=[f"{p.name}: {path}" for p, path in zip(phases, frozen_paths, strict=False)]
                       if len(phases) > 1 else frozen_paths, started_at=started_at)
     row.update(scores)
+    row["eval_folded_bn"] = evaluator.n_folded if evaluator else 0  # how the last phase was evaluated
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)

@@ -123,6 +123,7 @@ def test_folding_batchnorm_for_evaluation_changes_no_training_and_no_metric():
         assert folded.row[metric] == pytest.approx(unfolded.row[metric], abs=one_image), metric
     assert folded.row["metric_nll"] == pytest.approx(unfolded.row["metric_nll"], rel=1e-4)
     assert folded.row["trial_id"] == unfolded.row["trial_id"]  # how it is evaluated, not what it computes
+    assert folded.row["eval_folded_bn"] == 49 and unfolded.row["eval_folded_bn"] == 0  # every BN of lite0
 
 
 def test_scratch_bodies_of_different_seeds_never_share_cached_outputs(tmp_path):
