@@ -332,7 +332,7 @@ def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tup
     return wall, table
 
 
-def _leaderboard_difference(left: pd.DataFrame, right: pd.DataFrame) -> tuple[bool, float]:
+def leaderboard_difference(left: pd.DataFrame, right: pd.DataFrame) -> tuple[bool, float]:
     """(same ranking in every cell, largest difference of a cell's mean top-1) between two trial tables."""
     from bench.leaderboard import leaderboard
 
@@ -367,7 +367,7 @@ def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, s
     d_top1 = float((joined["metric_top1_bench"] - joined["metric_top1_plain"]).abs().max())
     if keep is not None:
         _keep_tables(keep, bench_table, plain_table, joined)
-    same, d_mean = _leaderboard_difference(bench_table, plain_table)
+    same, d_mean = leaderboard_difference(bench_table, plain_table)
     ratio = plain_wall / bench_wall
     row = [f"suite {Path(suite_path).name}{' --smoke' if smoke else ''} ({len(trials)} trials)",
            f"{plain_wall:.0f}", f"{bench_wall:.0f}", f"{ratio:.2f}", "3", f"{len(joined)}/{len(trials)}",

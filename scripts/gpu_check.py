@@ -1,0 +1,176 @@
+"""The GPU half of issue 6 in one prepared run: throughput against timm's training benchmark loop, the
+``batch_size: auto`` search on a real card, and packed against one-at-a-time trials.
+
+    .venv/bin/python scripts/gpu_check.py                  # a CUDA machine: about 5 minutes on one H100
+    .venv/bin/python scripts/gpu_check.py --quick          # tiny sizes, any machine: checks the script itself
+    .venv/bin/python -m bench.perf                         # the per-trial plain-vs-optimised table, separately
+
+Prints three markdown tables (and the device line):
+
+1. throughput: timm's ``benchmark.py --bench train`` loop, rewritten here because benchmark.py is not part of
+   the timm wheel (``create_model``, timm's AdamW, bf16 autocast, channels_last, one synthetic batch reused,
+   ``torch.cuda.synchronize`` around the timed steps) against bench's own training loop (``run_trial``, full
+   fine-tuning, the same model, batch and image size, real images): training images per second each, and
+   the ratio. bench's figure is the row's ``images_per_second`` (training loop only, evaluation excluded).
+2. ``batch_size: auto``: what the search picks for efficientnet_lite0 at 224 px, and that a trial at that
+   size trains without running out of memory (``oom_halvings`` = 0).
+3. packing: the smoke suite through ``bench run`` with ``resources_per_trial: {gpu: 1}`` (one trial per
+   card) and ``{gpu: 0.25}`` (four per card, each held to a quarter of the memory): wall time, and whether
+   both give the same leaderboard.
+
+On a machine without CUDA only ``--quick`` makes sense: the same code paths on the CPU (packing becomes one
+against two trials at a time), so a broken script is found before a GPU session spends its minutes on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import yaml
+from timm.optim import create_optimizer_v2
+
+from bench import core, results, runs
+from bench.config import TrialConfig
+from bench.perf import leaderboard_difference, markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timm_train_throughput(model_name: str, *, batch_size: int, img_size: int, steps: int,
+                          device: torch.device) -> float:
+    """Images per second of timm's benchmark training loop: synthetic batch, AdamW, bf16, channels_last."""
+    model = timm.create_model(model_name, num_classes=10).to(device).to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=1e-4)
+    inputs = torch.randn(batch_size, 3, img_size, img_size, device=device).contiguous(
+        memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+
+    def step() -> None:
+        loss = core.training_loss(model, inputs, labels, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(max(2, steps // 5)):  # warm-up: cuDNN autotuning, allocator
+        step()
+    _synchronize(device)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronize(device)
+    return steps * batch_size / (time.perf_counter() - tic)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput_table(*, dataset: str, batch_size: int, img_size: int, steps: int, device: torch.device) -> str:
+    timm_rate = timm_train_throughput("efficientnet_lite0", batch_size=batch_size, img_size=img_size, steps=steps,
+                                      device=device)
+    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", img_size=img_size,
+                         epochs=None, steps=steps, batch_size=batch_size, eval_every=10**6, similarity=False,
+                         device=device.type)
+    row = core.run_trial(config).row
+    bench_rate = row["images_per_second"]
+    header = ("loop", "model", "batch", "img px", "steps", "images/s", "bench / timm")
+    rows = [("timm benchmark loop (synthetic batch)", "efficientnet_lite0", batch_size, img_size, steps,
+             f"{timm_rate:,.0f}", "1.00"),
+            (f"bench run_trial, full fine-tuning ({dataset})", "efficientnet_lite0", batch_size, img_size, steps,
+             f"{bench_rate:,.0f}", f"{bench_rate / timm_rate:.2f}")]
+    return markdown_table(header, rows)
+
+
+def auto_batch_table(*, dataset: str, img_size: int, steps: int, device: torch.device) -> str:
+    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", img_size=img_size,
+                         epochs=None, steps=steps, batch_size="auto", similarity=False, device=device.type)
+    row = core.run_trial(config).row
+    header = ("model", "img px", "device", "search", "batch used", "oom halvings", "images/s", "peak MB")
+    rows = [("efficientnet_lite0", img_size, row["device"], row["batch_size_search"], row["batch_size_used"],
+             row["oom_halvings"], f"{row['images_per_second']:,.0f}", f"{row['peak_memory_mb']:,.0f}")]
+    return markdown_table(header, rows)
+
+
+def _suite_variant(source: Path, folder: Path, name: str, resources: dict[str, float], concurrent: int,
+                   train: dict[str, Any]) -> Path:
+    spec = yaml.safe_load(source.read_text())
+    spec["name"] = f"{spec['name']}_{name}"
+    spec["tune"] = {**spec.get("tune", {}), "resources_per_trial": resources, "max_concurrent_trials": concurrent}
+    spec["train"] = {**spec.get("train", {}), **train}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _bench_run(suite: Path, out: Path, smoke: bool) -> tuple[float, Any]:
+    command = [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out)] + (["--smoke"] if smoke else [])
+    tic = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - tic
+    if finished.returncode != 0:
+        raise SystemExit(f"gpu_check: bench run {suite.name} failed (exit {finished.returncode}): "
+                         f"{finished.stderr.strip()[-1500:]}")
+    run_dir = runs.latest_run(out, yaml.safe_load(suite.read_text())["name"])
+    return wall, results.read_table(run_dir / results.TRIALS_FILE)
+
+
+def packing_table(*, device: torch.device, quick: bool, scratch: Path) -> str:
+    source = ROOT / "suites" / "smoke.yaml"
+    train = {"img_size": 32, "epochs": 1} if quick else {"img_size": 128}
+    if device.type == "cuda":
+        variants = [("one per card", {"cpu": 2, "gpu": 1}, 4), ("four per card", {"cpu": 2, "gpu": 0.25}, 4)]
+    else:  # the same code path without a card: one against two trials at a time
+        variants = [("one at a time", {"cpu": 1, "gpu": 0}, 1), ("two at a time", {"cpu": 1, "gpu": 0}, 2)]
+    measured = []
+    for label, resources, concurrent in variants:
+        suite = _suite_variant(source, scratch, label.replace(" ", "_"), resources, concurrent, train)
+        wall, table = _bench_run(suite, scratch / "out", smoke=quick)
+        measured.append((label, resources, wall, table))
+    base_wall, base_table = measured[0][2], measured[0][3]
+    header = ("trials", "resources_per_trial", "trials ok", "bench run s", "speed-up", "same leaderboard",
+              "d_mean top1")
+    rows = []
+    for label, resources, wall, table in measured:
+        same, d_mean = leaderboard_difference(base_table, table)
+        rows.append((label, str(resources), f"{int((table['status'] == 'ok').sum())}/{len(table)}", f"{wall:.0f}",
+                     f"{base_wall / wall:.2f}", "yes" if same else "NO", f"{d_mean:.2f}"))
+    return markdown_table(header, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, on any machine")
+    parser.add_argument("--dataset", default="digits", help="dataset of the throughput and auto-batch trials "
+                        "(default digits; on the GPU machine e.g. imagefolder:shared/data/cifar10)")
+    args = parser.parse_args(argv)
+    device = core.resolve_device("auto")
+    if device.type != "cuda" and not args.quick:
+        print("gpu_check: no CUDA device here; run with --quick to check the script on the CPU", file=sys.stderr)
+        return 2
+    print(f"device: {core.device_name(device)}; torch {torch.__version__}, timm {timm.__version__}", flush=True)
+    size, steps, batch = (32, 4, 16) if args.quick else (224, 60, 256)
+    print("\n1. training throughput\n")
+    print(throughput_table(dataset=args.dataset, batch_size=batch, img_size=size, steps=steps, device=device),
+          flush=True)
+    print("\n2. batch_size: auto\n")
+    print(auto_batch_table(dataset=args.dataset, img_size=size, steps=steps, device=device), flush=True)
+    print("\n3. packed against one-at-a-time trials (suites/smoke.yaml)\n")
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as scratch:
+        os.environ.setdefault("BENCH_DATA", str(ROOT.parent / "shared" / "data"))
+        print(packing_table(device=device, quick=args.quick, scratch=Path(scratch)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

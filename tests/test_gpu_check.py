@@ -1,0 +1,43 @@
+"""scripts/gpu_check.py, the prepared GPU run of issue 6, checked on this machine with --quick (the same code
+paths on the CPU) so that a GPU session never spends its few minutes on a broken script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import perf
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=900, check=False)
+
+
+def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
+    finished = _run()
+    assert finished.returncode == 2
+    assert finished.stderr.strip() == "gpu_check: no CUDA device here; run with --quick to check the script on the CPU"
+
+
+@pytest.mark.slow
+def test_quick_run_prints_all_three_tables():
+    finished = _run("--quick")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    out = finished.stdout
+    throughput = perf.parse_table(out.split("1. training throughput")[1].split("2. batch_size")[0])
+    assert [row["loop"].split(" ")[0] for row in throughput] == ["timm", "bench"]
+    assert all(float(row["images/s"].replace(",", "")) > 0 for row in throughput)
+    (auto,) = perf.parse_table(out.split("2. batch_size: auto")[1].split("3. packed")[0])
+    assert auto["search"] == "auto 64 (cpu)" and auto["oom halvings"] == "0"
+    packing = perf.parse_table(out.split("3. packed")[1])
+    assert [row["trials"] for row in packing] == ["one at a time", "two at a time"]
+    assert all(row["trials ok"] == "12/12" and row["same leaderboard"] == "yes" for row in packing)
