@@ -18,8 +18,10 @@ Prints three markdown tables (and the device line):
    card) and ``{gpu: 0.25}`` (four per card, each held to a quarter of the memory): wall time, and whether
    both give the same leaderboard.
 
-On a machine without CUDA only ``--quick`` makes sense: the same code paths on the CPU (packing becomes one
-against two trials at a time), so a broken script is found before a GPU session spends its minutes on it.
+Tables 1 and 2 train from random weights (the speed is the same) and need only torch, timm and
+scikit-learn, so ``--skip-packing`` runs them where Ray is not installed. On a machine without CUDA only
+``--quick`` makes sense: the same code paths on the CPU (packing becomes one against two trials at a time),
+so a broken script is found before a GPU session spends its minutes on it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 import yaml
 from timm.optim import create_optimizer_v2
 
@@ -55,8 +58,9 @@ def timm_train_throughput(model_name: str, *, batch_size: int, img_size: int, st
         memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,), device=device)
 
-    def step() -> None:
-        loss = core.training_loss(model, inputs, labels, device)
+    def step() -> None:  # as benchmark.py's TrainBenchmarkRunner: loss inside autocast, no .item() per step
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(model(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,9 +83,9 @@ def _synchronize(device: torch.device) -> None:
 def throughput_table(*, dataset: str, batch_size: int, img_size: int, steps: int, device: torch.device) -> str:
     timm_rate = timm_train_throughput("efficientnet_lite0", batch_size=batch_size, img_size=img_size, steps=steps,
                                       device=device)
-    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", img_size=img_size,
-                         epochs=None, steps=steps, batch_size=batch_size, eval_every=10**6, similarity=False,
-                         device=device.type)
+    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", pretrained=False,
+                         img_size=img_size, epochs=None, steps=steps, batch_size=batch_size, eval_every=10**6,
+                         similarity=False, device=device.type)
     row = core.run_trial(config).row
     bench_rate = row["images_per_second"]
     header = ("loop", "model", "batch", "img px", "steps", "images/s", "bench / timm")
@@ -93,8 +97,9 @@ def throughput_table(*, dataset: str, batch_size: int, img_size: int, steps: int
 
 
 def auto_batch_table(*, dataset: str, img_size: int, steps: int, device: torch.device) -> str:
-    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", img_size=img_size,
-                         epochs=None, steps=steps, batch_size="auto", similarity=False, device=device.type)
+    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", pretrained=False,
+                         img_size=img_size, epochs=None, steps=steps, batch_size="auto", similarity=False,
+                         device=device.type)
     row = core.run_trial(config).row
     header = ("model", "img px", "device", "search", "batch used", "oom halvings", "images/s", "peak MB")
     rows = [("efficientnet_lite0", img_size, row["device"], row["batch_size_search"], row["batch_size_used"],
@@ -152,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, on any machine")
     parser.add_argument("--dataset", default="digits", help="dataset of the throughput and auto-batch trials "
-                        "(default digits; on the GPU machine e.g. imagefolder:shared/data/cifar10)")
+                        "(default digits: ships with scikit-learn)")
+    parser.add_argument("--skip-packing", action="store_true", help="tables 1 and 2 only (they need neither Ray "
+                        "nor pydantic nor the weights packages: torch, timm and scikit-learn are enough)")
     args = parser.parse_args(argv)
     device = core.resolve_device("auto")
     if device.type != "cuda" and not args.quick:
@@ -165,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     print("\n2. batch_size: auto\n")
     print(auto_batch_table(dataset=args.dataset, img_size=size, steps=steps, device=device), flush=True)
+    if args.skip_packing:
+        return 0
     print("\n3. packed against one-at-a-time trials (suites/smoke.yaml)\n")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as scratch:
         os.environ.setdefault("BENCH_DATA", str(ROOT.parent / "shared" / "data"))

@@ -41,3 +41,15 @@ def test_quick_run_prints_all_three_tables():
     packing = perf.parse_table(out.split("3. packed")[1])
     assert [row["trials"] for row in packing] == ["one at a time", "two at a time"]
     assert all(row["trials ok"] == "12/12" and row["same leaderboard"] == "yes" for row in packing)
+
+
+@pytest.mark.slow
+def test_skip_packing_needs_no_ray():
+    # Tables 1 and 2 on a machine with torch and timm but no Ray (the GPU image): Ray is made unimportable.
+    finished = subprocess.run(
+        [sys.executable, "-c", "import runpy, sys; sys.modules['ray'] = sys.modules['pydantic'] = None; "
+         f"sys.argv = ['gpu_check', '--quick', '--skip-packing']; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "2. batch_size: auto" in finished.stdout and "3. packed" not in finished.stdout
