@@ -46,7 +46,6 @@ class BatchNormFolded:
     """An eval-only twin of ``model`` with BatchNorm folded into the convolutions before it."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
         self._pairs: list[tuple[nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]] = []  # (folded, live conv, live BN)
         self._twin: nn.Module = model
         try:
