@@ -56,7 +56,7 @@ class TrialConfig:
     cache_dir: str | None = None  # prepared datasets and frozen features; None = no disk cache
     device: str = "auto"  # "auto" = cuda when available, else cpu
     feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.features)
-    fold_batchnorm: bool = True  # evaluate with BatchNorm folded into the conv before it (see bench.fold)
+    fold_batchnorm: bool = True  # CPU: evaluate with BatchNorm folded into the conv before it (bench.fold)
     similarity: bool = True  # measure similarity / transferability (bench.similarity) into the row
     similarity_threshold: float | None = None  # regime cut on similarity_score; None = bench.similarity's default
     gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)

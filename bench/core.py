@@ -223,7 +223,9 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
         plan = apply_freeze(backbone.body, phase.freeze)
         setup = _phase_setup(backbone, plan, images, (train_idx, val_idx), data, normalize, config, device)
         frozen_paths.append(setup.frozen_path)
-        evaluator = BatchNormFolded(setup.model) if config.fold_batchnorm else None  # one trace per phase
+        # One trace per phase. fp32 evaluation only: under CUDA's bf16 autocast the folded weights round
+        # differently from conv-then-BN, so the "same function up to float rounding" promise would not hold.
+        evaluator = BatchNormFolded(setup.model) if config.fold_batchnorm and device.type == "cpu" else None
         outcome = fit(setup.model, setup.splits["train"], setup.splits["val"], prepare=setup.prepare, phase=phase,
                       config=config, device=device, log=epoch_rows, evaluator=evaluator)
         train_seconds += outcome.seconds
@@ -251,9 +253,12 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto``: CUDA where there is a card, else the CPU. A CUDA device always carries its index (Ray sets
+    CUDA_VISIBLE_DEVICES, so it is the trial's own card): some torch.cuda calls refuse a bare ``cuda``."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 _DATASETS: dict[tuple, datasets.PreparedDataset] = {}
@@ -665,6 +670,7 @@ def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | N
         "images_per_second": images_seen / train_seconds if train_seconds > 0 else None,
         "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device),
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",  # as training_loss and evaluate run
         "node": socket.gethostname(),
         "torch_version": torch.__version__,
         "timm_version": _version("timm"),

@@ -12,21 +12,23 @@ What it measures, per trial:
   image through every layer at every step: ``bench.core.run_trial`` with ``feature_cache=False,
   fold_batchnorm=False, cache_dir=None, similarity=False`` (a hand-written loop evaluates the model as it
   trains it, BatchNorm layers and all, and does not score similarity to ImageNet). Wall time
-  is measured around the process; peak memory is the process's peak RSS.
+  is measured around the process.
 - optimised: bench's way, in this process: ``run_trial`` with a dataset cache folder and the frozen
   feature / prefix caches on (``feature_cache=True``), so whatever the core does today. Each trial runs twice
   on fresh caches: ``first`` pays the one-off work (decode and store the dataset, the frozen forward pass
   over the whole dataset, the similarity scores) that a suite pays once per (backbone, dataset, image
   size); ``opt`` is the same trial again, caches warm: what each further trial of a suite costs.
-  ``ratio = plain / opt``. Peak memory is this process's peak RSS during the ``opt`` run (reset before it
-  through /proc/self/clear_refs).
+  ``ratio = plain / opt``.
+- peak memory, both ways: the row's ``peak_memory_mb``, measured by the core from the trial's start: the
+  process's peak RSS on the CPU (reset through /proc/self/clear_refs), torch's peak allocation on a CUDA card.
 - images/s: training images seen (steps x batch) per second of the trial's whole wall time.
 - d_top1 / d_nll: the largest absolute difference of test top-1 (points) and test NLL between the plain run
   and either optimised run of the same trial (same config, same seed).
 - full fine-tuning also prints its achieved FLOP/s (training FLOPs per image, counted with
   ``torch.utils.flop_counter.FlopCounterMode`` on one batch, forward and backward, times the images trained,
-  over the training-loop seconds) as a fraction of this machine's fp32 matrix-multiply rate, measured with
-  torch on 2048 x 2048 matrices with the same thread count (best of several).
+  over the training-loop seconds) as a fraction of this machine's matrix-multiply rate in the dtype the
+  trials compute in, measured with torch (best of several): fp32 on 2048 x 2048 matrices with the same thread
+  count on the CPU; bf16 on 8192 x 8192 on a CUDA card, where the core trains under bf16 autocast.
 
 Floors it is held to (issue 6; printed in the table as ``floor`` and ``ok``, never asserted on timings):
 
@@ -196,35 +198,49 @@ def _plain_child(config_json: str, threads: int) -> int:
 
 def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement, Measurement]:
     """(first run on empty caches, second run with the caches warm), both in this process."""
-    from bench import core, features, memory
+    from bench import core, features
 
     features.clear_memory_cache()  # and a fresh cache folder per trial: the first run is cold
     getattr(core, "_SIMILARITY", {}).clear()  # the core's per-process similarity memo
     optimised = dataclasses.replace(config, feature_cache=True, cache_dir=str(cache_dir))
     runs = []
     for _ in range(2):
-        memory.reset_peak_rss()
         tic = time.perf_counter()
-        row = core.run_trial(optimised).row
-        runs.append(Measurement(wall_seconds=time.perf_counter() - tic, peak_memory_mb=memory.peak_rss_mb(), row=row))
+        row = core.run_trial(optimised).row  # resets the peak itself, as in the plain process
+        runs.append(Measurement(time.perf_counter() - tic, peak_memory_mb=row["peak_memory_mb"], row=row))
     return runs[0], runs[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # FLOPs
 
-def matmul_gflops(*, size: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 matrix-multiply rate with torch's current thread count (best of ``repeats``)."""
+def matmul_gflops(device: torch.device | None = None, *, size: int | None = None, repeats: int = 5) -> float:
+    """This machine's matrix-multiply rate in the dtype its trials compute in (best of ``repeats``): fp32 on
+    2048 x 2048 matrices with torch's current thread count on the CPU; bf16 on 8192 x 8192 on CUDA, where
+    the core trains under bf16 autocast."""
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    size = size or (8192 if cuda else 2048)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator)
-    b = torch.randn(size, size, generator=generator)
-    a @ b  # warm-up: thread pool, allocator
+    a, b = (torch.randn(size, size, generator=generator).to(device, torch.bfloat16 if cuda else torch.float32)
+            for _ in range(2))
+    a @ b  # warm-up: thread pool, allocator, cuBLAS heuristics
     best = math.inf
     for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
         tic = time.perf_counter()
         a @ b
+        if cuda:
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - tic)
     return 2 * size**3 / best / 1e9
+
+
+def matmul_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"bf16 matmul rate on {torch.cuda.get_device_name(device)} (8192x8192)"
+    return f"fp32 matmul rate (2048x2048, {torch.get_num_threads()} thread(s))"
 
 
 def _conv_backward_flops(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int], _bias: Any,
@@ -305,7 +321,8 @@ def parse_table(text: str) -> list[dict[str, str]]:
 
 def _machine_line(threads: int) -> str:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return (f"machine: {platform.node()}, {os.cpu_count()} cpus, torch {torch.__version__}, {threads} torch "
+    card = f", trials on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"machine: {platform.node()}, {os.cpu_count()} cpus{card}, torch {torch.__version__}, {threads} torch "
             f"thread(s) per trial, load average {load}")
 
 
@@ -507,7 +524,10 @@ def _flop_notes(comparisons: Sequence[Comparison]) -> tuple[dict[str, str], list
     full = [c for c in comparisons if c.trial.config.strategy == "full"]
     if not full:
         return {}, []
-    peak = matmul_gflops()
+    from bench.core import resolve_device
+
+    device = resolve_device(full[0].trial.config.device)
+    peak = matmul_gflops(device)
     fractions, notes = {}, []
     for c in full:
         per_image = training_flops_per_image(c.trial.config, c.plain.row["n_classes"])
@@ -515,8 +535,8 @@ def _flop_notes(comparisons: Sequence[Comparison]) -> tuple[dict[str, str], list
         fractions[c.trial.name] = f"{100 * optimised / peak:.0f}%"
         notes.append(f"{c.trial.name}: {per_image / 1e9:.3f} GFLOP per training image (forward + backward); "
                      f"achieved {plain:.1f} GFLOP/s plain, {optimised:.1f} GFLOP/s optimised = "
-                     f"{100 * plain / peak:.0f}% / {100 * optimised / peak:.0f}% of this machine's fp32 "
-                     f"matmul rate, {peak:.1f} GFLOP/s (2048x2048, {torch.get_num_threads()} thread(s))")
+                     f"{100 * plain / peak:.0f}% / {100 * optimised / peak:.0f}% of this machine's "
+                     f"{matmul_label(device)}, {peak:.1f} GFLOP/s")
     return fractions, notes
 
 

@@ -53,6 +53,7 @@ def test_row_has_the_contract_columns_and_sane_values(probe_pretrained):
     assert row["frozen_param_fraction"] == 1.0
     assert row["trainable_params"] == 1280 * 10 + 10  # the head alone
     assert row["feature_cache"] is True
+    assert row["precision"] == "fp32"  # bf16 autocast on CUDA only
     assert 0 <= row["metric_top1"] <= 100 and row["metric_nll"] > 0
     assert row["weights"].startswith("bundled:") and len(row["weights_sha256"]) == 64
     assert len(probe_pretrained.epochs) == 4 and probe_pretrained.epochs[-1]["step"] == row["hp_total_steps"]
@@ -263,3 +264,15 @@ def test_subset_of_training_pool_never_touches_val_or_test():
     assert not set(train_idx) & set(val_idx)
     counts = np.bincount(data.y_train[train_idx], minlength=10)
     assert counts.min() >= 1
+
+
+def test_a_cuda_device_always_carries_its_index(monkeypatch):
+    # torch.cuda.set_per_process_memory_fraction (packed trials) refuses a bare "cuda": seen on an H200, where
+    # every CUDA trial failed before resolve_device added the index. Ray's CUDA_VISIBLE_DEVICES makes the
+    # current device the trial's own card.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert core.resolve_device("auto") == torch.device("cuda", 0)
+    assert core.resolve_device("cuda") == torch.device("cuda", 0)
+    assert core.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert core.resolve_device("cpu") == torch.device("cpu")

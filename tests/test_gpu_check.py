@@ -34,7 +34,7 @@ def test_quick_run_prints_all_three_tables():
     assert finished.returncode == 0, finished.stderr[-2000:]
     out = finished.stdout
     throughput = perf.parse_table(out.split("1. training throughput")[1].split("2. batch_size")[0])
-    assert [row["loop"].split(" ")[0] for row in throughput] == ["timm", "bench"]
+    assert [row["loop"].split(" ")[0] for row in throughput] == ["timm", "bench", "bench"]
     assert all(float(row["images/s"].replace(",", "")) > 0 for row in throughput)
     (auto,) = perf.parse_table(out.split("2. batch_size: auto")[1].split("3. packed")[0])
     assert auto["search"] == "auto 64 (cpu)" and auto["oom halvings"] == "0"
