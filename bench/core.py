@@ -472,6 +472,37 @@ def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, 
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
+class EpochLosses:
+    """An epoch's training losses, kept on the device: summed in float64 (the same additions, in the same
+    order, as Python floats would make) and checked for finiteness through a host copy that waits for the
+    step's forward pass only. A ``loss.item()`` per step would make the CPU wait for the whole step on CUDA,
+    leaving the card idle while the next step's kernels are launched."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+        cuda = device.type == "cuda"
+        self._finite = torch.ones((), dtype=torch.bool, pin_memory=cuda)
+        self._copied = torch.cuda.Event() if cuda else None
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Call right after the forward pass: what it queues on the device comes before the backward pass."""
+        loss = loss.detach()
+        self.total += loss.double()
+        self.count += 1
+        self._finite.copy_(torch.isfinite(loss), non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+
+    def last_finite(self) -> bool:
+        if self._copied is not None:
+            self._copied.synchronize()
+        return bool(self._finite)
+
+    def mean(self) -> float:
+        return self.total.item() / max(1, self.count)
+
+
 @dataclass
 class FitOutcome:
     steps: int
@@ -502,21 +533,23 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
     for epoch in range(1, n_epochs + 1):
         set_train_mode(model)
         tic = time.perf_counter()
-        epoch_loss, epoch_batches = 0.0, 0
+        losses = EpochLosses(device)
         for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):
             inputs = prepare(train.inputs[batch_idx].to(device, non_blocking=True), True)
             labels = train.labels[batch_idx].to(device, non_blocking=True)
             loss = training_loss(model, inputs, labels, device, config.label_smoothing)
-            if not torch.isfinite(loss):
-                return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True)
+            losses.add(loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            # Checked once the step is queued, so the device has its backward pass to work on meanwhile. A
+            # non-finite loss ends the phase at this step; the update made from it is never evaluated (a
+            # diverged trial has no metrics).
+            if not losses.last_finite():
+                return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True)
             step += 1
             scheduler.step_update(step)
             seen += len(batch_idx)
-            epoch_loss += loss.item()
-            epoch_batches += 1
             if step >= phase.steps:
                 break
         seconds += time.perf_counter() - tic
@@ -524,7 +557,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
             current = evaluator.current() if evaluator else model
             val_metrics = evaluate(current, val, prepare, device) if len(val) else {"top1": None, "nll": None}
             log.append({"epoch": epoch, "step": step, "phase": phase.name,
-                        "train_loss": epoch_loss / max(1, epoch_batches), "val_top1": val_metrics["top1"],
+                        "train_loss": losses.mean(), "val_top1": val_metrics["top1"],
                         "val_nll": val_metrics["nll"], "lr": optimizer.param_groups[0]["lr"],
                         "elapsed_seconds": seconds})
     return FitOutcome(step, seconds, seen, diverged=False)

@@ -202,6 +202,22 @@ def test_divergence_is_a_row_not_an_exception():
     assert result.row["metric_top1"] is None
 
 
+def test_epoch_losses_add_up_as_python_floats_and_catch_a_non_finite_loss():
+    losses = core.EpochLosses(torch.device("cpu"))
+    values = torch.rand(500, generator=torch.Generator().manual_seed(0)) * 10  # float32, as a loss is
+    expected = 0.0
+    for value in values:  # what fit did before: loss.item() per step into a Python float
+        losses.add(value)
+        expected += value.item()
+        assert losses.last_finite()
+    assert losses.mean() == expected / len(values)  # exactly: the same float64 additions in the same order
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        losses.add(torch.tensor(bad))
+        assert not losses.last_finite()
+        losses.add(torch.tensor(1.0))
+        assert losses.last_finite()
+
+
 def test_out_of_memory_halves_the_batch_and_is_recorded(monkeypatch):
     """Fault injection: the real body raises CUDA's OutOfMemoryError on any batch over 16 images, as a card
     would that fits 16; the core must halve 64 -> 32 -> 16, finish, and say so in the row."""
