@@ -5,7 +5,7 @@
     .venv/bin/python scripts/gpu_check.py --quick          # tiny sizes, any machine: checks the script itself
     .venv/bin/python -m bench.perf                         # the per-trial plain-vs-optimised table, separately
 
-Prints three markdown tables (and the device line):
+Prints four markdown tables (and the device line):
 
 1. throughput: timm's ``benchmark.py --bench train`` loop, rewritten here because benchmark.py is not part of
    the timm wheel (``create_model``, timm's AdamW, bf16 autocast, channels_last, one synthetic batch reused,
@@ -16,11 +16,14 @@ Prints three markdown tables (and the device line):
    and for a second, warm one (the figure comparable with timm's).
 2. ``batch_size: auto``: what the search picks for efficientnet_lite0 at 224 px, and that a trial at that
    size trains without running out of memory (``oom_halvings`` = 0).
-3. packing: the smoke suite (``--smoke``: 12 trials, 64 px, 2 epochs) through ``bench run`` with
+3. small trials one after another (64 px, random weights): wall time, training-loop time and the rest, for a
+   first trial, the same again, and trials with new tensor shapes (another data fraction, freeze 0.5, a linear
+   probe): whether CUDA's first use of new kernels, not the training, dominates a small trial.
+4. packing: the smoke suite (``--smoke``: 12 trials, 64 px, 2 epochs) through ``bench run`` with
    ``resources_per_trial: {gpu: 1}`` (one trial per card) and ``{gpu: 0.25}`` (four per card, each held to a
    quarter of the memory): wall time, and whether both give the same leaderboard.
 
-Tables 1 and 2 train from random weights (the speed is the same) and need only torch, timm and
+Tables 1 to 3 train from random weights (the speed is the same) and need only torch, timm and
 scikit-learn, so ``--skip-packing`` runs them where Ray is not installed. On a machine without CUDA only
 ``--quick`` makes sense: the same code paths on the CPU (packing becomes one against two trials at a time),
 so a broken script is found before a GPU session spends its minutes on it.
@@ -29,6 +32,7 @@ so a broken script is found before a GPU session spends its minutes on it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -114,6 +118,27 @@ def auto_batch_table(*, dataset: str, img_size: int, steps: int, device: torch.d
     return markdown_table(header, rows)
 
 
+def trial_cost_table(*, dataset: str, img_size: int, steps: int, device: torch.device) -> str:
+    """Small trials one after another in this (already warm) process: what each costs beyond its training
+    loop, and whether a trial with new tensor shapes (another last-batch size, other trainable layers) pays
+    CUDA's first-use cost again where a repeat of the same trial does not."""
+    base = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", pretrained=False,
+                       img_size=img_size, epochs=None, steps=steps, batch_size=64, similarity=False,
+                       device=device.type)
+    trials = [("full, first", base), ("full, the same again", base),
+              ("full, data_fraction 0.5 (new last batch)", dataclasses.replace(base, data_fraction=0.5)),
+              ("freeze 0.5 (new trainable layers)", dataclasses.replace(base, freeze=0.5)),
+              ("linear_probe", dataclasses.replace(base, freeze="linear_probe", lr=1e-2))]
+    rows = []
+    for label, config in trials:
+        tic = time.perf_counter()
+        row = core.run_trial(config).row
+        wall = time.perf_counter() - tic
+        rows.append((label, row["hp_total_steps"], f"{wall:.2f}", f"{row['train_seconds']:.2f}",
+                     f"{wall - row['train_seconds']:.2f}", row["frozen_prefix"]))
+    return markdown_table(("trial", "steps", "wall s", "train loop s", "rest s", "path"), rows)
+
+
 def _suite_variant(source: Path, folder: Path, name: str, resources: dict[str, float], concurrent: int,
                    train: dict[str, Any]) -> Path:
     spec = yaml.safe_load(source.read_text())
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, on any machine")
     parser.add_argument("--dataset", default="digits", help="dataset of the throughput and auto-batch trials "
                         "(default digits: ships with scikit-learn)")
-    parser.add_argument("--skip-packing", action="store_true", help="tables 1 and 2 only (they need neither Ray "
+    parser.add_argument("--skip-packing", action="store_true", help="tables 1 to 3 only (they need neither Ray "
                         "nor pydantic nor the weights packages: torch, timm and scikit-learn are enough)")
     args = parser.parse_args(argv)
     device = core.resolve_device("auto")
@@ -180,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     print("\n2. batch_size: auto\n")
     print(auto_batch_table(dataset=args.dataset, img_size=size, steps=steps, device=device), flush=True)
+    print(f"\n3. small trials one after another ({'32' if args.quick else '64'} px)\n")
+    print(trial_cost_table(dataset=args.dataset, img_size=32 if args.quick else 64, steps=steps, device=device),
+          flush=True)
     if args.skip_packing:
         return 0
-    print("\n3. packed against one-at-a-time trials (suites/smoke.yaml)\n")
+    print("\n4. packed against one-at-a-time trials (suites/smoke.yaml)\n")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as scratch:
         os.environ.setdefault("BENCH_DATA", str(ROOT.parent / "shared" / "data"))
         print(packing_table(device=device, quick=args.quick, scratch=Path(scratch)), flush=True)

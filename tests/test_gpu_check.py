@@ -29,27 +29,30 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
 
 
 @pytest.mark.slow
-def test_quick_run_prints_all_three_tables():
+def test_quick_run_prints_all_four_tables():
     finished = _run("--quick")
     assert finished.returncode == 0, finished.stderr[-2000:]
     out = finished.stdout
     throughput = perf.parse_table(out.split("1. training throughput")[1].split("2. batch_size")[0])
     assert [row["loop"].split(" ")[0] for row in throughput] == ["timm", "bench", "bench"]
     assert all(float(row["images/s"].replace(",", "")) > 0 for row in throughput)
-    (auto,) = perf.parse_table(out.split("2. batch_size: auto")[1].split("3. packed")[0])
+    (auto,) = perf.parse_table(out.split("2. batch_size: auto")[1].split("3. small trials")[0])
     assert auto["search"] == "auto 64 (cpu)" and auto["oom halvings"] == "0"
-    packing = perf.parse_table(out.split("3. packed")[1])
+    costs = perf.parse_table(out.split("3. small trials")[1].split("4. packed")[0])
+    assert [row["path"] for row in costs] == ["none", "none", "none", "prefix", "features"]
+    assert all(float(row["wall s"]) >= float(row["train loop s"]) >= 0 and float(row["wall s"]) > 0 for row in costs)
+    packing = perf.parse_table(out.split("4. packed")[1])
     assert [row["trials"] for row in packing] == ["one at a time", "two at a time"]
     assert all(row["trials ok"] == "12/12" and row["same leaderboard"] == "yes" for row in packing)
 
 
 @pytest.mark.slow
 def test_skip_packing_needs_no_ray():
-    # Tables 1 and 2 on a machine with torch and timm but no Ray (the GPU image): Ray is made unimportable.
+    # Tables 1 to 3 on a machine with torch and timm but no Ray (the GPU image): Ray is made unimportable.
     finished = subprocess.run(
         [sys.executable, "-c", "import runpy, sys; sys.modules['ray'] = sys.modules['pydantic'] = None; "
          f"sys.argv = ['gpu_check', '--quick', '--skip-packing']; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "2. batch_size: auto" in finished.stdout and "3. packed" not in finished.stdout
+    assert "3. small trials" in finished.stdout and "4. packed" not in finished.stdout
