@@ -9,8 +9,8 @@ knows nothing of Ray, Parquet or the command line. Top to bottom, a trial:
 3. trains in one loop (``fit``): AdamW or SGD, linear warm-up then cosine decay, per step; a linear probe whose
    body sees no augmentation trains on frozen features computed once (``bench.features``), which gives the
    same numbers as pushing the images through the frozen body every step, only faster;
-4. evaluates the final model on the untouched test split (with BatchNorm folded into the convolutions, which
-   changes nothing but rounding, see ``bench.fold``), and returns one result row (DESIGN.md's
+4. evaluates the final model on the untouched test split (in fp32 with BatchNorm folded into the convolutions,
+   which changes nothing but rounding, see ``bench.fold``), and returns one result row (DESIGN.md's
    ``trials.parquet`` columns) plus one row per validation evaluation.
 
 A non-finite loss ends the trial with status ``diverged``; it is a result, not an exception. Bad input
@@ -42,7 +42,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from bench import batch_size as auto_batch
-from bench import datasets, features, memory, prefix, results, similarity
+from bench import datasets, features, memory, precision, prefix, results, similarity
 from bench.atomic import atomic_write_text
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
@@ -223,9 +223,10 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
         plan = apply_freeze(backbone.body, phase.freeze)
         setup = _phase_setup(backbone, plan, images, (train_idx, val_idx), data, normalize, config, device)
         frozen_paths.append(setup.frozen_path)
-        # One trace per phase. fp32 evaluation only: under CUDA's bf16 autocast the folded weights round
-        # differently from conv-then-BN, so the "same function up to float rounding" promise would not hold.
-        evaluator = BatchNormFolded(setup.model) if config.fold_batchnorm and device.type == "cpu" else None
+        # One trace per phase. fp32 evaluation only: under bf16 autocast the folded weights round differently
+        # from conv-then-BN, so the "same function up to float rounding" promise would not hold.
+        fold = config.fold_batchnorm and not precision.uses_bf16(device)
+        evaluator = BatchNormFolded(setup.model) if fold else None
         outcome = fit(setup.model, setup.splits["train"], setup.splits["val"], prepare=setup.prepare, phase=phase,
                       config=config, device=device, log=epoch_rows, evaluator=evaluator)
         train_seconds += outcome.seconds
@@ -467,7 +468,7 @@ def _stage(split: Split, device: torch.device) -> Split:
 def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device,
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """The forward pass of a training step (bf16 autocast on CUDA) and its cross-entropy, in fp32."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with precision.autocast(device):
         logits = model(inputs)
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
@@ -569,7 +570,7 @@ def predict(model: nn.Module, split: Split, prepare: Callable, device: torch.dev
     outputs = []
     for start in range(0, len(split), EVAL_BATCH_SIZE):
         inputs = prepare(split.inputs[start:start + EVAL_BATCH_SIZE].to(device), False)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with precision.autocast(device):
             outputs.append(model(inputs).float().cpu())
     return torch.cat(outputs)
 
@@ -703,7 +704,7 @@ def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | N
         "images_per_second": images_seen / train_seconds if train_seconds > 0 else None,
         "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device),
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",  # as training_loss and evaluate run
+        "precision": precision.name(device),
         "node": socket.gethostname(),
         "torch_version": torch.__version__,
         "timm_version": _version("timm"),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import precision
 from bench.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,9 @@ def compute_features(body: nn.Module, images: np.ndarray, normalize: nn.Module, 
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a writable copy
-        with _autocast(device):
+        with precision.autocast(device):
             outputs.append(body(normalize(batch).contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
-
-
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def cached_features(key: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndarray, normalize: nn.Module, *,

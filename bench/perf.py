@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from bench import precision
 from bench.config import TrialConfig
 
 if TYPE_CHECKING:
@@ -214,33 +215,37 @@ def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement,
 # ---------------------------------------------------------------------------------------------------------
 # FLOPs
 
+def _matmul_shape(device: torch.device) -> tuple[int, torch.dtype]:
+    """The reference product's side and dtype: what the trials compute in (bench.precision)."""
+    return (8192, torch.bfloat16) if precision.uses_bf16(device) else (2048, torch.float32)
+
+
 def matmul_gflops(device: torch.device | None = None, *, size: int | None = None, repeats: int = 5) -> float:
     """This machine's matrix-multiply rate in the dtype its trials compute in (best of ``repeats``): fp32 on
     2048 x 2048 matrices with torch's current thread count on the CPU; bf16 on 8192 x 8192 on CUDA, where
     the core trains under bf16 autocast."""
     device = device or torch.device("cpu")
-    cuda = device.type == "cuda"
-    size = size or (8192 if cuda else 2048)
+    default_size, dtype = _matmul_shape(device)
+    size = size or default_size
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator).to(device, torch.bfloat16 if cuda else torch.float32)
-            for _ in range(2))
+    a, b = (torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2))
     a @ b  # warm-up: thread pool, allocator, cuBLAS heuristics
     best = math.inf
     for _ in range(repeats):
-        if cuda:
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
         tic = time.perf_counter()
         a @ b
-        if cuda:
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - tic)
     return 2 * size**3 / best / 1e9
 
 
 def matmul_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"bf16 matmul rate on {torch.cuda.get_device_name(device)} (8192x8192)"
-    return f"fp32 matmul rate (2048x2048, {torch.get_num_threads()} thread(s))"
+    size, dtype = _matmul_shape(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} thread(s)"
+    return f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul rate ({size}x{size}, {where})"
 
 
 def _conv_backward_flops(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int], _bias: Any,
