@@ -10,6 +10,7 @@ statistics at the same time (no second pass over the data).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -56,11 +57,13 @@ class _Moments:
         n = x.shape[0] * x.shape[2] * x.shape[3]
         if n == 0:
             return
-        # One batch's moments in float32 (torch's two-pass var_mean: exact enough for a few thousand values a
-        # channel, and ~4x cheaper than a float64 copy of the activations); batches merge in float64.
+        # One batch's moments in float32, two passes (mean, then squared deviations from it), as plain sums:
+        # torch.var_mean's reduction over the rows of a channels-last map is ~15x slower. Batches merge in
+        # float64.
         rows = x.detach().float().permute(0, 2, 3, 1).reshape(n, x.shape[1])  # a view for channels_last input
-        batch_var, batch_mean = torch.var_mean(rows, dim=0, correction=0)
-        batch_mean, batch_m2 = batch_mean.double(), batch_var.double() * n
+        batch_mean = rows.sum(0) / n
+        centred = rows - batch_mean
+        batch_mean, batch_m2 = batch_mean.double(), (centred * centred).sum(0).double()
         self.spatial = (int(x.shape[2]), int(x.shape[3]))
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = n, batch_mean, batch_m2
@@ -86,6 +89,26 @@ class _Moments:
         return out
 
 
+@torch.no_grad()
+def coarsest_layers(model: nn.Module, side: int) -> list[str]:
+    """The names of the BatchNorm layers whose input map is the smallest when the model (in eval mode) sees
+    ``side`` x ``side`` images: its last stage, which ``layers="coarsest"`` reads. One probe image tells."""
+    areas: dict[str, int] = {}
+
+    def hook(name: str):  # noqa: ANN202 - torch's hook signature
+        return lambda module, inputs, output: areas.__setitem__(name, inputs[0].shape[2] * inputs[0].shape[3])
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in batchnorm_layers(model)]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model(torch.zeros(1, 3, side, side, device=device).contiguous(memory_format=torch.channels_last))
+    finally:
+        for handle in handles:
+            handle.remove()
+    smallest = min(areas.values(), default=0)
+    return [name for name, area in areas.items() if area == smallest]
+
+
 class BatchNormRecorder:
     """Records the per-channel input moments of every BatchNorm2d layer during the forward passes it wraps.
 
@@ -94,41 +117,28 @@ class BatchNormRecorder:
     activations every layer sees are the ones the pretrained network produces on these images.
     With ``groups=k`` the caller assigns each forward pass to a group (``recorder.group = i``) and can read
     each group's statistics apart (``statistics(group=i)``), e.g. two halves for a jackknife bias estimate.
+    ``only`` names the layers to record (see ``coarsest_layers``); the others are not hooked.
     """
 
-    def __init__(self, model: nn.Module, groups: int = 1, coarsest_only: bool = False) -> None:
-        self._model = model
+    def __init__(self, model: nn.Module, groups: int = 1, only: Collection[str] | None = None) -> None:
         self._layers = batchnorm_layers(model)
         self._moments = [[_Moments() for _ in range(groups)] for _ in self._layers]
         self._handles: list[Any] = []
         self.group = 0
-        # coarsest_only: after the first forward pass has shown the smallest input map, only layers at that
-        # size are recorded (what `layers="coarsest"` reads; the early full-resolution maps cost the most).
-        self._coarsest_only = coarsest_only
-        self._smallest: int | None = None
-        self._smallest_so_far: int | None = None
+        self._only = None if only is None else set(only)  # the names of the layers to record (None: all)
 
     @property
     def has_batchnorm(self) -> bool:
         return bool(self._layers)
 
     def __enter__(self) -> BatchNormRecorder:
-        for (_, module), moments in zip(self._layers, self._moments):
-            self._handles.append(module.register_forward_hook(self._hook(moments)))
-        if self._coarsest_only:
-            self._handles.append(self._model.register_forward_hook(self._end_of_pass))
+        for (name, module), moments in zip(self._layers, self._moments):
+            if self._only is None or name in self._only:
+                self._handles.append(module.register_forward_hook(self._hook(moments)))
         return self
-
-    def _end_of_pass(self, *args: object) -> None:
-        self._smallest = self._smallest_so_far
 
     def _hook(self, moments: list[_Moments]):  # noqa: ANN202 - torch's hook signature
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            area = inputs[0].shape[2] * inputs[0].shape[3]
-            if self._coarsest_only:
-                self._smallest_so_far = min(area, self._smallest_so_far or area)
-                if self._smallest is not None and area > self._smallest:
-                    return
             moments[self.group].update(inputs[0])
 
         return hook
@@ -151,8 +161,6 @@ class BatchNormRecorder:
                 moments = per_group[group]
             if moments.mean is None or moments.m2 is None or moments.count == 0:
                 continue
-            if self._coarsest_only and moments.spatial[0] * moments.spatial[1] > (self._smallest or 0):
-                continue  # recorded in the first pass only, before the coarsest size was known
             out.append(
                 LayerStatistics(
                     name=name,

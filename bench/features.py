@@ -60,10 +60,17 @@ def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: 
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+# Images per forward pass of a frozen body. On a CPU the activations of 64 small images stay in the caches,
+# where 256 spill to memory: 1.5x faster on 48 px images here, and the outputs are bit for bit the same (each
+# image's computation does not depend on the others in its batch). A card wants large batches.
+BATCH_SIZE = {"cpu": 64, "cuda": 256}
+
+
 @torch.no_grad()
 def compute_features(body: nn.Module, images: np.ndarray, normalize: nn.Module, *, device: torch.device,
-                     batch_size: int = 256) -> torch.Tensor:
+                     batch_size: int | None = None) -> torch.Tensor:
     """body(normalize(images)) in eval mode, in batches; returns float32 features on the CPU."""
+    batch_size = batch_size or BATCH_SIZE.get(device.type, 256)
     body.eval()
     outputs = []
     for start in range(0, len(images), batch_size):

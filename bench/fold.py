@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Collection
 
 import torch
 from timm.layers import BatchNormAct2d
@@ -45,7 +46,8 @@ class _Tracer(fx.Tracer):
 class BatchNormFolded:
     """An eval-only twin of ``model`` with BatchNorm folded into the convolutions before it."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, keep: Collection[str] = ()) -> None:
+        """``keep``: names of BatchNorm layers to leave unfolded (so that hooks on them still see their input)."""
         self._pairs: list[tuple[nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]] = []  # (folded, live conv, live BN)
         self._twin: nn.Module = model
         try:
@@ -57,7 +59,8 @@ class BatchNormFolded:
         modules = dict(twin.named_modules())
         for node in list(graph.nodes):
             bn = modules.get(node.target) if node.op == "call_module" else None
-            if type(bn) not in (nn.BatchNorm2d, BatchNormAct2d) or bn.running_mean is None or not node.args:
+            if type(bn) not in (nn.BatchNorm2d, BatchNormAct2d) or bn.running_mean is None or not node.args \
+                    or node.target in keep:
                 continue
             source = node.args[0]
             conv = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None

@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,12 +272,21 @@ def run_suite(suite: Suite, *, out: Path, address: str | None = None, resume: bo
               f"{len(trials)} to run -> {run_dir}", flush=True)
         if not trials:
             return summary
-        cluster = _connect(address, num_cpus)
-        runs.write_env(run_dir, cluster)
-        print(f"bench: ray {cluster['address']}: {cluster['nodes']} node(s), "
-              f"{cluster['resources'].get('CPU', 0):g} CPU, {cluster['resources'].get('GPU', 0):g} GPU", flush=True)
         started = time.monotonic()
-        refs, unavailable = _share_datasets(trials, cache)
+        # The datasets decode in a thread while Ray starts and env.json is written (mostly waiting on Ray's
+        # processes and on imports): the three overlap instead of following one another.
+        with ThreadPoolExecutor(1, thread_name_prefix="bench-decode") as pool:
+            decoding = {key: pool.submit(_prepare, config, cache) for key, config in _dataset_configs(trials).items()}
+            try:
+                cluster = _connect(address, num_cpus)
+                runs.write_env(run_dir, cluster)
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # no cluster: the datasets still queued are not decoded
+                raise
+            print(f"bench: ray {cluster['address']}: {cluster['nodes']} node(s), "
+                  f"{cluster['resources'].get('CPU', 0):g} CPU, {cluster['resources'].get('GPU', 0):g} GPU",
+                  flush=True)
+            refs, unavailable = _share_datasets(decoding)
         failed_now = [t for t in trials if _dataset_key(t) in unavailable]
         if failed_now:
             write_rows(run_dir, [_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed_now], {})
@@ -305,20 +315,35 @@ def _finished_ids(run_dir: Path) -> set[str]:
     return set(table.loc[table["status"] != "failed", "trial_id"])
 
 
-def _share_datasets(trials: list[TrialConfig], cache: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """Decode each (dataset, size, root) once on the driver and put it in the object store."""
+def _dataset_configs(trials: list[TrialConfig]) -> dict[str, TrialConfig]:
+    """One trial config per (dataset, size, root): what the driver decodes."""
+    configs: dict[str, TrialConfig] = {}
+    for config in trials:
+        configs.setdefault(_dataset_key(config), config)
+    return configs
+
+
+def _prepare(config: TrialConfig, cache: str) -> PreparedDataset | str:
+    """The decoded dataset, or the one-line reason it cannot be had."""
+    try:
+        return prepare_dataset(config.dataset, config.img_size, root=config.dataset_root, download=config.download,
+                               cache_dir=cache)
+    except UserError as error:
+        return str(error)
+
+
+def _share_datasets(decoding: dict[str, Future]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each dataset into the object store as soon as it is decoded (one copy per node, shared by its workers),
+    and the driver's own copy dropped (with its future, which holds it too)."""
     refs: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
-    for config in trials:
-        key = _dataset_key(config)
-        if key in refs or key in unavailable:
-            continue
-        try:
-            data: PreparedDataset = prepare_dataset(config.dataset, config.img_size, root=config.dataset_root,
-                                                    download=config.download, cache_dir=cache)
+    for key in list(decoding):
+        data = decoding.pop(key).result()
+        if isinstance(data, str):
+            unavailable[key] = data
+        else:
             refs[key] = ray.put(data)
-        except UserError as error:
-            unavailable[key] = str(error)
+        del data
     return refs, unavailable
 
 

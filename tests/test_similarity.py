@@ -14,6 +14,7 @@ from bench.similarity import (
     BatchNormRecorder,
     bhattacharyya_distance,
     bn_divergence,
+    coarsest_layers,
     compute_similarity,
     divergence_corrected,
     energy_score,
@@ -244,24 +245,38 @@ def test_recorder_moments_equal_numpy_over_batches_and_groups() -> None:
     assert [s.spatial for s in recorder.statistics()] == [(12, 12), (6, 6)]
 
 
-def test_coarsest_only_recording_keeps_exactly_the_coarsest_layers_moments() -> None:
+def test_recording_only_the_coarsest_layers_keeps_exactly_their_moments() -> None:
     model = _toy_net().eval()
     images = torch.randn(10, 3, 12, 12)
+    assert coarsest_layers(model, 12) == ["4"]  # the second BatchNorm, after the stride-2 conv
     recorders = {}
-    for coarsest_only in (False, True):
-        with BatchNormRecorder(model, groups=2, coarsest_only=coarsest_only) as recorder, torch.no_grad():
+    for only in (None, coarsest_layers(model, 12)):
+        with BatchNormRecorder(model, groups=2, only=only) as recorder, torch.no_grad():
             for group, part in enumerate((images[:3], images[3:7], images[7:])):
                 recorder.group = group % 2
                 model(part)
-        recorders[coarsest_only] = recorder
-    full, coarse = recorders[False].statistics(), recorders[True].statistics()
-    assert [s.spatial for s in coarse] == [(6, 6)] and coarse[0].name == full[1].name
+        recorders[only is None] = recorder
+    full, coarse = recorders[True].statistics(), recorders[False].statistics()
+    assert [s.spatial for s in coarse] == [(6, 6)] and coarse[0].name == full[1].name == "4"
     assert coarse[0].count == full[1].count == 10 * 6 * 6
     np.testing.assert_array_equal(coarse[0].mean, full[1].mean)
     np.testing.assert_array_equal(coarse[0].var, full[1].var)
     for group in (0, 1):
-        np.testing.assert_array_equal(recorders[True].statistics(group=group)[0].var,
-                                      recorders[False].statistics(group=group)[1].var)
+        np.testing.assert_array_equal(recorders[False].statistics(group=group)[0].var,
+                                      recorders[True].statistics(group=group)[1].var)
+
+
+def test_folding_the_unrecorded_layers_changes_the_recorded_moments_by_rounding_only() -> None:
+    from bench.fold import BatchNormFolded
+
+    model = _trained_toy_net()
+    images = _source_images(64, shift=0.5, seed=1)
+    coarsest = record_statistics(model, images, resolution=16, coarsest_only=True)
+    every = record_statistics(model, images, resolution=16)
+    assert len(BatchNormFolded(model, keep=coarsest_layers(model, 16))._pairs) == 1  # the first BN, folded
+    assert [s.name for s in coarsest.layers] == [s.name for s in every.layers][-1:]
+    np.testing.assert_allclose(coarsest.layers[0].mean, every.layers[-1].mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(coarsest.layers[0].var, every.layers[-1].var, rtol=1e-5)
 
 
 def test_bn_divergence_near_zero_on_the_source_and_growing_with_shift() -> None:
