@@ -61,8 +61,9 @@ def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: 
 
 
 # Images per forward pass of a frozen body. On a CPU the activations of 64 small images stay in the caches,
-# where 256 spill to memory: 1.5x faster on 48 px images here, and the outputs are bit for bit the same (each
-# image's computation does not depend on the others in its batch). A card wants large batches.
+# where 256 spill to memory: 1.3-1.5x faster on 48 px images here. An image's output does not depend on the
+# batch size, bit for bit, except in a very short last batch (a handful of images), which oneDNN computes with
+# another kernel: those differ by float rounding (1e-5). A card wants large batches.
 BATCH_SIZE = {"cpu": 64, "cuda": 256}
 
 
