@@ -9,8 +9,8 @@ statistics at the same time (no second pass over the data).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
