@@ -270,8 +270,9 @@ def record_statistics(
     Alternate images go to two halves, recorded apart, so `divergence_corrected` can remove the small-sample
     bias. The model's train/eval mode is restored afterwards. `coarsest_only` records only the layers that
     `layers="coarsest"` reads (`coarsest_layers`), and runs the images through a twin of the model with every
-    other BatchNorm folded into its convolution (`bench.fold`: the same function up to float rounding, ~1.7x
-    faster on a CPU at 224 px). Small batches (default 8, 4 per half) keep a CPU's caches warm at 224 px.
+    other BatchNorm folded into its convolution (`bench.fold`: the same function up to float rounding). Small
+    batches (default 8, 4 per half) keep a CPU's caches warm at 224 px: the two together make efficientnet_lite0's
+    pass 1.8x faster on a CPU (13 against 24 ms an image).
     """
     side = resolution or pretraining_resolution(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
