@@ -54,9 +54,11 @@ class FeatureSet:
 def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
                 img_size: int, device_type: str = "cpu") -> str:
     """Everything the features depend on; the precision too (bf16 autocast on CUDA, fp32 elsewhere)."""
+    # fp32 keys carry no precision entry: keys written before it existed stay valid.
+    arithmetic = {"precision": "bf16"} if precision.uses_bf16(torch.device(device_type)) else {}
     blob = json.dumps({"arch": arch, "weights": weights_key, "dataset": dataset_fingerprint, "mean": list(mean),
-                       "std": list(std), "img_size": img_size, "version": FEATURES_VERSION,
-                       **({"precision": "bf16"} if device_type == "cuda" else {})}, sort_keys=True)
+                       "std": list(std), "img_size": img_size, "version": FEATURES_VERSION, **arithmetic},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

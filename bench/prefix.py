@@ -38,7 +38,7 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
-from bench import features
+from bench import features, precision
 from bench.freeze import parameter_groups
 
 log = logging.getLogger(__name__)
@@ -202,9 +202,10 @@ def prefix_cache_key(*, arch: str, weights_key: str, dataset_fingerprint: str, m
     count and the exact stages computed) and the precision (bf16 autocast on CUDA, fp32 elsewhere)."""
     base = features.feature_key(arch=arch, weights_key=weights_key, dataset_fingerprint=dataset_fingerprint,
                                 mean=mean, std=std, img_size=img_size, device_type=device_type)
+    arithmetic = "bf16" if precision.uses_bf16(torch.device(device_type)) else "fp32"  # as keys always spelt it
     blob = json.dumps({"kind": "frozen_prefix", "features_key": base, "n_frozen_groups": n_frozen_groups,
-                       "stages": list(stage_names), "precision": "bf16" if device_type == "cuda" else "fp32",
-                       "version": PREFIX_VERSION}, sort_keys=True)
+                       "stages": list(stage_names), "precision": arithmetic, "version": PREFIX_VERSION},
+                      sort_keys=True)
     return "prefix-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -273,7 +273,7 @@ def test_folding_the_unrecorded_layers_changes_the_recorded_moments_by_rounding_
     images = _source_images(64, shift=0.5, seed=1)
     coarsest = record_statistics(model, images, resolution=16, coarsest_only=True)
     every = record_statistics(model, images, resolution=16)
-    assert len(BatchNormFolded(model, keep=coarsest_layers(model, 16))._pairs) == 1  # the first BN, folded
+    assert BatchNormFolded(model, keep=coarsest_layers(model, 16)).n_folded == 1  # the first BN, folded
     assert [s.name for s in coarsest.layers] == [s.name for s in every.layers][-1:]
     np.testing.assert_allclose(coarsest.layers[0].mean, every.layers[-1].mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(coarsest.layers[0].var, every.layers[-1].var, rtol=1e-5)
