@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import json
 import logging
 import os
@@ -274,8 +275,12 @@ def run_suite(suite: Suite, *, out: Path, address: str | None = None, resume: bo
             return summary
         started = time.monotonic()
         # The datasets decode in a thread while Ray starts and env.json is written (mostly waiting on Ray's
-        # processes and on imports): the three overlap instead of following one another.
+        # processes and on imports): the three overlap instead of following one another. That thread imports
+        # torch before it decodes anything: decoders import libraries (scikit-learn -> scipy) that look at
+        # sys.modules["torch"] without importing it and fail on a half-imported one, which torch would be
+        # while the main thread imported it for env.json.
         with ThreadPoolExecutor(1, thread_name_prefix="bench-decode") as pool:
+            pool.submit(importlib.import_module, "torch")  # one thread: done before the first decode starts
             decoding = {key: pool.submit(_prepare, config, cache) for key, config in _dataset_configs(trials).items()}
             try:
                 cluster = _connect(address, num_cpus)

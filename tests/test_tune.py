@@ -83,6 +83,35 @@ def test_missing_dataset_root_fails_its_trials_and_the_rest_finish(tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
 
 
+# Run in a fresh interpreter: records, at the first import of scikit-learn (digits' decoder, in the driver's
+# decode thread), whether torch is absent, half-imported or complete. scipy, under scikit-learn, looks at
+# sys.modules["torch"] without importing it and raises on a half-imported torch, which it was while the main
+# thread imported torch for env.json (an intermittent crash of `bench run`, fixed by importing torch first).
+_IMPORT_PROBE = """
+import sys
+seen = []
+
+def hook(event, args):
+    if event == "import" and args[0] == "sklearn" and not seen:
+        torch = sys.modules.get("torch")
+        seen.append("absent" if torch is None else "complete" if hasattr(torch, "Tensor") else "half")
+
+sys.addaudithook(hook)
+from bench import cli
+code = cli.main(sys.argv[1:])
+print("torch when the decoders started importing:", seen)
+sys.exit(code)
+"""
+
+
+def test_datasets_decode_only_after_torch_is_fully_imported(tmp_path):
+    suite = write_suite(tmp_path, freeze="[linear_probe]", sizes="data_fraction: [0.05]", seeds="[0]")
+    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, "run", str(suite), "--out", str(tmp_path / "out"),
+                           "--num-cpus", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch when the decoders started importing: ['complete']" in done.stdout, done.stdout[-1000:]
+
+
 def test_kill_minus_nine_of_the_driver_then_resume_completes_without_losing_a_row(tmp_path):
     suite = write_suite(tmp_path, concurrent=1, steps=6)
     out = tmp_path / "out"
