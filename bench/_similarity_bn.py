@@ -91,8 +91,9 @@ class _Moments:
 
 @torch.no_grad()
 def coarsest_layers(model: nn.Module, side: int) -> list[str]:
-    """The names of the BatchNorm layers whose input map is the smallest when the model (in eval mode) sees
-    ``side`` x ``side`` images: its last stage, which ``layers="coarsest"`` reads. One probe image tells."""
+    """The names of the BatchNorm layers whose input map is the smallest when the model sees ``side`` x
+    ``side`` images: its last stage, which ``layers="coarsest"`` reads. One probe image, in eval mode (running
+    statistics untouched; the model's mode is restored)."""
     areas: dict[str, int] = {}
 
     def hook(name: str):  # noqa: ANN202 - torch's hook signature
@@ -100,9 +101,12 @@ def coarsest_layers(model: nn.Module, side: int) -> list[str]:
 
     handles = [module.register_forward_hook(hook(name)) for name, module in batchnorm_layers(model)]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
     try:
         model(torch.zeros(1, 3, side, side, device=device).contiguous(memory_format=torch.channels_last))
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     smallest = min(areas.values(), default=0)

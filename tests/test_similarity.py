@@ -249,6 +249,11 @@ def test_recording_only_the_coarsest_layers_keeps_exactly_their_moments() -> Non
     model = _toy_net().eval()
     images = torch.randn(10, 3, 12, 12)
     assert coarsest_layers(model, 12) == ["4"]  # the second BatchNorm, after the stride-2 conv
+    model.train()
+    running = [b.clone() for b in model.buffers()]
+    assert coarsest_layers(model, 12) == ["4"] and model.training  # probed in eval mode, mode given back
+    assert all(torch.equal(a, b) for a, b in zip(running, model.buffers()))  # running statistics untouched
+    model.eval()
     recorders = {}
     for only in (None, coarsest_layers(model, 12)):
         with BatchNormRecorder(model, groups=2, only=only) as recorder, torch.no_grad():
