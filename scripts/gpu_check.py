@@ -1,8 +1,9 @@
 """The GPU half of issue 6 in one prepared run: throughput against timm's training benchmark loop, the
 ``batch_size: auto`` search on a real card, and packed against one-at-a-time trials.
 
-    .venv/bin/python scripts/gpu_check.py                  # a CUDA machine: about 3 minutes on one H200
+    .venv/bin/python scripts/gpu_check.py                  # a CUDA machine: about 9 minutes on one H200
     .venv/bin/python scripts/gpu_check.py --quick          # tiny sizes, any machine: checks the script itself
+    .venv/bin/python scripts/gpu_check.py --tables 4,1,3,2 # the packing table first (short device minutes)
     .venv/bin/python -m bench.perf                         # the per-trial plain-vs-optimised table, separately
 
 Prints four markdown tables (and the device line):
@@ -193,27 +194,41 @@ def main(argv: list[str] | None = None) -> int:
                         "(default digits: ships with scikit-learn)")
     parser.add_argument("--skip-packing", action="store_true", help="tables 1 to 3 only (they need neither Ray "
                         "nor pydantic nor the weights packages: torch, timm and scikit-learn are enough)")
+    parser.add_argument("--tables", default="1,2,3,4", help="which tables, in this order (default 1,2,3,4; "
+                        "4,1,3,2 measures the packing first when the device minutes are short)")
     args = parser.parse_args(argv)
+    try:
+        tables = [int(t) for t in args.tables.split(",")]
+    except ValueError:
+        tables = []
+    if not tables or any(t not in (1, 2, 3, 4) for t in tables):
+        print(f"gpu_check: --tables {args.tables!r}: expected numbers from 1 to 4, comma-separated", file=sys.stderr)
+        return 2
+    if args.skip_packing:
+        tables = [t for t in tables if t != 4]
     device = core.resolve_device("auto")
     if device.type != "cuda" and not args.quick:
         print("gpu_check: no CUDA device here; run with --quick to check the script on the CPU", file=sys.stderr)
         return 2
     print(f"device: {core.device_name(device)}; torch {torch.__version__}, timm {timm.__version__}", flush=True)
     size, steps, batch = (32, 4, 16) if args.quick else (224, 60, 256)
-    print("\n1. training throughput\n")
-    print(throughput_table(dataset=args.dataset, batch_size=batch, img_size=size, steps=steps, device=device),
-          flush=True)
-    print("\n2. batch_size: auto\n")
-    print(auto_batch_table(dataset=args.dataset, img_size=size, steps=steps, device=device), flush=True)
-    print(f"\n3. small trials one after another ({'32' if args.quick else '64'} px)\n")
-    print(trial_cost_table(dataset=args.dataset, img_size=32 if args.quick else 64, steps=steps, device=device),
-          flush=True)
-    if args.skip_packing:
-        return 0
-    print("\n4. packed against one-at-a-time trials (suites/smoke.yaml)\n")
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as scratch:
-        os.environ.setdefault("BENCH_DATA", str(ROOT.parent / "shared" / "data"))
-        print(packing_table(device=device, quick=args.quick, scratch=Path(scratch)), flush=True)
+    for table in tables:
+        if table == 1:
+            print("\n1. training throughput\n")
+            print(throughput_table(dataset=args.dataset, batch_size=batch, img_size=size, steps=steps,
+                                   device=device), flush=True)
+        elif table == 2:
+            print("\n2. batch_size: auto\n")
+            print(auto_batch_table(dataset=args.dataset, img_size=size, steps=steps, device=device), flush=True)
+        elif table == 3:
+            small = 32 if args.quick else 64
+            print(f"\n3. small trials one after another ({small} px)\n")
+            print(trial_cost_table(dataset=args.dataset, img_size=small, steps=steps, device=device), flush=True)
+        else:
+            print("\n4. packed against one-at-a-time trials (suites/smoke.yaml)\n")
+            with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as scratch:
+                os.environ.setdefault("BENCH_DATA", str(ROOT.parent / "shared" / "data"))
+                print(packing_table(device=device, quick=args.quick, scratch=Path(scratch)), flush=True)
     return 0
 
 

@@ -28,6 +28,12 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
     assert finished.stderr.strip() == "gpu_check: no CUDA device here; run with --quick to check the script on the CPU"
 
 
+def test_a_wrong_table_list_is_one_line_and_exit_2():
+    finished = _run("--quick", "--tables", "4,5")
+    assert finished.returncode == 2
+    assert finished.stderr.strip() == "gpu_check: --tables '4,5': expected numbers from 1 to 4, comma-separated"
+
+
 @pytest.mark.slow
 def test_quick_run_prints_all_four_tables():
     finished = _run("--quick")
@@ -47,12 +53,15 @@ def test_quick_run_prints_all_four_tables():
 
 
 @pytest.mark.slow
-def test_skip_packing_needs_no_ray():
+def test_skip_packing_needs_no_ray_and_tables_run_in_the_order_asked():
     # Tables 1 to 3 on a machine with torch and timm but no Ray (the GPU image): Ray is made unimportable.
+    # --tables 3,4,1: table 3 first, the packing table dropped by --skip-packing, table 2 not asked for.
     finished = subprocess.run(
         [sys.executable, "-c", "import runpy, sys; sys.modules['ray'] = sys.modules['pydantic'] = None; "
-         f"sys.argv = ['gpu_check', '--quick', '--skip-packing']; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
+         f"sys.argv = ['gpu_check', '--quick', '--skip-packing', '--tables', '3,4,1']; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "3. small trials" in finished.stdout and "4. packed" not in finished.stdout
+    out = finished.stdout
+    assert "4. packed" not in out and "2. batch_size" not in out
+    assert 0 < out.index("3. small trials") < out.index("1. training throughput")
