@@ -21,9 +21,11 @@ never run code.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,15 +179,85 @@ def build_backbone(name: str, num_classes: int, *, pretrained: bool = True, weig
 
     Randomly initialised parts (the whole body when ``pretrained`` is False) draw from torch's global RNG:
     seed it before calling for a reproducible scratch baseline.
+
+    A Ray worker builds the same body for trial after trial, and most of a build is module construction and a
+    random initialisation that pretrained weights then overwrite. So a body whose weights come from a file (or
+    from the RNG alone) is kept as a template per process, keyed by everything the build depends on: the name,
+    the weights file's path, size and mtime, and torch's RNG state on entry. A later build with the same key is
+    a deep copy of the template, with the RNG left in the state the build would have left it in: the same
+    tensors, bit for bit, and the same random numbers drawn afterwards (tested).
     """
     check_backbone_name(name)
     family, model_name = split_name(name)
-    builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm, "tv": _build_tv}[family]
-    backbone = builder(name, model_name, pretrained=pretrained, weights=weights)
+    key = _template_key(family, model_name, name, pretrained=pretrained, weights=weights)
+    template = _TEMPLATES.get(key) if key else None
+    if template is not None:
+        backbone = copy.deepcopy(template.backbone)
+        torch.set_rng_state(template.rng_after)
+    else:
+        builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm,
+                                            "tv": _build_tv}[family]
+        backbone = builder(name, model_name, pretrained=pretrained, weights=weights)
+        if backbone.weights_sha256 is None:
+            backbone.init_sha256 = state_sha256(backbone.body)
+        if key:
+            _TEMPLATES.put(key, _Template(copy.deepcopy(backbone), torch.get_rng_state()))
     backbone.head = new_head(backbone.feature_dim, num_classes, seed=head_seed)
-    if backbone.weights_sha256 is None:
-        backbone.init_sha256 = state_sha256(backbone.body)
     return backbone
+
+
+@dataclass
+class _Template:
+    backbone: Backbone  # as built, before its head; never handed out (deep-copied on the way in and out)
+    rng_after: torch.Tensor  # torch's RNG state when the build returned
+
+    @property
+    def nbytes(self) -> int:
+        modules = [self.backbone.body] + ([self.backbone.source_head] if self.backbone.source_head else [])
+        return sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
+
+
+class _Templates:
+    """Built bodies of this process, oldest dropped first beyond ``max_bytes`` (a Ray worker of a suite with
+    two backbones and three seeds holds six efficientnet_lite0 bodies, about 120 MB)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, _Template] = OrderedDict()
+
+    def get(self, key: tuple) -> _Template | None:
+        template = self._items.get(key)
+        if template is not None:
+            self._items.move_to_end(key)
+        return template
+
+    def put(self, key: tuple, template: _Template) -> None:
+        self._items[key] = template
+        while len(self._items) > 1 and sum(t.nbytes for t in self._items.values()) > self.max_bytes:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+_TEMPLATES = _Templates(max_bytes=512 * 2**20)
+
+
+def _template_key(family: str, model_name: str, name: str, *, pretrained: bool,
+                  weights: str | None) -> tuple | None:
+    """What a build depends on, or None where it also depends on a hub cache (not kept: the cache can change)."""
+    if pretrained and not weights and family != "bundled":
+        return None
+    source = None
+    if pretrained:
+        path = Path(weights) if weights else bundled_weights_path(model_name)
+        try:
+            stat = path.stat()
+        except OSError:
+            return None  # the builder says what is wrong with it
+        source = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    rng = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
+    return (name, pretrained, source, rng)
 
 
 def state_sha256(module: nn.Module) -> str:

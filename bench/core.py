@@ -48,7 +48,7 @@ from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
 from bench.errors import UserError
 from bench.fold import BatchNormFolded
-from bench.freeze import FreezePlan, apply_freeze, set_train_mode
+from bench.freeze import FreezePlan, apply_freeze, frozen_modules, set_train_mode
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -530,9 +530,10 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
     order = torch.Generator().manual_seed(config.seed)  # data order: a function of the seed alone
     steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
     n_epochs = math.ceil(phase.steps / steps_per_epoch)
+    frozen = list(frozen_modules(model))  # what is frozen does not change within a phase
     step, seconds, seen = 0, 0.0, 0
     for epoch in range(1, n_epochs + 1):
-        set_train_mode(model)
+        set_train_mode(model, frozen)
         tic = time.perf_counter()
         losses = EpochLosses(device)
         for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):

@@ -14,7 +14,7 @@ drop-path in frozen blocks is off: the frozen part is a fixed function of its in
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from timm.models import group_parameters
@@ -93,8 +93,9 @@ def frozen_modules(model: nn.Module) -> Iterator[nn.Module]:
         yield from frozen_modules(child)
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """``model.train()``, then frozen parts back to eval (BatchNorm statistics and dropout stay fixed)."""
+def set_train_mode(model: nn.Module, frozen: Iterable[nn.Module] | None = None) -> None:
+    """``model.train()``, then frozen parts back to eval (BatchNorm statistics and dropout stay fixed).
+    ``frozen``: ``list(frozen_modules(model))`` when the caller holds it (a training loop, once per phase)."""
     model.train()
-    for module in frozen_modules(model):
+    for module in frozen_modules(model) if frozen is None else frozen:
         module.eval()

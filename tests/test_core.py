@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from bench import core, features
+from bench import backbones, core, features
 from bench.backbones import build_backbone, bundled_weights_path, load_state_dict
 from bench.config import TrialConfig
 from bench.errors import UserError
@@ -266,6 +266,45 @@ def test_a_weights_file_rewritten_in_place_is_read_again(tmp_path):
     path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     with pytest.raises(UserError, match="not a readable PyTorch state dict"):
         load_state_dict(path)
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_a_body_built_again_from_its_template_is_the_body_a_fresh_build_gives(pretrained):
+    """A worker builds each trial's body from a per-process template: the same tensors and the same RNG stream
+    afterwards as a real build, and a template that no trial's training can touch."""
+    backbones._TEMPLATES.clear()
+    torch.manual_seed(7)
+    fresh = build_backbone("efficientnet_lite0", 10, pretrained=pretrained, head_seed=7)  # a real build
+    after_fresh = torch.rand(8)
+    with torch.no_grad():
+        for param in fresh.body.parameters():  # "training" the first trial's body
+            param.add_(1.0)
+    torch.manual_seed(7)
+    again = build_backbone("efficientnet_lite0", 10, pretrained=pretrained, head_seed=7)  # from the template
+    after_again = torch.rand(8)
+    backbones._TEMPLATES.clear()
+    torch.manual_seed(7)
+    reference = build_backbone("efficientnet_lite0", 10, pretrained=pretrained, head_seed=7)
+    expected, got = reference.body.state_dict(), again.body.state_dict()
+    assert list(expected) == list(got) and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert torch.equal(after_fresh, after_again)  # dropout masks and the like draw the same numbers
+    assert again.weights_key == reference.weights_key and torch.equal(again.head.weight, reference.head.weight)
+    torch.manual_seed(8)
+    other_seed = build_backbone("efficientnet_lite0", 10, pretrained=pretrained, head_seed=8)
+    same = all(torch.equal(a, b) for a, b in zip(other_seed.body.state_dict().values(), expected.values()))
+    assert same is pretrained  # a scratch body is its seed's; pretrained bodies are the file's
+
+
+def test_a_rewritten_weights_file_is_never_served_from_an_old_template(tmp_path):
+    path = tmp_path / "weights.pth"
+    state = load_state_dict(bundled_weights_path("efficientnet_lite0"))
+    torch.save(state, path)
+    first = build_backbone("efficientnet_lite0", 10, weights=str(path))
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)
+    second = build_backbone("efficientnet_lite0", 10, weights=str(path))
+    assert first.weights_sha256 != second.weights_sha256
+    assert not torch.equal(first.body.conv_stem.weight, second.body.conv_stem.weight)
+    assert torch.equal(second.body.conv_stem.weight, first.body.conv_stem.weight + 1)
 
 
 def test_data_regime_thresholds():

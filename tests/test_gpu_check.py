@@ -58,7 +58,8 @@ def test_skip_packing_needs_no_ray_and_tables_run_in_the_order_asked():
     # --tables 3,4,1: table 3 first, the packing table dropped by --skip-packing, table 2 not asked for.
     finished = subprocess.run(
         [sys.executable, "-c", "import runpy, sys; sys.modules['ray'] = sys.modules['pydantic'] = None; "
-         f"sys.argv = ['gpu_check', '--quick', '--skip-packing', '--tables', '3,4,1']; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
+         "sys.argv = ['gpu_check', '--quick', '--skip-packing', '--tables', '3,4,1']; "
+         f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
     assert finished.returncode == 0, finished.stderr[-2000:]
