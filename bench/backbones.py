@@ -211,8 +211,8 @@ class _Template:
     backbone: Backbone  # as built, before its head; never handed out (deep-copied on the way in and out)
     rng_after: torch.Tensor  # torch's RNG state when the build returned
 
-    @property
-    def nbytes(self) -> int:
+    @functools.cached_property
+    def nbytes(self) -> int:  # read at every put, for every template kept: counted once each
         modules = [self.backbone.body] + ([self.backbone.source_head] if self.backbone.source_head else [])
         return sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
 
