@@ -20,6 +20,7 @@ A non-finite loss ends the trial with status ``diverged``; it is a result, not a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -64,10 +65,15 @@ class TrialResult:
 
 @dataclass
 class Split:
-    """Inputs (uint8 images or float features) and labels of one split, on the CPU."""
+    """Inputs (uint8 images or float features) and labels of one split, on the CPU.
+
+    ``short_batch``: for cached rows computed in full training batches, the rows of a shorter batch computed
+    on the spot, from the images, in one batch of that size: what the plain path computes for them.
+    """
 
     inputs: torch.Tensor
     labels: torch.Tensor
+    short_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -221,7 +227,8 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
     frozen_paths: list[str] = []
     for phase in phases:
         plan = apply_freeze(backbone.body, phase.freeze)
-        setup = _phase_setup(backbone, plan, images, (train_idx, val_idx), data, normalize, config, device)
+        setup = _phase_setup(backbone, plan, images, (train_idx, val_idx), data, normalize, config, device,
+                             phase.batch_size)
         frozen_paths.append(setup.frozen_path)
         # One trace per phase. fp32 evaluation only: under bf16 autocast the folded weights round differently
         # from conv-then-BN, so the "same function up to float rounding" promise would not hold.
@@ -307,10 +314,11 @@ def _feature_key(backbone: Backbone, data: datasets.PreparedDataset, config: Tri
                                 img_size=config.img_size, device_type=device.type)
 
 
-def _features_for(backbone: Backbone, data: datasets.PreparedDataset, normalize: Normalize,
-                  config: TrialConfig, device: torch.device) -> features.FeatureSet:
-    return features.cached_features(_feature_key(backbone, data, config, device), backbone.body, data.x_train,
-                                    data.x_test, normalize, device=device, cache_dir=config.cache_dir)
+def _features_for(backbone: Backbone, data: datasets.PreparedDataset, normalize: Normalize, val_idx: np.ndarray,
+                  config: TrialConfig, device: torch.device, batch_size: int) -> features.FrozenRows:
+    return features.frozen_rows(_feature_key(backbone, data, config, device), backbone.body, data.x_train,
+                                data.x_test, val_idx, normalize, device=device, train_batch=batch_size,
+                                eval_batch=EVAL_BATCH_SIZE, cache_dir=config.cache_dir)
 
 
 SIMILARITY_COLUMNS = ("similarity_score", "transferability", "similarity_regime", "similarity_method",
@@ -352,12 +360,12 @@ def _measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, 
         with contextlib.suppress(OSError, ValueError):  # a torn file: measure again
             _SIMILARITY[key] = json.loads(path.read_text())
     if key not in _SIMILARITY:
-        cached = _features_for(backbone, data, Normalize(backbone.mean, backbone.std).to(device), config, device)
+        pooled = _pooled_train_features(backbone, data, config, device)
         source_logits = None
         if backbone.source_head is not None:
             with torch.no_grad():
-                source_logits = backbone.source_head(cached.train)
-        scores = similarity.compute_similarity(cached.train, data.y_train, source_logits=source_logits,
+                source_logits = backbone.source_head(pooled)
+        scores = similarity.compute_similarity(pooled, data.y_train, source_logits=source_logits,
                                                model=backbone.body, images=data.x_train, mean=backbone.mean,
                                                std=backbone.std)
         backbone.body.to(memory_format=torch.channels_last)  # the BN recorder may have run it contiguous
@@ -369,6 +377,17 @@ def _measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, 
         measured["similarity_regime"] = similarity.similarity_regime(measured["similarity_score"],
                                                                      config.similarity_threshold)
     return measured
+
+
+def _pooled_train_features(backbone: Backbone, data: datasets.PreparedDataset, config: TrialConfig,
+                           device: torch.device) -> torch.Tensor:
+    """The pooled features of every training image, batched the same way whatever trial asks first."""
+    normalize = Normalize(backbone.mean, backbone.std).to(device)
+    batch_size = features.BATCH_SIZE.get(device.type, 256)
+    key = features.rows_key(_feature_key(backbone, data, config, device), "train", batch_size=batch_size, pad=True)
+    return features.cached_rows(key, lambda: features.compute_features(
+        backbone.body, data.x_train, normalize, device=device, batch_size=batch_size, pad=True),
+        cache_dir=config.cache_dir)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -390,13 +409,15 @@ class PhaseSetup:
 
 def _phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
                  indices: tuple[np.ndarray, np.ndarray], data: datasets.PreparedDataset, normalize: Normalize,
-                 config: TrialConfig, device: torch.device) -> PhaseSetup:
+                 config: TrialConfig, device: torch.device, batch_size: int) -> PhaseSetup:
     """The cached path where it is exact, else the plain one.
 
     ``features``: every group frozen: the head trains on the body's pooled features, computed once per dataset.
     ``prefix``: some groups frozen: the rest of the body and the head train on the frozen prefix's outputs,
     computed once per dataset and freeze boundary (``bench.prefix``). Both need a frozen part that sees no
-    random augmentation. ``none``: nothing frozen. ``plain (<why>)``: images through the whole model.
+    random augmentation, and give the plain path's numbers bit for bit: the rows are batched as the plain path
+    batches them (``bench.features``), a short training batch computed on the spot. ``none``: nothing frozen.
+    ``plain (<why>)``: images through the whole model.
     """
     reason = None
     if plan.n_frozen_groups == 0:
@@ -406,8 +427,9 @@ def _phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
     elif config.augment != "none":
         reason = "plain (augmentation)"
     if reason is None and plan.n_frozen_groups == plan.n_groups:
-        stored = _features_for(backbone, data, normalize, config, device)
-        return PhaseSetup(backbone.head, _index(stored, images, indices), lambda batch, train: batch, "features")
+        stored = _features_for(backbone, data, normalize, indices[1], config, device, batch_size)
+        return PhaseSetup(backbone.head, _index(stored, images, indices[0], backbone.body, normalize, device),
+                          lambda batch, train: batch, "features")
     if reason is None:
         split = prefix.split_frozen_prefix(backbone.body, plan.n_frozen_groups)
         if split is None:
@@ -419,12 +441,14 @@ def _phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
                                           std=backbone.std, img_size=config.img_size,
                                           n_frozen_groups=plan.n_frozen_groups, stage_names=front.stage_names,
                                           device_type=device.type)
-            stored = prefix.cached_prefix_outputs(key, front, data.x_train, data.x_test, normalize, device=device,
-                                                  cache_dir=config.cache_dir)
+            stored = prefix.cached_prefix_outputs(key, front, data.x_train, data.x_test, indices[1], normalize,
+                                                  device=device, train_batch=batch_size,
+                                                  eval_batch=EVAL_BATCH_SIZE, cache_dir=config.cache_dir)
             if stored is None:
                 reason = "plain (prefix outputs over the memory cap)"
             else:
-                return PhaseSetup(TransferModel(back, backbone.head), _index(stored, images, indices),
+                return PhaseSetup(TransferModel(back, backbone.head),
+                                  _index(stored, images, indices[0], front, normalize, device),
                                   lambda batch, train: _channels_last(batch), "prefix")
     augmenter = Augment(config.augment, seed=config.seed)
 
@@ -437,11 +461,15 @@ def _phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
     return PhaseSetup(TransferModel(backbone.body, backbone.head), images, prepare, reason or "plain")
 
 
-def _index(stored: features.FeatureSet, images: dict[str, Split],
-           indices: tuple[np.ndarray, np.ndarray]) -> dict[str, Split]:
-    train_idx, val_idx = indices
-    return {"train": Split(stored.train[train_idx], images["train"].labels),
-            "val": Split(stored.train[val_idx], images["val"].labels),
+def _index(stored: features.FrozenRows, images: dict[str, Split], train_idx: np.ndarray, frozen: nn.Module,
+           normalize: Normalize, device: torch.device) -> dict[str, Split]:
+    """The cached rows of the trial's splits; a short training batch runs ``frozen`` on its images."""
+    def short_batch(batch_idx: torch.Tensor) -> torch.Tensor:
+        return features.compute_features(frozen, images["train"].inputs[batch_idx], normalize, device=device,
+                                         batch_size=len(batch_idx))
+
+    return {"train": Split(stored.train[train_idx], images["train"].labels, short_batch),
+            "val": Split(stored.val, images["val"].labels),
             "test": Split(stored.test, images["test"].labels)}
 
 
@@ -461,8 +489,8 @@ def _stage(split: Split, device: torch.device) -> Split:
     if device.type != "cuda":
         return split
     if split.inputs.numel() * split.inputs.element_size() <= GPU_RESIDENT_BYTES:
-        return Split(split.inputs.to(device), split.labels.to(device))
-    return Split(split.inputs.pin_memory(), split.labels.pin_memory())
+        return dataclasses.replace(split, inputs=split.inputs.to(device), labels=split.labels.to(device))
+    return dataclasses.replace(split, inputs=split.inputs.pin_memory(), labels=split.labels.pin_memory())
 
 
 def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device,
@@ -537,7 +565,9 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
         tic = time.perf_counter()
         losses = EpochLosses(device)
         for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):
-            inputs = prepare(train.inputs[batch_idx].to(device, non_blocking=True), True)
+            short = train.short_batch is not None and len(batch_idx) < phase.batch_size
+            rows = train.short_batch(batch_idx) if short else train.inputs[batch_idx]
+            inputs = prepare(rows.to(device, non_blocking=True), True)
             labels = train.labels[batch_idx].to(device, non_blocking=True)
             loss = training_loss(model, inputs, labels, device, config.label_smoothing)
             losses.add(loss)

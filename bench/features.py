@@ -10,8 +10,16 @@ The cache key holds everything the features depend on -- the weights' hash, the 
 fingerprint (name, root, size, preprocessing version), mean/std, the precision (bf16 on CUDA) and this
 module's version -- so a stale hit is impossible: change any of them and the key changes.
 
-Memory holds at most ``BENCH_FEATURE_MEMORY_GB`` (default 4) of feature sets per process, least recently used
-dropped first; the disk copy in the cache folder stays.
+*Bit for bit the plain path's numbers.* A convolution library picks its kernel by the shapes it is given, the
+batch size among them (on one CPU thread PyTorch sends 1x1 convolutions of fewer than 16 images to another
+kernel than oneDNN's), and two kernels can round differently. So rows are computed in batches of the size the
+plain path computes them in, and ``rows_key`` holds that batching: training rows (``pad=True``) every image in
+a full batch of the trial's training batch size, the last batch of the dataset filled up with images before it;
+evaluation rows in the consecutive chunks evaluation runs (``pad=False``, the last one short, as there). A
+training batch shorter than the batch size is computed on the spot (``bench.core.fit``).
+
+Memory holds at most ``BENCH_FEATURE_MEMORY_GB`` (default 4) of rows per process, least recently used dropped
+first; the disk copy in the cache folder stays.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,22 +42,15 @@ from bench.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-FEATURES_VERSION = 1  # bump when the way features are computed changes
+FEATURES_VERSION = 2  # bump when the way features are computed changes (2: batched as the plain path batches)
 MEMORY_BUDGET_BYTES = int(float(os.environ.get("BENCH_FEATURE_MEMORY_GB", "4")) * 2**30)
-_MEMORY: OrderedDict[str, "FeatureSet"] = OrderedDict()  # least recently used first
+_MEMORY: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
 STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "evictions": 0}
 
-
-@dataclass
-class FeatureSet:
-    """Pooled body features of one prepared dataset; rows align with the dataset's arrays."""
-
-    train: torch.Tensor  # float32 [N_train, D]
-    test: torch.Tensor  # float32 [N_test, D]
-
-    @property
-    def nbytes(self) -> int:
-        return self.train.numel() * 4 + self.test.numel() * 4
+# Images per forward pass where nothing else fixes the batching (the similarity pass, the size probe). On a CPU
+# the activations of 64 small images stay in the caches, where 256 spill to memory: 1.3-1.5x faster on 48 px
+# images here. A card wants large batches.
+BATCH_SIZE = {"cpu": 64, "cuda": 256}
 
 
 def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
@@ -62,68 +64,102 @@ def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: 
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-# Images per forward pass of a frozen body. On a CPU the activations of 64 small images stay in the caches,
-# where 256 spill to memory: 1.3-1.5x faster on 48 px images here. An image's output does not depend on the
-# batch size, bit for bit, except in a very short last batch (a handful of images), which oneDNN computes with
-# another kernel: those differ by float rounding (1e-5). A card wants large batches.
-BATCH_SIZE = {"cpu": 64, "cuda": 256}
+def rows_key(base: str, split: str, *, batch_size: int, pad: bool, indices: np.ndarray | None = None) -> str:
+    """The key of one split's rows: ``base`` (what the outputs depend on), and how they were batched (and, for a
+    subset of a split such as the validation images, which images in which order)."""
+    blob = json.dumps({"base": base, "split": split, "batch_size": batch_size, "pad": pad,
+                       "indices": None if indices is None else hashlib.sha256(
+                           np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
-def compute_features(body: nn.Module, images: np.ndarray, normalize: nn.Module, *, device: torch.device,
-                     batch_size: int | None = None) -> torch.Tensor:
-    """body(normalize(images)) in eval mode, in batches; returns float32 features on the CPU."""
+def compute_features(body: nn.Module, images: np.ndarray | torch.Tensor, normalize: nn.Module, *,
+                     device: torch.device, batch_size: int | None = None, pad: bool = False) -> torch.Tensor:
+    """body(normalize(images)) in eval mode, in consecutive batches of ``batch_size``; float32, on the CPU.
+
+    ``pad``: the last batch, when short, is filled up to ``batch_size`` with the images before it (repeated
+    when there are fewer images than that), so that every image is computed in a batch of exactly
+    ``batch_size``; the extra rows are dropped.
+    """
     batch_size = batch_size or BATCH_SIZE.get(device.type, 256)
     body.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a writable copy
+    n, outputs = len(images), []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        window = np.arange(stop - batch_size, stop) % n if pad and stop - start < batch_size else None
+        chunk = images[window] if window is not None else images[start:stop]
+        batch = torch.as_tensor(np.array(chunk) if isinstance(chunk, np.ndarray) else chunk).to(device)
         with precision.autocast(device):
-            outputs.append(body(normalize(batch).contiguous(memory_format=torch.channels_last)).float().cpu())
+            out = body(normalize(batch).contiguous(memory_format=torch.channels_last)).float().cpu()
+        outputs.append(out[-(stop - start):] if window is not None else out)
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def cached_features(key: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndarray, normalize: nn.Module, *,
-                    device: torch.device, cache_dir: str | None) -> FeatureSet:
-    """The features for ``key``: from memory, else from ``cache_dir``, else computed (and stored)."""
+def cached_rows(key: str, compute: Callable[[], torch.Tensor], *, cache_dir: str | None) -> torch.Tensor:
+    """The rows for ``key``: from memory, else from ``cache_dir``, else ``compute()`` (and stored)."""
     if key in _MEMORY:
         STATS["hits"] += 1
         _MEMORY.move_to_end(key)
         return _MEMORY[key]
     path = Path(cache_dir) / "features" / f"{key}.pt" if cache_dir else None
+    rows = None
     if path is not None and path.is_file():
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            features = FeatureSet(train=stored["train"], test=stored["test"])
+            rows = torch.load(path, map_location="cpu", weights_only=True)["rows"]
             STATS["disk_hits"] += 1
         except Exception as error:  # a torn file from a killed writer: recompute it
             log.warning("feature cache %s unreadable (%s); recomputing", path, error)
-            features = None
-    else:
-        features = None
-    if features is None:
+    if rows is None:
         STATS["misses"] += 1
-        features = FeatureSet(train=compute_features(body, x_train, normalize, device=device),
-                              test=compute_features(body, x_test, normalize, device=device))
+        rows = compute()
         if path is not None:
-            _atomic_save({"train": features.train, "test": features.test}, path)
-    _remember(key, features)
-    log.info("feature cache: key %s, %.1f MB, hits %d, misses %d", key, features.nbytes / 2**20, STATS["hits"],
+            atomic_write(path, lambda tmp: torch.save({"rows": rows}, tmp))
+    _remember(key, rows)
+    log.info("feature cache: key %s, %.1f MB, hits %d, misses %d", key, nbytes(rows) / 2**20, STATS["hits"],
              STATS["misses"])
-    return features
+    return rows
 
 
-def _remember(key: str, features: FeatureSet) -> None:
-    """Keep ``features`` in memory, dropping the least recently used sets beyond the budget (the disk copy
-    stays, so an evicted set costs one read, not a recomputation)."""
-    _MEMORY[key] = features
-    while len(_MEMORY) > 1 and sum(f.nbytes for f in _MEMORY.values()) > MEMORY_BUDGET_BYTES:
+@dataclass
+class FrozenRows:
+    """A frozen module's outputs on one prepared dataset, each row batched as the plain path batches it."""
+
+    train: torch.Tensor  # every training-split image (x_train), in full batches of the training batch size
+    val: torch.Tensor  # the validation images (x_train[val_idx]), in evaluation's chunks
+    test: torch.Tensor  # x_test, in evaluation's chunks
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.train) + nbytes(self.val) + nbytes(self.test)
+
+
+def frozen_rows(base: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndarray, val_idx: np.ndarray,
+                normalize: nn.Module, *, device: torch.device, train_batch: int, eval_batch: int,
+                cache_dir: str | None) -> FrozenRows:
+    """``body(normalize(x))`` for every image a trial trains or evaluates on, each split from memory, disk or
+    computed once (``cached_rows``), keyed by ``base`` and the batching."""
+    def rows(split: str, images: np.ndarray, batch_size: int, pad: bool, indices: np.ndarray | None = None):
+        return cached_rows(rows_key(base, split, batch_size=batch_size, pad=pad, indices=indices),
+                           lambda: compute_features(body, images, normalize, device=device, batch_size=batch_size,
+                                                    pad=pad), cache_dir=cache_dir)
+
+    return FrozenRows(train=rows("train", x_train, train_batch, True),
+                      val=rows("val", x_train[val_idx], eval_batch, False, val_idx),
+                      test=rows("test", x_test, eval_batch, False))
+
+
+def nbytes(rows: torch.Tensor) -> int:
+    return rows.numel() * rows.element_size()
+
+
+def _remember(key: str, rows: torch.Tensor) -> None:
+    """Keep ``rows`` in memory, dropping the least recently used beyond the budget (the disk copy stays, so an
+    evicted set costs one read, not a recomputation)."""
+    _MEMORY[key] = rows
+    while len(_MEMORY) > 1 and sum(nbytes(r) for r in _MEMORY.values()) > MEMORY_BUDGET_BYTES:
         _MEMORY.popitem(last=False)
         STATS["evictions"] += 1
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def clear_memory_cache() -> None:

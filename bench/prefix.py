@@ -6,8 +6,9 @@ and, with ``augment: none``, see the same input every time, so their output per 
 (weights, dataset, image size, preprocessing, freeze depth): whatever the data fraction, seed or learning rate.
 ``split_frozen_prefix`` cuts the body into ``prefix`` (exactly the frozen groups) and ``suffix`` (the rest)
 with ``suffix(prefix(x)) == body(x)``; ``cached_prefix_outputs`` computes ``prefix`` once per dataset and
-keeps it exactly as ``bench.features`` keeps pooled features (same memory dict, same atomic disk cache), so a
-trial trains ``head(suffix(.))`` on stored activations.
+keeps it exactly as ``bench.features`` keeps pooled features (same memory dict, same atomic disk cache, same
+batching as the plain path's, so the same numbers bit for bit), and a trial trains ``head(suffix(.))`` on
+stored activations.
 
 The split needs to know the body's forward as a chain of modules. It is known for timm's ``EfficientNet``
 (efficientnet_lite*, efficientnet_b*, mnasnet, mixnet, ...) and ``ResNet`` (resnet*, resnext*, seresnet*,
@@ -43,7 +44,7 @@ from bench.freeze import parameter_groups
 
 log = logging.getLogger(__name__)
 
-PREFIX_VERSION = 1  # bump when the split or the way prefix outputs are computed changes
+PREFIX_VERSION = 2  # bump when the split or the way prefix outputs are computed changes (2: batching)
 DEFAULT_MAX_BYTES = 1 << 30  # prefix outputs of one dataset larger than this are not cached (early boundaries
 # at full resolution: e.g. 32 x 112 x 112 floats per image at 224 px)
 
@@ -219,16 +220,18 @@ def prefix_output_bytes(prefix: nn.Module, img_size: int, n_images: int, normali
 
 
 def cached_prefix_outputs(key: str, prefix: nn.Module, x_train: np.ndarray, x_test: np.ndarray,
-                          normalize: nn.Module, *, device: torch.device, cache_dir: str | None,
-                          max_bytes: int | None = DEFAULT_MAX_BYTES) -> features.FeatureSet | None:
-    """``prefix(normalize(x))`` for every train and test image, from memory, disk or computed once (see
-    ``bench.features.cached_features``); None when they would exceed ``max_bytes`` (then train the plain way).
-    """
+                          val_idx: np.ndarray, normalize: nn.Module, *, device: torch.device, train_batch: int,
+                          eval_batch: int, cache_dir: str | None,
+                          max_bytes: int | None = DEFAULT_MAX_BYTES) -> features.FrozenRows | None:
+    """``prefix(normalize(x))`` for every image a trial trains or evaluates on, from memory, disk or computed
+    once, batched as the plain path batches them (``bench.features.frozen_rows``); None when they would exceed
+    ``max_bytes`` (then train the plain way)."""
     if max_bytes is not None:
-        size = prefix_output_bytes(prefix, int(x_train.shape[-1]), len(x_train) + len(x_test), normalize,
-                                   device=device)
+        size = prefix_output_bytes(prefix, int(x_train.shape[-1]), len(x_train) + len(val_idx) + len(x_test),
+                                   normalize, device=device)
         if size > max_bytes:
             log.info("frozen prefix %s: outputs would take %.0f MB > %.0f MB; not cached", key, size / 2**20,
                      max_bytes / 2**20)
             return None
-    return features.cached_features(key, prefix, x_train, x_test, normalize, device=device, cache_dir=cache_dir)
+    return features.frozen_rows(key, prefix, x_train, x_test, val_idx, normalize, device=device,
+                                train_batch=train_batch, eval_batch=eval_batch, cache_dir=cache_dir)

@@ -90,23 +90,28 @@ def test_linear_probe_agrees_with_logistic_regression_on_the_same_features(probe
     assert abs(result.row["metric_top1"] - reference_top1) <= 2.0, (result.row["metric_top1"], reference_top1)
 
 
-def test_cached_features_give_the_plain_paths_numbers(probe_pretrained):
-    plain = _trial(feature_cache=False)
-    assert plain.row["feature_cache"] is False
-    for metric in ("metric_top1", "metric_macro_f1", "metric_val_top1"):
-        assert plain.row[metric] == pytest.approx(probe_pretrained.row[metric], abs=0.5), metric
-    assert plain.row["metric_nll"] == pytest.approx(probe_pretrained.row["metric_nll"], rel=1e-2)
-
-
-def test_a_cached_frozen_prefix_gives_the_plain_paths_numbers():
-    cached = _trial(freeze=0.5, epochs=2, data_fraction=0.2, lr=1e-3)
-    plain = _trial(freeze=0.5, epochs=2, data_fraction=0.2, lr=1e-3, feature_cache=False)
-    assert cached.row["frozen_prefix"] == "prefix" and cached.row["feature_cache"] is True
+@pytest.mark.parametrize("freeze", ["linear_probe", 0.5])
+def test_the_cached_paths_give_the_plain_paths_numbers_bit_for_bit(freeze):
+    """Training losses, validation after every epoch and test metrics: equal, not close. One thread, where
+    PyTorch sends 1x1 convolutions of fewer than 16 images to another kernel than oneDNN's: 40 training images
+    make a short batch of 8 each epoch, 136 validation images a last chunk of 8, and 1346 images a last cache
+    batch of 2 (which, before the rows were batched as the plain path batches them, made up to 3 points of
+    difference in `bench perf --suite`). Evaluation unfolded on both sides: folding rounds on its own (below)."""
+    torch.set_num_threads(1)
+    changes = dict(freeze=freeze, img_size=32, epochs=None, steps=12, batch_size=32, data_fraction=0.03,
+                   lr=1e-2 if freeze == "linear_probe" else 1e-3, fold_batchnorm=False, similarity=False)
+    cached, plain = _trial(**changes), _trial(feature_cache=False, **changes)
+    assert cached.row["frozen_prefix"] == ("features" if freeze == "linear_probe" else "prefix")
     assert plain.row["frozen_prefix"] == "plain (feature_cache off)" and plain.row["feature_cache"] is False
+    assert cached.row["n_train"] == 40 and cached.row["n_val"] == 136
     assert cached.row["trainable_params"] == plain.row["trainable_params"]
-    for metric in ("metric_top1", "metric_macro_f1", "metric_val_top1"):
-        assert cached.row[metric] == pytest.approx(plain.row[metric], abs=0.5), metric
-    assert cached.row["metric_nll"] == pytest.approx(plain.row["metric_nll"], rel=1e-2)
+    for column in ("train_loss", "val_top1", "val_nll"):
+        assert [e[column] for e in cached.epochs] == [e[column] for e in plain.epochs], column
+    for metric in ("metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1"):
+        assert cached.row[metric] == plain.row[metric], metric
+
+
+def test_the_cached_paths_fall_back_to_the_plain_path_where_they_must():
     flipped = _trial(freeze=0.5, epochs=1, data_fraction=0.2, lr=1e-3, augment="flip")
     assert flipped.row["frozen_prefix"] == "plain (augmentation)"
     lp_ft = _trial(freeze="lp_ft", epochs=2, data_fraction=0.1, lr=1e-3)

@@ -169,28 +169,54 @@ def test_cached_prefix_outputs_equal_a_direct_pass_from_memory_and_disk(tmp_path
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
     x_test = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    val_idx = np.array([4, 1])
     front, _ = prefix.split_frozen_prefix(body, 8)
     key = prefix.prefix_cache_key(arch="efficientnet_lite0", weights_key="random", dataset_fingerprint="fp",
                                   mean=normalize.mean.flatten().tolist(), std=normalize.std.flatten().tolist(),
                                   img_size=32, n_frozen_groups=8, stage_names=front.stage_names)
     device = torch.device("cpu")
-    computed = prefix.cached_prefix_outputs(key, front, x_train, x_test, normalize, device=device,
-                                            cache_dir=str(tmp_path))
+    batching = dict(train_batch=4, eval_batch=2)
+
+    def cached(**changes):
+        return prefix.cached_prefix_outputs(key, front, x_train, x_test, val_idx, normalize, device=device,
+                                            cache_dir=str(tmp_path), **{**batching, **changes})
+
+    computed = cached()
     with torch.no_grad():
         direct = front.eval()(normalize(torch.from_numpy(x_train)))
     assert computed.train.shape == direct.shape and computed.train.dim() == 4
     torch.testing.assert_close(computed.train, direct, rtol=1e-5, atol=1e-5)
-    assert (tmp_path / "features" / f"{key}.pt").is_file()
-    assert features.STATS["misses"] == 1
-    again = prefix.cached_prefix_outputs(key, front, x_train, x_test, normalize, device=device,
-                                         cache_dir=str(tmp_path))
-    assert again is computed and features.STATS["hits"] == 1
+    torch.testing.assert_close(computed.val, direct[val_idx], rtol=1e-5, atol=1e-5)
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 3  # train, val, test rows
+    assert features.STATS["misses"] == 3
+    again = cached()
+    assert again.train is computed.train and features.STATS["hits"] == 3
     features.clear_memory_cache()
-    from_disk = prefix.cached_prefix_outputs(key, front, x_train, x_test, normalize, device=device,
-                                             cache_dir=str(tmp_path))
-    assert features.STATS["disk_hits"] == 1 and features.STATS["misses"] == 0
+    from_disk = cached()
+    assert features.STATS["disk_hits"] == 3 and features.STATS["misses"] == 0
     torch.testing.assert_close(from_disk.test, computed.test, rtol=0, atol=0)
-    size = prefix.prefix_output_bytes(front, 32, 8, normalize, device=device)
+    cached(train_batch=2)  # another batching: other training rows (the evaluation rows are the same)
+    assert features.STATS["misses"] == 1 and features.STATS["hits"] == 2
+    size = prefix.prefix_output_bytes(front, 32, 5 + 2 + 3, normalize, device=device)
     assert size == computed.nbytes
-    assert prefix.cached_prefix_outputs("other", front, x_train, x_test, normalize, device=device, cache_dir=None,
-                                        max_bytes=size - 1) is None
+    assert prefix.cached_prefix_outputs("other", front, x_train, x_test, val_idx, normalize, device=device,
+                                        cache_dir=None, max_bytes=size - 1, **batching) is None
+
+
+def test_padded_rows_are_computed_in_full_batches_bit_for_bit(lite0):
+    """``pad=True``: every row is what a batch of exactly ``batch_size`` images computes for it, the last
+    short batch filled up with the images before it (repeated when the images are fewer than a batch)."""
+    front, _ = prefix.split_frozen_prefix(copy.deepcopy(lite0), 8)
+    normalize = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    images = np.random.default_rng(0).integers(0, 256, (34, 3, 32, 32), dtype=np.uint8)
+    device = torch.device("cpu")
+    rows = features.compute_features(front, images, normalize, device=device, batch_size=32, pad=True)
+    assert rows.shape[0] == 34
+    in_full_batches = torch.cat([
+        features.compute_features(front, images[:32], normalize, device=device, batch_size=32),
+        features.compute_features(front, images[2:], normalize, device=device, batch_size=32)[-2:]])
+    assert torch.equal(rows, in_full_batches)
+    few = features.compute_features(front, images[:5], normalize, device=device, batch_size=8, pad=True)
+    repeated = features.compute_features(front, images[[2, 3, 4, 0, 1, 2, 3, 4]], normalize, device=device,
+                                         batch_size=8)
+    assert torch.equal(few, repeated[-5:])
