@@ -384,7 +384,8 @@ def _pooled_train_features(backbone: Backbone, data: datasets.PreparedDataset, c
     """The pooled features of every training image, batched the same way whatever trial asks first."""
     normalize = Normalize(backbone.mean, backbone.std).to(device)
     batch_size = features.BATCH_SIZE.get(device.type, 256)
-    key = features.rows_key(_feature_key(backbone, data, config, device), "train", batch_size=batch_size, pad=True)
+    key = features.rows_key(_feature_key(backbone, data, config, device), "train", batch_size=batch_size, pad=True,
+                            device=device)
     return features.cached_rows(key, lambda: features.compute_features(
         backbone.body, data.x_train, normalize, device=device, batch_size=batch_size, pad=True),
         cache_dir=config.cache_dir)

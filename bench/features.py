@@ -13,10 +13,11 @@ module's version -- so a stale hit is impossible: change any of them and the key
 *Bit for bit the plain path's numbers.* A convolution library picks its kernel by the shapes it is given, the
 batch size among them (on one CPU thread PyTorch sends 1x1 convolutions of fewer than 16 images to another
 kernel than oneDNN's), and two kernels can round differently. So rows are computed in batches of the size the
-plain path computes them in, and ``rows_key`` holds that batching: training rows (``pad=True``) every image in
-a full batch of the trial's training batch size, the last batch of the dataset filled up with images before it;
-evaluation rows in the consecutive chunks evaluation runs (``pad=False``, the last one short, as there). A
-training batch shorter than the batch size is computed on the spot (``bench.core.fit``).
+plain path computes them in, and ``rows_key`` holds that batching (and the CPU thread count): training rows
+(``pad=True``) every image in a full batch of the trial's training batch size, the last batch of the dataset
+filled up with images before it; evaluation rows in the consecutive chunks evaluation runs (``pad=False``, the
+last one short, as there). A training batch shorter than the batch size is computed on the spot
+(``bench.core.fit``).
 
 Memory holds at most ``BENCH_FEATURE_MEMORY_GB`` (default 4) of rows per process, least recently used dropped
 first; the disk copy in the cache folder stays.
@@ -64,10 +65,14 @@ def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: 
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def rows_key(base: str, split: str, *, batch_size: int, pad: bool, indices: np.ndarray | None = None) -> str:
-    """The key of one split's rows: ``base`` (what the outputs depend on), and how they were batched (and, for a
-    subset of a split such as the validation images, which images in which order)."""
-    blob = json.dumps({"base": base, "split": split, "batch_size": batch_size, "pad": pad,
+def rows_key(base: str, split: str, *, batch_size: int, pad: bool, device: torch.device,
+             indices: np.ndarray | None = None) -> str:
+    """The key of one split's rows: ``base`` (what the outputs depend on), and how they were computed: the
+    batching, and on a CPU the thread count, which also picks kernels (PyTorch's small-batch 1x1 convolution
+    kernel is a one-thread choice); for a subset of a split, such as the validation images, which images in
+    which order."""
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    blob = json.dumps({"base": base, "split": split, "batch_size": batch_size, "pad": pad, "threads": threads,
                        "indices": None if indices is None else hashlib.sha256(
                            np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -140,7 +145,7 @@ def frozen_rows(base: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndar
     """``body(normalize(x))`` for every image a trial trains or evaluates on, each split from memory, disk or
     computed once (``cached_rows``), keyed by ``base`` and the batching."""
     def rows(split: str, images: np.ndarray, batch_size: int, pad: bool, indices: np.ndarray | None = None):
-        return cached_rows(rows_key(base, split, batch_size=batch_size, pad=pad, indices=indices),
+        return cached_rows(rows_key(base, split, batch_size=batch_size, pad=pad, device=device, indices=indices),
                            lambda: compute_features(body, images, normalize, device=device, batch_size=batch_size,
                                                     pad=pad), cache_dir=cache_dir)
 

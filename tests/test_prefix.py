@@ -197,6 +197,12 @@ def test_cached_prefix_outputs_equal_a_direct_pass_from_memory_and_disk(tmp_path
     torch.testing.assert_close(from_disk.test, computed.test, rtol=0, atol=0)
     cached(train_batch=2)  # another batching: other training rows (the evaluation rows are the same)
     assert features.STATS["misses"] == 1 and features.STATS["hits"] == 2
+    torch.set_num_threads(2)  # another thread count can pick other kernels: all three miss
+    try:
+        cached()
+    finally:
+        torch.set_num_threads(1)
+    assert features.STATS["misses"] == 4
     size = prefix.prefix_output_bytes(front, 32, 5 + 2 + 3, normalize, device=device)
     assert size == computed.nbytes
     assert prefix.cached_prefix_outputs("other", front, x_train, x_test, val_idx, normalize, device=device,
