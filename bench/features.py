@@ -144,7 +144,8 @@ def frozen_rows(base: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndar
                 cache_dir: str | None) -> FrozenRows:
     """``body(normalize(x))`` for every image a trial trains or evaluates on, each split from memory, disk or
     computed once (``cached_rows``), keyed by ``base`` and the batching."""
-    def rows(split: str, images: np.ndarray, batch_size: int, pad: bool, indices: np.ndarray | None = None):
+    def rows(split: str, images: np.ndarray, batch_size: int, pad: bool,
+             indices: np.ndarray | None = None) -> torch.Tensor:
         return cached_rows(rows_key(base, split, batch_size=batch_size, pad=pad, device=device, indices=indices),
                            lambda: compute_features(body, images, normalize, device=device, batch_size=batch_size,
                                                     pad=pad), cache_dir=cache_dir)
