@@ -465,13 +465,34 @@ def _phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
 def _index(stored: features.FrozenRows, images: dict[str, Split], train_idx: np.ndarray, frozen: nn.Module,
            normalize: Normalize, device: torch.device) -> dict[str, Split]:
     """The cached rows of the trial's splits; a short training batch runs ``frozen`` on its images."""
-    def short_batch(batch_idx: torch.Tensor) -> torch.Tensor:
-        return features.compute_features(frozen, images["train"].inputs[batch_idx], normalize, device=device,
-                                         batch_size=len(batch_idx))
-
+    short_batch = ShortBatchRows(frozen, images["train"].inputs, normalize, device)
     return {"train": Split(stored.train[train_idx], images["train"].labels, short_batch),
             "val": Split(stored.val, images["val"].labels),
             "test": Split(stored.test, images["test"].labels)}
+
+
+class ShortBatchRows:
+    """The rows of a training batch shorter than the batch size, computed from its images in one batch of its
+    size, as the plain path computes them, and kept for the trial: a row computed in a batch of r images is
+    the row of any batch of r images (the batch's size picks the kernels, not its other images), so a batch
+    whose rows were all seen at its size is read back. A probe on 21 images at a batch size of 32 runs its
+    frozen body once, not at each of its steps."""
+
+    def __init__(self, frozen: nn.Module, images: torch.Tensor, normalize: Normalize, device: torch.device) -> None:
+        self.frozen, self.images, self.normalize, self.device = frozen, images, normalize, device
+        self.kept: dict[int, dict[int, torch.Tensor]] = {}  # batch size -> image index -> row
+        self.computed = 0  # batches computed (the others were read back)
+
+    def __call__(self, batch_idx: torch.Tensor) -> torch.Tensor:
+        kept = self.kept.setdefault(len(batch_idx), {})
+        ids = batch_idx.tolist()
+        if all(i in kept for i in ids):
+            return torch.stack([kept[i] for i in ids])
+        rows = features.compute_features(self.frozen, self.images[batch_idx], self.normalize, device=self.device,
+                                         batch_size=len(batch_idx))
+        kept.update(zip(ids, rows, strict=True))
+        self.computed += 1
+        return rows
 
 
 def _channels_last(batch: torch.Tensor) -> torch.Tensor:

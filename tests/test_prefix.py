@@ -226,3 +226,22 @@ def test_padded_rows_are_computed_in_full_batches_bit_for_bit(lite0):
     repeated = features.compute_features(front, images[[2, 3, 4, 0, 1, 2, 3, 4]], normalize, device=device,
                                          batch_size=8)
     assert torch.equal(few, repeated[-5:])
+
+
+def test_short_batch_rows_are_computed_at_their_size_once_and_read_back_bit_for_bit(lite0):
+    from bench.core import ShortBatchRows
+
+    front, _ = prefix.split_frozen_prefix(copy.deepcopy(lite0), 8)
+    normalize = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8))
+    device = torch.device("cpu")
+    rows = ShortBatchRows(front, images, normalize, device)
+    first = rows(torch.tensor([3, 7, 1, 9]))
+    assert torch.equal(first, features.compute_features(front, images[[3, 7, 1, 9]], normalize, device=device))
+    again = rows(torch.tensor([9, 1, 3, 7]))  # the same images at the same batch size, another order: read back
+    assert rows.computed == 1 and torch.equal(again, first[[3, 2, 0, 1]])
+    new = rows(torch.tensor([9, 1, 3, 5]))  # an image not seen at this size: the batch is computed
+    assert rows.computed == 2
+    assert torch.equal(new, features.compute_features(front, images[[9, 1, 3, 5]], normalize, device=device))
+    rows(torch.tensor([9, 1, 3]))  # another size: computed at that size
+    assert rows.computed == 3 and set(rows.kept) == {3, 4}
