@@ -67,8 +67,9 @@ class TrialResult:
 class Split:
     """Inputs (uint8 images or float features) and labels of one split, on the CPU.
 
-    ``short_batch``: for cached rows computed in full training batches, the rows of a shorter batch computed
-    on the spot, from the images, in one batch of that size: what the plain path computes for them.
+    ``short_batch``: for cached rows computed in full training batches, the rows of a shorter batch, computed
+    from its images in one batch of that size (what the plain path computes for them) or read back from an
+    earlier batch of that size (``ShortBatchRows``).
     """
 
     inputs: torch.Tensor
@@ -382,13 +383,10 @@ def _measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, 
 def _pooled_train_features(backbone: Backbone, data: datasets.PreparedDataset, config: TrialConfig,
                            device: torch.device) -> torch.Tensor:
     """The pooled features of every training image, batched the same way whatever trial asks first."""
-    normalize = Normalize(backbone.mean, backbone.std).to(device)
-    batch_size = features.BATCH_SIZE.get(device.type, 256)
-    key = features.rows_key(_feature_key(backbone, data, config, device), "train", batch_size=batch_size, pad=True,
-                            device=device)
-    return features.cached_rows(key, lambda: features.compute_features(
-        backbone.body, data.x_train, normalize, device=device, batch_size=batch_size, pad=True),
-        cache_dir=config.cache_dir)
+    return features.split_rows(_feature_key(backbone, data, config, device), "train", backbone.body, data.x_train,
+                               Normalize(backbone.mean, backbone.std).to(device), device=device,
+                               batch_size=features.BATCH_SIZE.get(device.type, 256), pad=True,
+                               cache_dir=config.cache_dir)
 
 
 def _finite_or_none(value: Any) -> Any:

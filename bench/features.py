@@ -146,13 +146,22 @@ def frozen_rows(base: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndar
     computed once (``cached_rows``), keyed by ``base`` and the batching."""
     def rows(split: str, images: np.ndarray, batch_size: int, pad: bool,
              indices: np.ndarray | None = None) -> torch.Tensor:
-        return cached_rows(rows_key(base, split, batch_size=batch_size, pad=pad, device=device, indices=indices),
-                           lambda: compute_features(body, images, normalize, device=device, batch_size=batch_size,
-                                                    pad=pad), cache_dir=cache_dir)
+        return split_rows(base, split, body, images, normalize, device=device, batch_size=batch_size, pad=pad,
+                          cache_dir=cache_dir, indices=indices)
 
     return FrozenRows(train=rows("train", x_train, train_batch, True),
                       val=rows("val", x_train[val_idx], eval_batch, False, val_idx),
                       test=rows("test", x_test, eval_batch, False))
+
+
+def split_rows(base: str, split: str, body: nn.Module, images: np.ndarray, normalize: nn.Module, *,
+               device: torch.device, batch_size: int, pad: bool, cache_dir: str | None,
+               indices: np.ndarray | None = None) -> torch.Tensor:
+    """``body(normalize(images))`` for one split, batched as given (``compute_features``), from memory, disk
+    or computed once (``cached_rows``), keyed by ``base`` and that batching (``rows_key``)."""
+    return cached_rows(rows_key(base, split, batch_size=batch_size, pad=pad, device=device, indices=indices),
+                       lambda: compute_features(body, images, normalize, device=device, batch_size=batch_size,
+                                                pad=pad), cache_dir=cache_dir)
 
 
 def nbytes(rows: torch.Tensor) -> int:
