@@ -43,7 +43,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from bench import batch_size as auto_batch
-from bench import datasets, features, memory, precision, prefix, results, similarity
+from bench import datasets, depthwise, features, memory, precision, prefix, results, similarity
 from bench.atomic import atomic_write_text
 from bench.backbones import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
@@ -223,7 +223,7 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
     phases = plan_phases(config, n_train=len(train_idx), batch_size=batch_size)
     epoch_rows: list[dict[str, Any]] = []
     status, error = "ok", None
-    train_seconds, images_seen = 0.0, 0
+    train_seconds, images_seen, padded_convs = 0.0, 0, 0
     plan: FreezePlan
     frozen_paths: list[str] = []
     for phase in phases:
@@ -239,6 +239,7 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
                       config=config, device=device, log=epoch_rows, evaluator=evaluator)
         train_seconds += outcome.seconds
         images_seen += outcome.images_seen
+        padded_convs = max(padded_convs, outcome.padded_convs)
         if outcome.diverged:
             status, error = "diverged", f"non-finite loss at step {outcome.steps} of phase '{phase.name}'"
             break
@@ -256,6 +257,7 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
                       if len(phases) > 1 else frozen_paths, started_at=started_at)
     row.update(scores)
     row["eval_folded_bn"] = evaluator.n_folded if evaluator else 0  # how the last phase was evaluated
+    row["depthwise_padded_grad"] = padded_convs  # convolutions per step trained through bench.depthwise
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)
@@ -514,9 +516,11 @@ def _stage(split: Split, device: torch.device) -> Split:
 
 
 def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
-    """The forward pass of a training step (bf16 autocast on CUDA) and its cross-entropy, in fp32."""
-    with precision.autocast(device):
+                  label_smoothing: float = 0.0,
+                  kernels: depthwise.padded_weight_grad | None = None) -> torch.Tensor:
+    """The forward pass of a training step (bf16 autocast on CUDA; on a CPU, through ``kernels``, the padded
+    weight gradient of ``bench.depthwise``) and its cross-entropy, in fp32."""
+    with precision.autocast(device), kernels or contextlib.nullcontext():
         logits = model(inputs)
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
@@ -558,6 +562,7 @@ class FitOutcome:
     seconds: float
     images_seen: int
     diverged: bool
+    padded_convs: int = 0  # convolutions per step trained through bench.depthwise's padded weight gradient
 
 
 def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.Tensor, bool], torch.Tensor],
@@ -579,6 +584,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
     steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
     n_epochs = math.ceil(phase.steps / steps_per_epoch)
     frozen = list(frozen_modules(model))  # what is frozen does not change within a phase
+    kernels = depthwise.padded_weight_grad()
     step, seconds, seen = 0, 0.0, 0
     for epoch in range(1, n_epochs + 1):
         set_train_mode(model, frozen)
@@ -589,7 +595,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
             rows = train.short_batch(batch_idx) if short else train.inputs[batch_idx]
             inputs = prepare(rows.to(device, non_blocking=True), True)
             labels = train.labels[batch_idx].to(device, non_blocking=True)
-            loss = training_loss(model, inputs, labels, device, config.label_smoothing)
+            loss = training_loss(model, inputs, labels, device, config.label_smoothing, kernels)
             losses.add(loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -598,7 +604,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
             # non-finite loss ends the phase at this step; the update made from it is never evaluated (a
             # diverged trial has no metrics).
             if not losses.last_finite():
-                return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True)
+                return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True,
+                                  padded_convs=kernels.used // (step + 1))
             step += 1
             scheduler.step_update(step)
             seen += len(batch_idx)
@@ -612,7 +619,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
                         "train_loss": losses.mean(), "val_top1": val_metrics["top1"],
                         "val_nll": val_metrics["nll"], "lr": optimizer.param_groups[0]["lr"],
                         "elapsed_seconds": seconds})
-    return FitOutcome(step, seconds, seen, diverged=False)
+    return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // max(1, step))
 
 
 @torch.no_grad()

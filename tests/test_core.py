@@ -105,6 +105,10 @@ def test_the_cached_paths_give_the_plain_paths_numbers_bit_for_bit(freeze):
     assert plain.row["frozen_prefix"] == "plain (feature_cache off)" and plain.row["feature_cache"] is False
     assert cached.row["n_train"] == 40 and cached.row["n_val"] == 136
     assert cached.row["trainable_params"] == plain.row["trainable_params"]
+    # both train the late depthwise layers (kernel larger than their 2x2 or 1x1 map at 32 px) through
+    # bench.depthwise
+    assert cached.row["depthwise_padded_grad"] == plain.row["depthwise_padded_grad"] == \
+        (0 if freeze == "linear_probe" else 9)
     for column in ("train_loss", "val_top1", "val_nll"):
         assert [e[column] for e in cached.epochs] == [e[column] for e in plain.epochs], column
     for metric in ("metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1"):
