@@ -257,7 +257,7 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
                       if len(phases) > 1 else frozen_paths, started_at=started_at)
     row.update(scores)
     row["eval_folded_bn"] = evaluator.n_folded if evaluator else 0  # how the last phase was evaluated
-    row["depthwise_padded_grad"] = padded_convs  # convolutions per step trained through bench.depthwise
+    row["padded_depthwise_grad"] = padded_convs  # convolutions per step trained through bench.depthwise
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)
@@ -584,7 +584,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
     steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
     n_epochs = math.ceil(phase.steps / steps_per_epoch)
     frozen = list(frozen_modules(model))  # what is frozen does not change within a phase
-    kernels = depthwise.padded_weight_grad()
+    kernels = depthwise.padded_weight_grad() if config.padded_depthwise_grad else None
     step, seconds, seen = 0, 0.0, 0
     for epoch in range(1, n_epochs + 1):
         set_train_mode(model, frozen)
@@ -605,7 +605,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
             # diverged trial has no metrics).
             if not losses.last_finite():
                 return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True,
-                                  padded_convs=kernels.used // (step + 1))
+                                  padded_convs=kernels.used // (step + 1) if kernels else 0)
             step += 1
             scheduler.step_update(step)
             seen += len(batch_idx)
@@ -619,7 +619,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
                         "train_loss": losses.mean(), "val_top1": val_metrics["top1"],
                         "val_nll": val_metrics["nll"], "lr": optimizer.param_groups[0]["lr"],
                         "elapsed_seconds": seconds})
-    return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // max(1, step))
+    return FitOutcome(step, seconds, seen, diverged=False,
+                      padded_convs=kernels.used // max(1, step) if kernels else 0)
 
 
 @torch.no_grad()

@@ -6,9 +6,10 @@ Late in an EfficientNet at small image sizes a 5x5 depthwise convolution sees a 
 path 20-100x slower than the layer's forward (about 25 ms for 32 images of 1152 channels at 2x2, against
 0.2 ms forward, on an AVX2 EPYC): those few layers took over half of efficientnet_lite0's training step at
 48 px. The same gradient of the same convolution, written with the zero padding materialised (``F.pad``) and
-``padding=0``, takes oneDNN's ordinary path, 4-25x faster. Mathematically it is the same sum; in float it is
-summed in another order, so it differs from the slow path by float rounding (about 3e-7 relative, the slow
-path's own error against a float64 reference is 1.5e-7).
+``padding=0``, over only the kernel taps that ever touch the input, takes oneDNN's ordinary path, 4-18x faster
+(1.7 ms for that 2x2 layer). Mathematically it is the same sum; in float it is summed in another order, so it
+differs from the slow path by float rounding (2-6e-7 relative to a float64 reference, where the slow path is
+1-3e-7).
 
 What changes and what does not:
 
@@ -17,8 +18,9 @@ What changes and what does not:
   (gradients enabled and the weight trainable). The forward pass, the input gradient and the bias gradient
   are PyTorch's own calls, bit for bit; CUDA is never touched.
 - It is one of the core's kernel choices, like channels_last: the plain and the cached paths of ``bench perf``
-  both train through it, so they stay equal bit for bit; the row's ``depthwise_grad`` column says whether a
-  trial used it.
+  both train through it, so they stay equal bit for bit. The row's ``padded_depthwise_grad`` column counts the
+  convolutions that trained through it; ``TrialConfig(padded_depthwise_grad=False)`` (a suite's
+  ``train.padded_depthwise_grad: false``) keeps PyTorch's own backward.
 
 ``padded_weight_grad()`` is a ``TorchFunctionMode``: inside it every such ``conv2d`` call goes through
 ``PaddedWeightGrad``; the training step runs its forward pass inside it (``bench.core.training_loss``).

@@ -12,7 +12,9 @@ What it measures, per trial:
   image through every layer at every step: ``bench.core.run_trial`` with ``feature_cache=False,
   fold_batchnorm=False, cache_dir=None, similarity=False`` (a hand-written loop evaluates the model as it
   trains it, BatchNorm layers and all, and does not score similarity to ImageNet). Wall time
-  is measured around the process.
+  is measured around the process. Its training loop is the core's, kernel choices included (channels_last,
+  ``bench.depthwise``'s padded weight gradient on a CPU), so both ways train through the same arithmetic and
+  the metrics can be compared exactly: the ratio is what bench adds around that loop.
 - optimised: bench's way, in this process: ``run_trial`` with a dataset cache folder and the frozen
   feature / prefix caches on (``feature_cache=True``), so whatever the core does today. Each trial runs twice
   on fresh caches: ``first`` pays the one-off work (decode and store the dataset, the frozen forward pass
@@ -242,6 +244,55 @@ def matmul_gflops(device: torch.device | None = None, *, size: int | None = None
     return 2 * size**3 / best / 1e9
 
 
+def depthwise_step_times(img_size: int = 48, batch: int = 32, steps: int = 5,
+                         backbone: str = "efficientnet_lite0") -> list[str]:
+    """One training step of ``backbone`` (all layers trainable, channels_last, AdamW, this process's threads)
+    with PyTorch's own depthwise backward and with ``bench.depthwise``'s padded weight gradient, alternated
+    three times, best of each; and the largest relative difference of the weight gradients after one step from
+    the same weights: (table rows)."""
+    import copy
+
+    from bench import core, depthwise
+    from bench.backbones import build_backbone
+
+    torch.manual_seed(0)
+    built = build_backbone(backbone, 10, pretrained=False)
+    model = nn.Sequential(built.body, built.head).to(memory_format=torch.channels_last).train()
+    images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,))
+
+    def gradients(net: nn.Module, kernels: depthwise.padded_weight_grad | None) -> dict[str, torch.Tensor]:
+        net.zero_grad()
+        core.training_loss(net, images, labels, torch.device("cpu"), kernels=kernels).backward()
+        return {name: p.grad.clone() for name, p in net.named_parameters()}
+
+    kernels = depthwise.padded_weight_grad()
+    plain, padded = gradients(copy.deepcopy(model), None), gradients(copy.deepcopy(model), kernels)
+    worst = max(float((padded[n] - plain[n]).abs().max() / plain[n].abs().max().clamp_min(1e-30)) for n in plain)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step_seconds(mode: depthwise.padded_weight_grad | None) -> float:
+        best = math.inf
+        for index in range(steps + 1):
+            tic = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            core.training_loss(model, images, labels, torch.device("cpu"), kernels=mode).backward()
+            optimizer.step()
+            if index:  # the first step warms up
+                best = min(best, time.perf_counter() - tic)
+        return best
+
+    times: dict[str, float] = {"pytorch": math.inf, "padded": math.inf}
+    for _ in range(3):
+        times["pytorch"] = min(times["pytorch"], step_seconds(None))
+        times["padded"] = min(times["padded"], step_seconds(depthwise.padded_weight_grad()))
+    return [markdown_table(
+        ("training step", "pytorch backward_s", "padded weight grad_s", "ratio", "layers padded", "max grad diff"),
+        [[f"{backbone} {img_size} px, {batch} images, {torch.get_num_threads()} thread(s)",
+          f"{times['pytorch']:.3f}", f"{times['padded']:.3f}", f"{times['pytorch'] / times['padded']:.2f}",
+          str(kernels.used), f"{worst:.1e}"]])]
+
+
 def matmul_label(device: torch.device) -> str:
     size, dtype = _matmul_shape(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} thread(s)"
@@ -466,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "vs the same trials in one process (ceiling 10%%)")
     parser.add_argument("--smoke", action="store_true", help="with --suite / --ray-overhead: the suite's smoke "
                         "variant")
+    parser.add_argument("--depthwise", action="store_true", help="instead: one training step with PyTorch's "
+                        "depthwise backward and with bench.depthwise's padded weight gradient (--img-size)")
+    parser.add_argument("--img-size", type=int, default=48, help="with --depthwise (default 48)")
     parser.add_argument("--workers", type=int, default=2, help="with --suite: trials at a time, both ways "
                         "(default 2)")
     parser.add_argument("--plain-trial", default=None, help=argparse.SUPPRESS)  # the plain child process
@@ -480,6 +534,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.in_process_suite is not None:
         return _in_process_suite(args.in_process_suite, args.smoke, args.cache_dir, args.threads)
     torch.set_num_threads(args.threads)
+    if args.depthwise:
+        print(_machine_line(args.threads), flush=True)
+        print("\n".join(["", *depthwise_step_times(args.img_size)]))
+        return 0
     if args.suite or args.ray_overhead:
         return _whole_suites(args)
     trials = default_trials(quick=args.quick)

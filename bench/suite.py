@@ -420,6 +420,7 @@ class TrainSpec(_Strict):
     augment: Literal["none", "flip", "crop_flip"] = _DEFAULTS["augment"]
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = _DEFAULTS["val_fraction"]
     eval_every: Annotated[int, Field(ge=1)] = _DEFAULTS["eval_every"]
+    padded_depthwise_grad: bool = _DEFAULTS["padded_depthwise_grad"]  # false: PyTorch's own backward (bench.depthwise)
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainSpec:
@@ -687,6 +688,7 @@ class Suite:
                 momentum=train.momentum, warmup_fraction=train.warmup_fraction,
                 label_smoothing=train.label_smoothing, augment=train.augment,
                 val_fraction=train.val_fraction, eval_every=train.eval_every,
+                padded_depthwise_grad=train.padded_depthwise_grad,
                 similarity=spec.analysis.similarity, similarity_threshold=spec.analysis.similarity_threshold,
                 gpu_share=_gpu_share(spec.tune.resources_per_trial.gpu),
             )

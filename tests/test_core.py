@@ -107,7 +107,7 @@ def test_the_cached_paths_give_the_plain_paths_numbers_bit_for_bit(freeze):
     assert cached.row["trainable_params"] == plain.row["trainable_params"]
     # both train the late depthwise layers (kernel larger than their 2x2 or 1x1 map at 32 px) through
     # bench.depthwise
-    assert cached.row["depthwise_padded_grad"] == plain.row["depthwise_padded_grad"] == \
+    assert cached.row["padded_depthwise_grad"] == plain.row["padded_depthwise_grad"] == \
         (0 if freeze == "linear_probe" else 9)
     for column in ("train_loss", "val_top1", "val_nll"):
         assert [e[column] for e in cached.epochs] == [e[column] for e in plain.epochs], column
@@ -134,6 +134,18 @@ def test_folding_batchnorm_for_evaluation_changes_no_training_and_no_metric():
     assert folded.row["metric_nll"] == pytest.approx(unfolded.row["metric_nll"], rel=1e-4)
     assert folded.row["trial_id"] == unfolded.row["trial_id"]  # how it is evaluated, not what it computes
     assert folded.row["eval_folded_bn"] == 49 and unfolded.row["eval_folded_bn"] == 0  # every BN of lite0
+
+
+def test_pytorchs_own_depthwise_backward_is_one_switch_away():
+    """Full fine-tuning at 32 px trains 11 depthwise layers whose kernel is larger than their map through
+    bench.depthwise; switched off, none. One step: the same forward pass and loss, weights apart by rounding."""
+    changes = dict(freeze="full", img_size=32, epochs=None, steps=1, batch_size=32, data_fraction=0.05, lr=1e-3,
+                   similarity=False)
+    padded, stock = _trial(**changes), _trial(padded_depthwise_grad=False, **changes)
+    assert padded.row["padded_depthwise_grad"] == 11 and stock.row["padded_depthwise_grad"] == 0
+    assert padded.row["trial_id"] == stock.row["trial_id"]
+    assert padded.epochs[0]["train_loss"] == stock.epochs[0]["train_loss"]
+    assert padded.row["metric_nll"] == pytest.approx(stock.row["metric_nll"], rel=1e-4)
 
 
 def test_scratch_bodies_of_different_seeds_never_share_cached_outputs(tmp_path):

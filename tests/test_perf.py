@@ -67,3 +67,12 @@ def test_quick_run_prints_a_table_where_plain_and_optimised_metrics_agree(tmp_pa
         assert f"{m['ratio']:.2f}" == row["ratio"]
         assert m["plain"]["row"]["feature_cache"] is False  # plain means plain
         assert m["plain"]["row"]["trial_id"] == m["optimised"]["row"]["trial_id"]  # the same trial both ways
+
+
+def test_depthwise_prints_a_step_with_either_backward_and_their_gradients_agree(capsys):
+    assert perf.main(["--depthwise", "--img-size", "32"]) == 0
+    (row,) = perf.parse_table(capsys.readouterr().out)
+    assert row["training step"].startswith("efficientnet_lite0 32 px, 32 images")
+    assert float(row["pytorch backward_s"]) > 0 and float(row["padded weight grad_s"]) > 0
+    assert row["layers padded"] == "11"  # the depthwise layers whose kernel is larger than their map at 32 px
+    assert 0 < float(row["max grad diff"]) < 1e-4  # another summation order, not another gradient

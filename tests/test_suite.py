@@ -363,3 +363,11 @@ def test_schedule_order_spreads_groups_and_keeps_every_trial(tmp_path: Path) -> 
                                                                (False, "digits"), (False, "photo_patches")]
     first_of_group = ordered[:4]
     assert all(t.freeze == "linear_probe" and t.data_fraction == 0.1 and t.seed == 0 for t in first_of_group)
+
+
+def test_padded_depthwise_grad_is_a_train_switch_that_keeps_the_trial_ids(tmp_path: Path) -> None:
+    default, stock = suite_from(tmp_path, {}), suite_from(tmp_path, {"train": {"padded_depthwise_grad": False}})
+    assert [t.padded_depthwise_grad for t in default.trials()] == [True]
+    assert [t.padded_depthwise_grad for t in stock.trials()] == [False]
+    # how a gradient is summed, not what the trial computes: the same trial, as with fold_batchnorm
+    assert [t.trial_id for t in default.trials()] == [t.trial_id for t in stock.trials()]
