@@ -584,7 +584,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
     steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
     n_epochs = math.ceil(phase.steps / steps_per_epoch)
     frozen = list(frozen_modules(model))  # what is frozen does not change within a phase
-    kernels = depthwise.padded_weight_grad() if config.padded_depthwise_grad else None
+    # CPU only: on CUDA the mode would route nothing, and it costs a Python call per op of each forward pass.
+    kernels = depthwise.padded_weight_grad() if config.padded_depthwise_grad and device.type == "cpu" else None
     step, seconds, seen = 0, 0.0, 0
     for epoch in range(1, n_epochs + 1):
         set_train_mode(model, frozen)

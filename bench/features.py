@@ -16,8 +16,8 @@ kernel than oneDNN's), and two kernels can round differently. So rows are comput
 plain path computes them in, and ``rows_key`` holds that batching (and the CPU thread count): training rows
 (``pad=True``) every image in a full batch of the trial's training batch size, the last batch of the dataset
 filled up with images before it; evaluation rows in the consecutive chunks evaluation runs (``pad=False``, the
-last one short, as there). A training batch shorter than the batch size is computed on the spot
-(``bench.core.fit``).
+last one short, as there). A training batch shorter than the batch size is computed on the spot, or read back
+from an earlier batch of its size (``bench.core.ShortBatchRows``).
 
 Memory holds at most ``BENCH_FEATURE_MEMORY_GB`` (default 4) of rows per process, least recently used dropped
 first; the disk copy in the cache folder stays.
