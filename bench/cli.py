@@ -20,11 +20,11 @@ EMBEDDED_DEFAULT = Path(__file__).resolve().parent.parent / "suites" / "smoke.ya
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.suite import load_suite
+    from bench.suite.spec import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
-    from bench import tune  # imports Ray: only once the suite is known to be valid
-    from bench.memory import PeakMemory
+    from bench.runner import tune  # imports Ray: only once the suite is known to be valid
+    from bench.utils.memory import PeakMemory
 
     with PeakMemory() as peak:
         summary = tune.run_suite(suite, out=Path(args.out), address=args.address, resume=args.resume,
@@ -39,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_leaderboard(run_dir: Path) -> None:
-    from bench import leaderboard, results
+    from bench.results import leaderboard
+    from bench.results import store as results
 
     if not (run_dir / results.TRIALS_FILE).exists():
         return
@@ -48,7 +49,7 @@ def _print_leaderboard(run_dir: Path) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from bench.suite import load_suite
+    from bench.suite.spec import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
     print(f"{args.suite}: suite '{suite.name}' is valid: {suite.trial_count()} trials")
@@ -56,8 +57,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _similarity(args: argparse.Namespace) -> int:
-    from bench.similarity_table import format_similarity_table, similarity_table
-    from bench.suite import load_suite
+    from bench.similarity.table import format_similarity_table, similarity_table
+    from bench.suite.spec import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
     table = similarity_table(suite, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
@@ -66,14 +67,14 @@ def _similarity(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from bench import leaderboard
+    from bench.results import leaderboard
 
     print(leaderboard.leaderboard_command(args.run_dirs, by=args.by, fmt=args.format))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bench import report
+    from bench.report import build as report
 
     path = report.report_command(args.run_dirs, out=Path(args.out) if args.out else None)
     print(f"bench: report written to {path}")
@@ -82,12 +83,12 @@ def _report(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     if args.what == "backbones":
-        from bench.registry import list_backbones
+        from bench.models.registry import list_backbones
 
         for row in list_backbones(args.pattern, all_timm=args.all):
             print(f"{row.name:48s} {row.family:12s} {'offline' if row.offline else 'download':9s} {row.note}")
     else:
-        from bench.datasets import list_datasets
+        from bench.data.prepare import list_datasets
 
         for entry in list_datasets(args.pattern):
             print(f"{entry.name:16s} {entry.group:12s} {'offline' if entry.offline else 'download':9s} "
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["perf"]:  # its own parser, its own --help
-        from bench import perf
+        from bench.perf import main as perf
 
         return perf.main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -1,7 +1,7 @@
 """One trial, fully resolved: the value that crosses every layer.
 
-`bench.suite` expands a suite file into `TrialConfig`s, `bench.tune` ships them to workers, and
-`bench.core.run_trial` runs one. Everything that can change a trial's numbers is a field here, so
+`bench.suite.spec` expands a suite file into `TrialConfig`s, `bench.runner.tune` ships them to workers, and
+`bench.training.trial.run_trial` runs one. Everything that can change a trial's numbers is a field here, so
 `trial_id` (a hash of those fields) recognises the same trial in a rerun, a resume or another suite.
 """
 
@@ -41,7 +41,7 @@ class TrialConfig:
     img_size: int = 64
     epochs: int | None = 5  # train for epochs ...
     steps: int | None = None  # ... or for a fixed number of optimiser steps
-    batch_size: int | Literal["auto"] = 64  # "auto": the largest that fits the card (bench.batch_size)
+    batch_size: int | Literal["auto"] = 64  # "auto": the largest that fits the card (bench.training.batch_size)
     optimizer: str = "adamw"
     lr: float = 1e-3
     probe_lr: float | None = None  # lp_ft: learning rate of the linear-probe phase (default: lr)
@@ -55,11 +55,11 @@ class TrialConfig:
     suite: str = ""
     cache_dir: str | None = None  # prepared datasets and frozen features; None = no disk cache
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.features)
-    fold_batchnorm: bool = True  # CPU: evaluate with BatchNorm folded into the conv before it (bench.fold)
-    padded_depthwise_grad: bool = True  # CPU: the slow depthwise weight gradients from padded input (bench.depthwise)
-    similarity: bool = True  # measure similarity / transferability (bench.similarity) into the row
-    similarity_threshold: float | None = None  # regime cut on similarity_score; None = bench.similarity's default
+    feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.speedups.features)
+    fold_batchnorm: bool = True  # CPU: evaluate with BatchNorm folded into the conv before it (bench.speedups.fold)
+    padded_depthwise_grad: bool = True  # CPU: the slow depthwise weight gradients from padded input (bench.speedups.depthwise)
+    similarity: bool = True  # measure similarity / transferability (bench.similarity.scores) into the row
+    similarity_threshold: float | None = None  # regime cut on similarity_score; None = bench.similarity.scores's default
     gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
 
     @property

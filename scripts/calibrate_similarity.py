@@ -1,4 +1,4 @@
-"""Calibrate and check the source-domain similarity score (bench.similarity) on real and constructed images.
+"""Calibrate and check the source-domain similarity score (bench.similarity.scores) on real and constructed images.
 
     .venv/bin/python scripts/calibrate_similarity.py                 # full: 3 backbones x 4 sizes, ~1 h on 1 CPU
     .venv/bin/python scripts/calibrate_similarity.py --quick         # lite0, 64 and 224 px, fewer images
@@ -7,7 +7,7 @@ What it does, for every (backbone, image size, image set):
   - prepares the set at the image size (uint8 NCHW, as a trial would get it),
   - one forward pass at that size: pooled features + ImageNet logits (LogME, LEEP, max-softmax, energy) and,
     through the same pass, the BN divergence *without* resizing (to show why the score resizes),
-  - `bench.similarity.source_similarity` (resized to the pretraining size): the score and regime,
+  - `bench.similarity.scores.source_similarity` (resized to the pretraining size): the score and regime,
 and writes docs/figures/similarity_calibration.csv, the figures docs/figures/similarity_*.png, and a markdown
 table on stdout (or --markdown FILE).
 
@@ -42,9 +42,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.backbones import build_backbone  # noqa: E402
-from bench.datasets import prepare_dataset  # noqa: E402
-from bench.similarity import (  # noqa: E402
+from bench.models.build import build_backbone  # noqa: E402
+from bench.data.prepare import prepare_dataset  # noqa: E402
+from bench.similarity.scores import (  # noqa: E402
     DEFAULT_SIMILARITY_THRESHOLD,
     BatchNormRecorder,
     divergence_from_statistics,

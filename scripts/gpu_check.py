@@ -48,9 +48,11 @@ import torch.nn.functional as F
 import yaml
 from timm.optim import create_optimizer_v2
 
-from bench import core, results, runs
+from bench.training import trial as core
+from bench.results import store as results
+from bench.runner import run_dir as runs
 from bench.config import TrialConfig
-from bench.perf import leaderboard_difference, markdown_table
+from bench.perf.main import leaderboard_difference, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

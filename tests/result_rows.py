@@ -1,7 +1,7 @@
 """Hand-made trial rows for the results, leaderboard and report tests (not part of the package).
 
 `make_row(...)` returns one trials.parquet row with every contract column, shaped like the rows
-`bench.core` writes (plus its usual extra columns), with the fields a test cares about overridden.
+`bench.training.trial` writes (plus its usual extra columns), with the fields a test cares about overridden.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from bench.results import SCHEMA_VERSION, TRIALS_FILE, upsert_trials, EPOCHS_FILE, replace_epochs
+from bench.results.store import SCHEMA_VERSION, TRIALS_FILE, upsert_trials, EPOCHS_FILE, replace_epochs
 
 _FREEZE = {"linear_probe": 1.0, "full": 0.0, "lp_ft": 0.0}
 

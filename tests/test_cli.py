@@ -197,7 +197,7 @@ def test_a_sample_of_the_corpus_through_genuine_processes_answers_the_same(tmp_p
 
 
 def _count_from_yaml(path: Path) -> int:
-    """The trial count by DESIGN.md's arithmetic, read with plain yaml: an oracle independent of bench.suite."""
+    """The trial count by DESIGN.md's arithmetic, read with plain yaml: an oracle independent of bench.suite.spec."""
     data = yaml.safe_load(path.read_text())
     grid = data["grid"]
     sizes = len(grid.get("data_fraction") or []) + len(grid.get("shots") or [])

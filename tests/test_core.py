@@ -11,11 +11,13 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from bench import backbones, core, features
-from bench.backbones import build_backbone, bundled_weights_path, load_state_dict
+from bench.models import build as backbones
+from bench.training import trial as core
+from bench.speedups import features
+from bench.models.build import build_backbone, bundled_weights_path, load_state_dict
 from bench.config import TrialConfig
 from bench.errors import UserError
-from bench.freeze import apply_freeze, set_train_mode
+from bench.models.freeze import apply_freeze, set_train_mode
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +108,7 @@ def test_the_cached_paths_give_the_plain_paths_numbers_bit_for_bit(freeze):
     assert cached.row["n_train"] == 40 and cached.row["n_val"] == 136
     assert cached.row["trainable_params"] == plain.row["trainable_params"]
     # both train the late depthwise layers (kernel larger than their 2x2 or 1x1 map at 32 px) through
-    # bench.depthwise
+    # bench.speedups.depthwise
     assert cached.row["padded_depthwise_grad"] == plain.row["padded_depthwise_grad"] == \
         (0 if freeze == "linear_probe" else 9)
     for column in ("train_loss", "val_top1", "val_nll"):
@@ -138,7 +140,7 @@ def test_folding_batchnorm_for_evaluation_changes_no_training_and_no_metric():
 
 def test_pytorchs_own_depthwise_backward_is_one_switch_away():
     """Full fine-tuning at 32 px trains 11 depthwise layers whose kernel is larger than their map through
-    bench.depthwise; switched off, none. One step: the same forward pass and loss, weights apart by rounding."""
+    bench.speedups.depthwise; switched off, none. One step: the same forward pass and loss, weights apart by rounding."""
     changes = dict(freeze="full", img_size=32, epochs=None, steps=1, batch_size=32, data_fraction=0.05, lr=1e-3,
                    similarity=False)
     padded, stock = _trial(**changes), _trial(padded_depthwise_grad=False, **changes)

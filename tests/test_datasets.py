@@ -1,4 +1,4 @@
-"""Tests of bench.datasets: registry, preparation (bundled, image folders, torchvision layouts), cache, splits.
+"""Tests of bench.data.prepare: registry, preparation (bundled, image folders, torchvision layouts), cache, splits.
 
 Real images only: /work/shared/data (or $BENCH_DATA) and the photos shipped by scikit-image/scikit-learn.
 torchvision's own loaders are reached without a download by writing the on-disk layout they expect.
@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench import datasets
-from bench._datasets_images import resize_center_crop
-from bench._datasets_sources import PATCH_TRAIN_WIDTH_SHARE, PHOTO_CLASSES, _photo_loaders, photo_patch_boxes
-from bench.datasets import (
+from bench.data import prepare as datasets
+from bench.data.decode import resize_center_crop
+from bench.data.sources import PATCH_TRAIN_WIDTH_SHARE, PHOTO_CLASSES, _photo_loaders, photo_patch_boxes
+from bench.data.prepare import (
     GROUPS,
     PreparedDataset,
     check_dataset_name,

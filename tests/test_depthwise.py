@@ -1,4 +1,4 @@
-"""bench.depthwise: the weight gradient of a CPU depthwise convolution whose kernel is larger than its input,
+"""bench.speedups.depthwise: the weight gradient of a CPU depthwise convolution whose kernel is larger than its input,
 from the explicitly padded input. Checked against a float64 reference and against PyTorch's own backward."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.depthwise import padded_weight_grad, takes_slow_path, weight_grad
+from bench.speedups.depthwise import padded_weight_grad, takes_slow_path, weight_grad
 
 
 def _reference(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: int, padding: tuple[int, int],

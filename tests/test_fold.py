@@ -1,4 +1,4 @@
-"""BatchNorm folded into convolutions for evaluation (bench.fold): the model's own outputs, in every state it
+"""BatchNorm folded into convolutions for evaluation (bench.speedups.fold): the model's own outputs, in every state it
 passes through while it trains, and nothing folded that is not a conv feeding only its BatchNorm."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from bench.fold import BatchNormFolded
+from bench.speedups.fold import BatchNormFolded
 
 
 def _non_trivial_statistics(model: nn.Module, seed: int = 0) -> nn.Module:

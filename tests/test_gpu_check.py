@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import perf
+from bench.perf import main as perf
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.py"

@@ -1,4 +1,4 @@
-"""bench.leaderboard on hand-made result tables whose answers are computed by hand below."""
+"""bench.results.leaderboard on hand-made result tables whose answers are computed by hand below."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import UserError
-from bench.leaderboard import (
+from bench.results.leaderboard import (
     DataThresholds,
     excluded_trials,
     format_table,

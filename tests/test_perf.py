@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import perf
+from bench.perf import main as perf
 
 
 def test_markdown_table_round_trips():

@@ -1,4 +1,4 @@
-"""bench.report: the research report from hand-made run folders, and the page opened in headless Chromium."""
+"""bench.report.build: the research report from hand-made run folders, and the page opened in headless Chromium."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import _report_figures as figs
-from bench.leaderboard import prepare, select_hparams
-from bench.report import pretraining_gain, rank_correlations, report_command, transferability_points, write_report
+from bench.report import figures as figs
+from bench.results.leaderboard import prepare, select_hparams
+from bench.report.build import pretraining_gain, rank_correlations, report_command, transferability_points, write_report
 from result_rows import make_row, write_run
 
 T_975_DF2 = 4.302652729749464

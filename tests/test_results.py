@@ -1,4 +1,4 @@
-"""bench.results: the run folder's Parquet tables, written atomically and read forgivingly."""
+"""bench.results.store: the run folder's Parquet tables, written atomically and read forgivingly."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench import results
+from bench.results import store as results
 from bench.errors import UserError
-from bench.results import (
+from bench.results.store import (
     EPOCH_COLUMNS,
     SCHEMA_VERSION,
     TRIAL_COLUMNS,

@@ -1,4 +1,4 @@
-"""Scores of bench.similarity on small cases with known answers, their known properties, and edge cases."""
+"""Scores of bench.similarity.scores on small cases with known answers, their known properties, and edge cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.similarity import (
+from bench.similarity.scores import (
     DEFAULT_SIMILARITY_THRESHOLD,
     BatchNormRecorder,
     bhattacharyya_distance,
@@ -272,7 +272,7 @@ def test_recording_only_the_coarsest_layers_keeps_exactly_their_moments() -> Non
 
 
 def test_folding_the_unrecorded_layers_changes_the_recorded_moments_by_rounding_only() -> None:
-    from bench.fold import BatchNormFolded
+    from bench.speedups.fold import BatchNormFolded
 
     model = _trained_toy_net()
     images = _source_images(64, shift=0.5, seed=1)
@@ -354,7 +354,7 @@ def test_compute_similarity_all_scores_from_arrays() -> None:
     logits = np.random.default_rng(0).normal(size=(64, 10))
     model = _trained_toy_net()
     pixels = (torch.sigmoid(_source_images(64)) * 255).to(torch.uint8).numpy()
-    from bench.similarity import source_similarity as measure
+    from bench.similarity.scores import source_similarity as measure
 
     out = compute_similarity(features, labels, source_logits=logits,
                              source=measure(model, pixels, resolution=16))
@@ -423,7 +423,7 @@ def _digits(size: int, n: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_efficientnet_lite0_ranks_photos_high_and_digits_low() -> None:
-    from bench.backbones import build_backbone
+    from bench.models.build import build_backbone
 
     backbone = build_backbone("efficientnet_lite0", num_classes=2)
     photos = source_similarity(backbone.body, _photos(64, 24), mean=backbone.mean, std=backbone.std)

@@ -1,4 +1,4 @@
-"""Tests for bench.suite: shipped suites validate, the grid expands as DESIGN.md says, bad input is one line."""
+"""Tests for bench.suite.spec: shipped suites validate, the grid expands as DESIGN.md says, bad input is one line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bench.config import TrialConfig
 from bench.errors import UserError
-from bench.suite import Suite, deep_merge, load_suite
+from bench.suite.spec import Suite, deep_merge, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "suites").glob("*.yaml"))
@@ -348,7 +348,7 @@ def test_random_changes_to_a_valid_suite_only_raise_user_error(tmp_path: Path, s
 def test_schedule_order_spreads_groups_and_keeps_every_trial(tmp_path: Path) -> None:
     """Trials started side by side belong to different (backbone, dataset) groups and datasets, so two workers
     do not compute the same one-off work at once; the order is a permutation of the suite's trials."""
-    from bench.tune import schedule_order
+    from bench.runner.tune import schedule_order
 
     suite = suite_from(tmp_path, {"datasets": ["digits", "photo_patches"],
                                   "backbones": ["efficientnet_lite0",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import results
+from bench.results import store as results
 from tiny_suites import write_suite
 
 pytestmark = pytest.mark.slow
@@ -140,7 +140,7 @@ def test_kill_minus_nine_of_the_driver_then_resume_completes_without_losing_a_ro
 
 
 def test_second_run_on_the_same_folder_is_refused_by_the_lock(tmp_path):
-    from bench.runs import RunLock
+    from bench.runner.run_dir import RunLock
 
     suite = write_suite(tmp_path)
     out = tmp_path / "out"

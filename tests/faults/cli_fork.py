@@ -2,7 +2,7 @@
 
 Why: `bench validate` on a suite that names a backbone imports torch and timm (5-8 s on a busy 2-core
 machine), so 100+ malformed suites x {validate, run} as fresh `python -m bench.cli` processes would take
-20 minutes. This script imports what `bench validate` imports anyway (bench.cli, bench.suite, and through
+20 minutes. This script imports what `bench validate` imports anyway (bench.cli, bench.suite.spec, and through
 them torch and timm, but NOT Ray), then forks one child per command line. Each child is a real process that
 does what `python -m bench.cli ARGS` does after its imports: `sys.exit(main(ARGS))`, an escaping exception
 printed by the interpreter's own hook (so a traceback shows up exactly as it would), its own cwd, stdout,
@@ -22,10 +22,10 @@ import sys
 import tempfile
 import time
 
-import bench.backbones  # noqa: F401  (torch, timm: what validating a backbone name imports)
+import bench.models.build  # noqa: F401  (torch, timm: what validating a backbone name imports)
 import bench.cli
-import bench.datasets  # noqa: F401
-import bench.suite  # noqa: F401
+import bench.data.prepare  # noqa: F401
+import bench.suite.spec  # noqa: F401
 
 TIMEOUT_S = 30.0
 

@@ -1,7 +1,7 @@
 """Where each kind of dataset gets its labelled images: bundled sets, image folders, torchvision classes.
 
 A source only lists images and reads them one by one (`Source`); decoding, resizing and caching are done once,
-for all of them, by `bench.datasets.prepare_dataset`. Datasets that ship without a test split get a fixed,
+for all of them, by `bench.data.prepare.prepare_dataset`. Datasets that ship without a test split get a fixed,
 seeded, stratified one here (`HELDOUT_TEST_FRACTION` of each class), the same on every machine and for every
 trial, so no trial seed ever moves an image between train and test.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench._datasets_images import Source, open_image
-from bench._datasets_splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, holdout_split
+from bench.data.decode import Source, open_image
+from bench.data.splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, holdout_split
 from bench.errors import UserError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, copied so that scanning a folder does not import torch (3 s).

@@ -2,7 +2,7 @@
 
 The driver expands the suite into trial configs, prepares each dataset once (decoded, resized) and puts it in
 Ray's object store, then hands the trials to ``tune.Tuner`` as a grid. Each trial calls the shared core,
-``bench.core.run_trial``, in a worker, and reports its result row back to the driver. A driver-side callback
+``bench.training.trial.run_trial``, in a worker, and reports its result row back to the driver. A driver-side callback
 writes every finished row at once (atomically) into the run folder's Parquet tables, whichever node ran the
 trial: workers never need to see the run folder.
 
@@ -36,11 +36,13 @@ from typing import Any
 import ray
 from ray import tune
 
-from bench import memory, results, runs
+from bench.utils import memory
+from bench.results import store as results
+from bench.runner import run_dir as runs
 from bench.config import TrialConfig
-from bench.datasets import PreparedDataset, prepare_dataset
+from bench.data.prepare import PreparedDataset, prepare_dataset
 from bench.errors import StorageError, UserError
-from bench.suite import Suite
+from bench.suite.spec import Suite
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None) -> None:
     """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows."""
-    from bench import core  # torch and timm: in the workers; the driver never needs them
+    from bench.training import trial as core  # torch and timm: in the workers; the driver never needs them
 
     memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
     config = TrialConfig.from_dict(params["trial"])

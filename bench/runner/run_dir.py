@@ -22,8 +22,8 @@ from typing import IO, Any
 import yaml
 
 import bench
-from bench import results
-from bench.atomic import atomic_write_text
+from bench.results import store as results
+from bench.utils.atomic import atomic_write_text
 from bench.errors import UserError
 
 LOCK_FILE = ".lock"

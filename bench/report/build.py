@@ -4,7 +4,7 @@ Why: a leaderboard says who won; a researcher also needs to see how the answer m
 pretraining buys, how deep to freeze, what it costs, whether cheap transferability estimates predict the
 outcome, and enough of the suite and environment to reproduce or distrust the numbers. `write_report` turns
 one or more run folders into report/report.html (self-contained, offline), report/report.md and
-report/figures/*.png. All statistics come from `bench.leaderboard`, so the report and `bench leaderboard`
+report/figures/*.png. All statistics come from `bench.results.leaderboard`, so the report and `bench leaderboard`
 never disagree.
 """
 
@@ -20,10 +20,10 @@ import yaml
 from scipy import stats as st
 
 import bench
-from bench import _report_figures as figs
-from bench._report_render import Document, save_figures, to_html, to_markdown
+from bench.report import figures as figs
+from bench.report.render import Document, save_figures, to_html, to_markdown
 from bench.errors import UserError
-from bench.leaderboard import (
+from bench.results.leaderboard import (
     CELL,
     DEFAULT_THRESHOLDS,
     DataThresholds,
@@ -39,7 +39,7 @@ from bench.leaderboard import (
     seed_stats,
     select_hparams,
 )
-from bench.results import RunData, load_runs
+from bench.results.store import RunData, load_runs
 
 TITLE = "Transfer-learning benchmark report"
 
@@ -275,7 +275,7 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
         }))
 
 
-# Estimates computed before training (bench.similarity); `transferability` is LogME.
+# Estimates computed before training (bench.similarity.scores); `transferability` is LogME.
 ESTIMATES = ("similarity_score", "transferability", "leep", "nce", "h_score")
 
 

@@ -1,4 +1,4 @@
-"""Image decoding for `bench.datasets`: one image file or PIL image -> one uint8 CHW array, exactly once.
+"""Image decoding for `bench.data.prepare`: one image file or PIL image -> one uint8 CHW array, exactly once.
 
 Every dataset, whatever its origin, goes through `decode_all`, so preprocessing is defined in one place:
 convert to RGB (grayscale, palette, 16-bit and alpha handled), resize the shorter side to `img_size` with

@@ -17,7 +17,7 @@ plain path computes them in, and ``rows_key`` holds that batching (and the CPU t
 (``pad=True``) every image in a full batch of the trial's training batch size, the last batch of the dataset
 filled up with images before it; evaluation rows in the consecutive chunks evaluation runs (``pad=False``, the
 last one short, as there). A training batch shorter than the batch size is computed on the spot, or read back
-from an earlier batch of its size (``bench.core.ShortBatchRows``).
+from an earlier batch of its size (``bench.training.trial.ShortBatchRows``).
 
 Memory holds at most ``BENCH_FEATURE_MEMORY_GB`` (default 4) of rows per process, least recently used dropped
 first; the disk copy in the cache folder stays.
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import precision
-from bench.atomic import atomic_write
+from bench.training import precision
+from bench.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

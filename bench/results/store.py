@@ -1,7 +1,7 @@
 """The run folder's tables: one Parquet schema, written atomically, read forgivingly.
 
 Why this module exists: a benchmark of thousands of trials is only as good as its result tables. Writers
-(`bench.tune`) must never lose a finished trial, even when a node dies mid-write or a resumed run reports a
+(`bench.runner.tune`) must never lose a finished trial, even when a node dies mid-write or a resumed run reports a
 trial twice, so every write goes to a temporary file in the same folder, is fsynced and then renamed over the
 old file (`os.replace` is atomic on POSIX), and a row with status "ok" is never replaced. Readers
 (leaderboard, report, notebooks) must survive whatever a user points them at - several runs of one suite,
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from bench.atomic import atomic_write
+from bench.utils.atomic import atomic_write
 from bench.errors import UserError
 
 SCHEMA_VERSION: int = 1

@@ -3,14 +3,14 @@
 Every trial of every suite runs this code, whether called from a test, a benchmark, or a Ray Tune worker; it
 knows nothing of Ray, Parquet or the command line. Top to bottom, a trial:
 
-1. prepares the dataset (decoded and resized once per process and cache folder, see ``bench.datasets``),
+1. prepares the dataset (decoded and resized once per process and cache folder, see ``bench.data.prepare``),
    carves the canonical validation split and the seeded, stratified, nested training subset;
-2. builds the backbone with a new head and freezes its first groups (``bench.freeze``);
+2. builds the backbone with a new head and freezes its first groups (``bench.models.freeze``);
 3. trains in one loop (``fit``): AdamW or SGD, linear warm-up then cosine decay, per step; a linear probe whose
-   body sees no augmentation trains on frozen features computed once (``bench.features``), which gives the
+   body sees no augmentation trains on frozen features computed once (``bench.speedups.features``), which gives the
    same numbers as pushing the images through the frozen body every step, only faster;
 4. evaluates the final model on the untouched test split (in fp32 with BatchNorm folded into the convolutions,
-   which changes nothing but rounding, see ``bench.fold``), and returns one result row (DESIGN.md's
+   which changes nothing but rounding, see ``bench.speedups.fold``), and returns one result row (DESIGN.md's
    ``trials.parquet`` columns) plus one row per validation evaluation.
 
 A non-finite loss ends the trial with status ``diverged``; it is a result, not an exception. Bad input
@@ -42,14 +42,21 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from bench import batch_size as auto_batch
-from bench import datasets, depthwise, features, memory, precision, prefix, results, similarity
-from bench.atomic import atomic_write_text
-from bench.backbones import Backbone, TransferModel, build_backbone
+from bench.training import batch_size as auto_batch
+from bench.data import prepare as datasets
+from bench.speedups import depthwise
+from bench.speedups import features
+from bench.utils import memory
+from bench.training import precision
+from bench.speedups import prefix
+from bench.results import store as results
+from bench.similarity import scores as similarity
+from bench.utils.atomic import atomic_write_text
+from bench.models.build import Backbone, TransferModel, build_backbone
 from bench.config import TrialConfig
 from bench.errors import UserError
-from bench.fold import BatchNormFolded
-from bench.freeze import FreezePlan, apply_freeze, frozen_modules, set_train_mode
+from bench.speedups.fold import BatchNormFolded
+from bench.models.freeze import FreezePlan, apply_freeze, frozen_modules, set_train_mode
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -146,7 +153,7 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
 def _auto_batch_size(config: TrialConfig, data: datasets.PreparedDataset,
                      device: torch.device) -> auto_batch.BatchSearch:
     """``batch_size: auto``: probe the trial's model (the plain path, the last phase's freeze: the most memory
-    any phase needs) with one forward and backward pass per power of two (``bench.batch_size``). The probe
+    any phase needs) with one forward and backward pass per power of two (``bench.training.batch_size``). The probe
     model is built for this alone and the RNG draws it makes do not reach the trial: each attempt seeds itself
     (``_attempt``)."""
     n_train = len(select_indices(data.y_train, config)[0])
@@ -257,7 +264,7 @@ def _attempt(config: TrialConfig, data: datasets.PreparedDataset, device: torch.
                       if len(phases) > 1 else frozen_paths, started_at=started_at)
     row.update(scores)
     row["eval_folded_bn"] = evaluator.n_folded if evaluator else 0  # how the last phase was evaluated
-    row["padded_depthwise_grad"] = padded_convs  # convolutions per step trained through bench.depthwise
+    row["padded_depthwise_grad"] = padded_convs  # convolutions per step trained through bench.speedups.depthwise
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)
@@ -331,7 +338,7 @@ _SIMILARITY: dict[str, dict[str, Any]] = {}
 
 def measure_similarity(config: TrialConfig, data: datasets.PreparedDataset, *, backbone: Backbone | None = None,
                        device: torch.device | None = None) -> dict[str, Any]:
-    """Similarity of the dataset to ImageNet and transferability of the frozen features (``bench.similarity``).
+    """Similarity of the dataset to ImageNet and transferability of the frozen features (``bench.similarity.scores``).
 
     Measured with the *pretrained* weights of the trial's architecture, once per (weights, dataset, image size),
     from the pooled features a linear probe computes anyway; kept in memory and as
@@ -415,9 +422,9 @@ def _phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
 
     ``features``: every group frozen: the head trains on the body's pooled features, computed once per dataset.
     ``prefix``: some groups frozen: the rest of the body and the head train on the frozen prefix's outputs,
-    computed once per dataset and freeze boundary (``bench.prefix``). Both need a frozen part that sees no
+    computed once per dataset and freeze boundary (``bench.speedups.prefix``). Both need a frozen part that sees no
     random augmentation, and give the plain path's numbers bit for bit: the rows are batched as the plain path
-    batches them (``bench.features``), a short training batch computed on the spot. ``none``: nothing frozen.
+    batches them (``bench.speedups.features``), a short training batch computed on the spot. ``none``: nothing frozen.
     ``plain (<why>)``: images through the whole model.
     """
     reason = None
@@ -519,7 +526,7 @@ def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, 
                   label_smoothing: float = 0.0,
                   kernels: depthwise.padded_weight_grad | None = None) -> torch.Tensor:
     """The forward pass of a training step (bf16 autocast on CUDA; on a CPU, through ``kernels``, the padded
-    weight gradient of ``bench.depthwise``) and its cross-entropy, in fp32."""
+    weight gradient of ``bench.speedups.depthwise``) and its cross-entropy, in fp32."""
     with precision.autocast(device), kernels or contextlib.nullcontext():
         logits = model(inputs)
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
@@ -562,7 +569,7 @@ class FitOutcome:
     seconds: float
     images_seen: int
     diverged: bool
-    padded_convs: int = 0  # convolutions per step trained through bench.depthwise's padded weight gradient
+    padded_convs: int = 0  # convolutions per step trained through bench.speedups.depthwise's padded weight gradient
 
 
 def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.Tensor, bool], torch.Tensor],
@@ -694,7 +701,7 @@ def data_regime(images_per_class: float, thresholds: tuple[int, int] = DATA_REGI
 
 def peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated by torch on the device. CPU: peak resident set size of this process since the
-    trial started (``bench.memory``)."""
+    trial started (``bench.utils.memory``)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return memory.peak_rss_mb()

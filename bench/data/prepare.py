@@ -9,7 +9,7 @@ trial of a dataset) and the trial's stratified, nested training subset (`stratif
 The registry is a table (`DatasetEntry` rows with a thin loader each), listed with wildcards:
 - bundled, offline: `digits`, `photo_patches`;
 - torchvision datasets by name, with `root` and `download` (never downloaded unless asked);
-- `imagefolder:<path>`, class folders (see `bench._datasets_sources.load_image_folder`).
+- `imagefolder:<path>`, class folders (see `bench.data.sources.load_image_folder`).
 
 Groups follow VTAB (Zhai et al. 2019): `natural` = camera photographs of everyday scenes and objects,
 `specialized` = images from specialist equipment (remote sensing, microscopy, medical), `structured` =
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from bench._datasets_images import PREPROCESS_VERSION, Source, decode_all
-from bench._datasets_sources import (
+from bench.data.decode import PREPROCESS_VERSION, Source, decode_all
+from bench.data.sources import (
     LoadRequest,
     RawDataset,
     TorchvisionSpec,
@@ -52,8 +52,8 @@ from bench._datasets_sources import (
     load_photo_patches,
     load_torchvision,
 )
-from bench._datasets_splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, split_train_val, stratified_subset
-from bench.atomic import atomic_write_text
+from bench.data.splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, split_train_val, stratified_subset
+from bench.utils.atomic import atomic_write_text
 from bench.errors import UserError
 
 __all__ = [

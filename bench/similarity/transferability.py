@@ -14,7 +14,7 @@ are what the transferability literature correlates with measured accuracy:
 - H-score (Bao et al., ICIP 2019): tr(cov(f)^-1 cov(E[f | y])), the features' class separability. With a
   Ledoit-Wolf shrinkage covariance (Ibrahim et al., 2022), which keeps it stable when D is near or above N.
 
-Input checks are strict here (a `ValueError` that says what is wrong); `bench.similarity.compute_similarity`
+Input checks are strict here (a `ValueError` that says what is wrong); `bench.similarity.scores.compute_similarity`
 turns such errors into NaN with a reason, so one odd dataset never crashes a sweep.
 """
 

@@ -23,7 +23,7 @@ What changes and what does not:
   ``train.padded_depthwise_grad: false``) keeps PyTorch's own backward.
 
 ``padded_weight_grad()`` is a ``TorchFunctionMode``: inside it every such ``conv2d`` call goes through
-``PaddedWeightGrad``; the training step runs its forward pass inside it (``bench.core.training_loss``).
+``PaddedWeightGrad``; the training step runs its forward pass inside it (``bench.training.trial.training_loss``).
 """
 
 from __future__ import annotations

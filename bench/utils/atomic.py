@@ -2,7 +2,7 @@
 
 Every file bench shares between processes goes through here: cache and bookkeeping files (prepared datasets'
 pointers, frozen features, similarity scores, the run folder's suite.yaml and env.json), and the Parquet
-result tables (`bench.results`), which write ``durable=True``: a finished trial's row must survive a crash,
+result tables (`bench.results.store`), which write ``durable=True``: a finished trial's row must survive a crash,
 not only a race, so the file and its folder are fsynced around the rename.
 """
 

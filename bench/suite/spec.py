@@ -301,7 +301,7 @@ class BackboneSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from bench.registry import check_backbone_name
+        from bench.models.registry import check_backbone_name
 
         try:
             check_backbone_name(name)
@@ -341,7 +341,7 @@ class DatasetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from bench.datasets import check_dataset_name
+        from bench.data.prepare import check_dataset_name
 
         name = _expand_dataset_name(name)
         try:
@@ -420,7 +420,7 @@ class TrainSpec(_Strict):
     augment: Literal["none", "flip", "crop_flip"] = _DEFAULTS["augment"]
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = _DEFAULTS["val_fraction"]
     eval_every: Annotated[int, Field(ge=1)] = _DEFAULTS["eval_every"]
-    padded_depthwise_grad: bool = _DEFAULTS["padded_depthwise_grad"]  # false: PyTorch's own backward (bench.depthwise)
+    padded_depthwise_grad: bool = _DEFAULTS["padded_depthwise_grad"]  # false: PyTorch's own backward (bench.speedups.depthwise)
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainSpec:
@@ -472,7 +472,7 @@ class DataRegimesSpec(_Strict):
 
 class AnalysisSpec(_Strict):
     similarity: bool = True  # measure similarity and transferability once per (backbone, dataset, size)
-    similarity_threshold: Annotated[float, Field(gt=0, le=1)] | None = None  # None: bench.similarity's default
+    similarity_threshold: Annotated[float, Field(gt=0, le=1)] | None = None  # None: bench.similarity.scores's default
     data_regimes: DataRegimesSpec = DataRegimesSpec()
 
 

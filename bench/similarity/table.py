@@ -1,7 +1,7 @@
 """`bench similarity SUITE`: the similarity and transferability table of a suite, without training anything.
 
 One row per (backbone, weights, dataset, image size) of the suite (a scratch backbone is measured with its
-pretrained twin's weights, as its trials are), computed by the same ``bench.core.measure_similarity`` the
+pretrained twin's weights, as its trials are), computed by the same ``bench.training.trial.measure_similarity`` the
 trials call and cached in the same place (``<cache>/similarity/``), so a later ``bench run`` with the same
 cache folder reuses every number.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError
-from bench.suite import Suite
+from bench.suite.spec import Suite
 
 COLUMNS = ("dataset", "backbone", "img_size", "similarity_score", "similarity_regime", "bn_divergence",
            "transferability", "leep", "nce", "h_score", "max_softmax", "energy", "seconds", "error")
@@ -23,7 +23,7 @@ COLUMNS = ("dataset", "backbone", "img_size", "similarity_score", "similarity_re
 
 def similarity_table(suite: Suite, *, cache_dir: Path | None) -> pd.DataFrame:
     """Measure every (backbone, dataset) pair of ``suite``; a dataset that cannot be loaded gets an error row."""
-    from bench import core  # torch and timm: only once the suite is known to be valid
+    from bench.training import trial as core  # torch and timm: only once the suite is known to be valid
 
     rows, seen = [], set()
     for trial in suite.trials():
@@ -45,7 +45,7 @@ def similarity_table(suite: Suite, *, cache_dir: Path | None) -> pd.DataFrame:
 
 
 def format_similarity_table(table: pd.DataFrame, fmt: str = "md") -> str:
-    from bench.leaderboard import format_table
+    from bench.results.leaderboard import format_table
 
     if fmt == "md" and table["error"].isna().all():
         table = table.drop(columns="error")

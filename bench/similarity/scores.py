@@ -37,7 +37,7 @@ measures the images' similarity to ImageNet (a property of the data, which is wh
 ImageNet-pretrained backbone) on the calibrated scale; `method` records which way a score was made. For a
 backbone pretrained on other data (IN-21k, LAION) it still measures similarity to ImageNet-1k.
 
-The label-aware transferability estimates (LogME, LEEP, NCE, H-score) live in `bench._similarity_transfer`
+The label-aware transferability estimates (LogME, LEEP, NCE, H-score) live in `bench.similarity.transferability`
 and are re-exported here. `compute_similarity` gathers everything for one (backbone, weights, dataset, image
 size) from arrays the caller already has, and never raises on odd data: a score that cannot be computed is
 NaN, with the reason in `notes`.
@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench._similarity_bn import BatchNormRecorder, LayerStatistics, batchnorm_layers, coarsest_layers
-from bench._similarity_transfer import check_features, h_score, leep, logme, nce
+from bench.similarity.batchnorm import BatchNormRecorder, LayerStatistics, batchnorm_layers, coarsest_layers
+from bench.similarity.transferability import check_features, h_score, leep, logme, nce
 
 __all__ = [
     "DEFAULT_SIMILARITY_THRESHOLD",
@@ -270,7 +270,7 @@ def record_statistics(
     Alternate images go to two halves, recorded apart, so `divergence_corrected` can remove the small-sample
     bias. The model's train/eval mode is restored afterwards. `coarsest_only` records only the layers that
     `layers="coarsest"` reads (`coarsest_layers`), and runs the images through a twin of the model with every
-    other BatchNorm folded into its convolution (`bench.fold`: the same function up to float rounding). Small
+    other BatchNorm folded into its convolution (`bench.speedups.fold`: the same function up to float rounding). Small
     batches (default 8, 4 per half) keep a CPU's caches warm at 224 px: the two together make efficientnet_lite0's
     pass 1.8x faster on a CPU (13 against 24 ms an image).
     """
@@ -282,7 +282,7 @@ def record_statistics(
     try:
         runner, only = model, None
         if coarsest_only:
-            from bench.fold import BatchNormFolded  # deferred: torch.fx and timm
+            from bench.speedups.fold import BatchNormFolded  # deferred: torch.fx and timm
 
             only = coarsest_layers(model, side)
             runner = BatchNormFolded(model, keep=only).current()
@@ -353,7 +353,7 @@ def bn_divergence(
 
 @functools.lru_cache(maxsize=2)
 def _reference_model(name: str) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
-    from bench.backbones import build_backbone  # deferred: similarity stays importable without the registry
+    from bench.models.build import build_backbone  # deferred: similarity stays importable without the registry
 
     backbone = build_backbone(name, num_classes=1)
     return backbone.body.eval(), tuple(backbone.mean), tuple(backbone.std)

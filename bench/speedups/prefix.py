@@ -1,12 +1,12 @@
 """Frozen prefix, computed once: split a partially frozen body where its frozen groups end.
 
 A half-frozen trial (``freeze: 0.5``) pushes every image through the same frozen early layers at every step,
-and those layers are the expensive ones (full resolution). Frozen modules run in eval mode (``bench.freeze``)
+and those layers are the expensive ones (full resolution). Frozen modules run in eval mode (``bench.models.freeze``)
 and, with ``augment: none``, see the same input every time, so their output per image is a fixed function of
 (weights, dataset, image size, preprocessing, freeze depth): whatever the data fraction, seed or learning rate.
 ``split_frozen_prefix`` cuts the body into ``prefix`` (exactly the frozen groups) and ``suffix`` (the rest)
 with ``suffix(prefix(x)) == body(x)``; ``cached_prefix_outputs`` computes ``prefix`` once per dataset and
-keeps it exactly as ``bench.features`` keeps pooled features (same memory dict, same atomic disk cache, same
+keeps it exactly as ``bench.speedups.features`` keeps pooled features (same memory dict, same atomic disk cache, same
 batching as the plain path's, so the same numbers bit for bit), and a trial trains ``head(suffix(.))`` on
 stored activations.
 
@@ -21,7 +21,7 @@ the pooled-feature dropout of timm's ``forward_head``) in train mode. So a param
 prefix only when it behaves the same in both modes (no dropout / drop-path, no buffers such as running
 statistics); a boundary that would need one inside the prefix gives ``None``. When every group is frozen the
 whole body is the prefix (the plain path then runs the whole body in eval mode) and the suffix is the
-identity: the prefix outputs are then the pooled features of ``bench.features``.
+identity: the prefix outputs are then the pooled features of ``bench.speedups.features``.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
-from bench import features, precision
-from bench.freeze import parameter_groups
+from bench.speedups import features
+from bench.training import precision
+from bench.models.freeze import parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def _split_stages(stages: list[Stage], frozen: set[int]) -> tuple[list[Stage], l
 
 def split_frozen_prefix(body: nn.Module, n_frozen_groups: int) -> tuple[FrozenPrefix, nn.Module] | None:
     """(prefix, suffix) with ``suffix(prefix(x)) == body(x)``, the prefix holding exactly the parameters of
-    the first ``n_frozen_groups`` groups of ``bench.freeze.parameter_groups(body)``; None when the body's
+    the first ``n_frozen_groups`` groups of ``bench.models.freeze.parameter_groups(body)``; None when the body's
     forward is not a known chain or the group boundary does not fall between chained modules.
 
     Both share the body's modules (no copies): training the suffix trains the body.
@@ -199,7 +200,7 @@ def split_frozen_prefix(body: nn.Module, n_frozen_groups: int) -> tuple[FrozenPr
 def prefix_cache_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
                      img_size: int, n_frozen_groups: int, stage_names: Sequence[str],
                      device_type: str = "cpu") -> str:
-    """Everything a pooled-feature key holds (``bench.features.feature_key``), plus the freeze boundary (group
+    """Everything a pooled-feature key holds (``bench.speedups.features.feature_key``), plus the freeze boundary (group
     count and the exact stages computed) and the precision (bf16 autocast on CUDA, fp32 elsewhere)."""
     base = features.feature_key(arch=arch, weights_key=weights_key, dataset_fingerprint=dataset_fingerprint,
                                 mean=mean, std=std, img_size=img_size, device_type=device_type)
@@ -224,7 +225,7 @@ def cached_prefix_outputs(key: str, prefix: nn.Module, x_train: np.ndarray, x_te
                           eval_batch: int, cache_dir: str | None,
                           max_bytes: int | None = DEFAULT_MAX_BYTES) -> features.FrozenRows | None:
     """``prefix(normalize(x))`` for every image a trial trains or evaluates on, from memory, disk or computed
-    once, batched as the plain path batches them (``bench.features.frozen_rows``); None when they would exceed
+    once, batched as the plain path batches them (``bench.speedups.features.frozen_rows``); None when they would exceed
     ``max_bytes`` (then train the plain way)."""
     if max_bytes is not None:
         size = prefix_output_bytes(prefix, int(x_train.shape[-1]), len(x_train) + len(val_idx) + len(x_test),

@@ -36,7 +36,7 @@ import torchvision
 from torch import nn
 
 from bench.errors import UserError
-from bench.registry import BUNDLED, check_backbone_name, split_name
+from bench.models.registry import BUNDLED, check_backbone_name, split_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

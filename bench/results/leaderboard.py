@@ -557,7 +557,7 @@ def leaderboard_command(run_dirs: Sequence[str | Path], by: str = "dataset", fmt
     Problems met while loading (a truncated file, a missing column) go to stderr, one line each, so CSV on
     stdout stays clean.
     """
-    from bench.results import load_runs
+    from bench.results.store import load_runs
 
     if by not in ("dataset", "regime"):
         raise UserError(f"--by: expected 'dataset' or 'regime', got {by!r}")

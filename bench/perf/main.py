@@ -9,11 +9,11 @@ What it measures, per trial:
 
 - plain: what a careful user writes by hand with timm. Each trial is its own fresh Python process (start-up
   and imports included) that loads and decodes its data (no cache folder), builds the model and pushes every
-  image through every layer at every step: ``bench.core.run_trial`` with ``feature_cache=False,
+  image through every layer at every step: ``bench.training.trial.run_trial`` with ``feature_cache=False,
   fold_batchnorm=False, cache_dir=None, similarity=False`` (a hand-written loop evaluates the model as it
   trains it, BatchNorm layers and all, and does not score similarity to ImageNet). Wall time
   is measured around the process. Its training loop is the core's, kernel choices included (channels_last,
-  ``bench.depthwise``'s padded weight gradient on a CPU), so both ways train through the same arithmetic and
+  ``bench.speedups.depthwise``'s padded weight gradient on a CPU), so both ways train through the same arithmetic and
   the metrics can be compared exactly: the ratio is what bench adds around that loop.
 - optimised: bench's way, in this process: ``run_trial`` with a dataset cache folder and the frozen
   feature / prefix caches on (``feature_cache=True``), so whatever the core does today. Each trial runs twice
@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from bench import precision
+from bench.training import precision
 from bench.config import TrialConfig
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def default_trials(*, quick: bool) -> list[PerfTrial]:
 def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
     # A hand-written timm loop trains and evaluates; it does not score the dataset's similarity to ImageNet
     # (bench does, once per backbone and dataset: that cost is in the optimised ``first`` column).
-    # Nor does it fold BatchNorm into the convolutions for evaluation (``bench.fold``).
+    # Nor does it fold BatchNorm into the convolutions for evaluation (``bench.speedups.fold``).
     plain = dataclasses.replace(config, feature_cache=False, fold_batchnorm=False, cache_dir=None, similarity=False)
     command = [sys.executable, "-m", "bench.perf", "--plain-trial", json.dumps(plain.to_dict()),
                "--threads", str(threads)]
@@ -189,7 +189,7 @@ def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
 def _plain_child(config_json: str, threads: int) -> int:
     """The plain trial's own process: decode, build, train every layer every step, report the row."""
     torch.set_num_threads(threads)
-    from bench import core
+    from bench.training import trial as core
 
     row = core.run_trial(TrialConfig.from_dict(json.loads(config_json))).row
     print(ROW_MARKER + json.dumps(row, default=str), flush=True)
@@ -201,7 +201,8 @@ def _plain_child(config_json: str, threads: int) -> int:
 
 def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement, Measurement]:
     """(first run on empty caches, second run with the caches warm), both in this process."""
-    from bench import core, features
+    from bench.training import trial as core
+    from bench.speedups import features
 
     features.clear_memory_cache()  # and a fresh cache folder per trial: the first run is cold
     getattr(core, "_SIMILARITY", {}).clear()  # the core's per-process similarity memo
@@ -218,7 +219,7 @@ def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement,
 # FLOPs
 
 def _matmul_shape(device: torch.device) -> tuple[int, torch.dtype]:
-    """The reference product's side and dtype: what the trials compute in (bench.precision)."""
+    """The reference product's side and dtype: what the trials compute in (bench.training.precision)."""
     return (8192, torch.bfloat16) if precision.uses_bf16(device) else (2048, torch.float32)
 
 
@@ -247,13 +248,14 @@ def matmul_gflops(device: torch.device | None = None, *, size: int | None = None
 def depthwise_step_times(img_size: int = 48, batch: int = 32, steps: int = 5,
                          backbone: str = "efficientnet_lite0") -> list[str]:
     """One training step of ``backbone`` (all layers trainable, channels_last, AdamW, this process's threads)
-    with PyTorch's own depthwise backward and with ``bench.depthwise``'s padded weight gradient, alternated
+    with PyTorch's own depthwise backward and with ``bench.speedups.depthwise``'s padded weight gradient, alternated
     three times, best of each; and the largest relative difference of the weight gradients after one step from
     the same weights: (table rows)."""
     import copy
 
-    from bench import core, depthwise
-    from bench.backbones import build_backbone
+    from bench.training import trial as core
+    from bench.speedups import depthwise
+    from bench.models.build import build_backbone
 
     torch.manual_seed(0)
     built = build_backbone(backbone, 10, pretrained=False)
@@ -326,7 +328,7 @@ def count_training_flops(model: nn.Module, inputs: torch.Tensor) -> int:
 
 def training_flops_per_image(config: TrialConfig, n_classes: int) -> float:
     """Forward + backward FLOPs of one training batch of the fully trainable model, per image."""
-    from bench.backbones import TransferModel, build_backbone
+    from bench.models.build import TransferModel, build_backbone
 
     backbone = build_backbone(config.backbone, n_classes, pretrained=False)
     model = TransferModel(backbone.body, backbone.head).train()
@@ -390,8 +392,9 @@ def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tup
     time and its trials table."""
     import pandas as pd
 
-    from bench import results, runs
-    from bench.suite import load_suite
+    from bench.results import store as results
+    from bench.runner import run_dir as runs
+    from bench.suite.spec import load_suite
 
     command = [sys.executable, "-m", "bench.cli", "run", suite_path, "--out", str(out), "--num-cpus", str(num_cpus)]
     tic = time.perf_counter()
@@ -407,7 +410,7 @@ def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tup
 
 def leaderboard_difference(left: pd.DataFrame, right: pd.DataFrame) -> tuple[bool, float]:
     """(same ranking in every cell, largest difference of a cell's mean top-1) between two trial tables."""
-    from bench.leaderboard import leaderboard
+    from bench.results.leaderboard import leaderboard
 
     keys = ["dataset", "data", "entry"]
     a, b = leaderboard(left), leaderboard(right)
@@ -427,7 +430,7 @@ def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, s
     import pandas as pd
     from concurrent.futures import ThreadPoolExecutor
 
-    from bench.suite import load_suite
+    from bench.suite.spec import load_suite
 
     trials = load_suite(suite_path, smoke=smoke).trials()
     bench_wall, bench_table = _bench_run(suite_path, smoke=smoke, out=scratch / "suite-run", num_cpus=workers)
@@ -467,8 +470,8 @@ def _in_process_suite(suite_path: str, smoke: bool, cache_dir: str, threads: int
     """The child of ``--ray-overhead``: the suite's trials called one after another in this process, the way
     a Ray worker calls them (same cache folder rules), and nothing else."""
     torch.set_num_threads(threads)
-    from bench import core
-    from bench.suite import load_suite
+    from bench.training import trial as core
+    from bench.suite.spec import load_suite
 
     for config in load_suite(suite_path, smoke=smoke).trials():
         core.run_trial(dataclasses.replace(config, cache_dir=cache_dir))
@@ -478,7 +481,7 @@ def _in_process_suite(suite_path: str, smoke: bool, cache_dir: str, threads: int
 def compare_ray_overhead(suite_path: str, *, smoke: bool, threads: int, scratch: Path) -> list[str]:
     """`bench run --num-cpus 1` (Ray, one trial at a time) against the same trials called in one fresh
     process, one at a time. Both pay interpreter start-up and imports; the difference is Ray. Floor: <= 10%."""
-    from bench.suite import load_suite
+    from bench.suite.spec import load_suite
 
     n_trials = load_suite(suite_path, smoke=smoke).trial_count()
     command = [sys.executable, "-m", "bench.perf", "--in-process-suite", suite_path, "--threads", str(threads),
@@ -518,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="with --suite / --ray-overhead: the suite's smoke "
                         "variant")
     parser.add_argument("--depthwise", action="store_true", help="instead: one training step with PyTorch's "
-                        "depthwise backward and with bench.depthwise's padded weight gradient (--img-size)")
+                        "depthwise backward and with bench.speedups.depthwise's padded weight gradient (--img-size)")
     parser.add_argument("--img-size", type=int, default=48, help="with --depthwise (default 48)")
     parser.add_argument("--workers", type=int, default=2, help="with --suite: trials at a time, both ways "
                         "(default 2)")
@@ -587,7 +590,7 @@ def _flop_notes(comparisons: Sequence[Comparison]) -> tuple[dict[str, str], list
     full = [c for c in comparisons if c.trial.config.strategy == "full"]
     if not full:
         return {}, []
-    from bench.core import resolve_device
+    from bench.training.trial import resolve_device
 
     device = resolve_device(full[0].trial.config.device)
     peak = matmul_gflops(device)
