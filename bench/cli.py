@@ -20,7 +20,7 @@ EMBEDDED_DEFAULT = Path(__file__).resolve().parent.parent / "suites" / "smoke.ya
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.suite.spec import load_suite
+    from bench.suite import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
     from bench.runner import tune  # imports Ray: only once the suite is known to be valid
@@ -49,7 +49,7 @@ def _print_leaderboard(run_dir: Path) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from bench.suite.spec import load_suite
+    from bench.suite import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
     print(f"{args.suite}: suite '{suite.name}' is valid: {suite.trial_count()} trials")
@@ -58,7 +58,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _similarity(args: argparse.Namespace) -> int:
     from bench.similarity.table import format_similarity_table, similarity_table
-    from bench.suite.spec import load_suite
+    from bench.suite import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
     table = similarity_table(suite, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
@@ -88,7 +88,7 @@ def _list(args: argparse.Namespace) -> int:
         for row in list_backbones(args.pattern, all_timm=args.all):
             print(f"{row.name:48s} {row.family:12s} {'offline' if row.offline else 'download':9s} {row.note}")
     else:
-        from bench.data.prepare import list_datasets
+        from bench.data import list_datasets
 
         for entry in list_datasets(args.pattern):
             print(f"{entry.name:16s} {entry.group:12s} {'offline' if entry.offline else 'download':9s} "

@@ -11,11 +11,12 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Strategy = Literal["linear_probe", "full", "lp_ft"]
-NAMED_FREEZE: dict[str, float] = {"linear_probe": 1.0, "full": 0.0}
-STRATEGIES = ("linear_probe", "full", "lp_ft")
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+# The freeze depth each named strategy ends at: lp_ft ends fully fine-tuned.
+STRATEGY_DEPTH: dict[str, float] = {"linear_probe": 1.0, "full": 0.0, "lp_ft": 0.0}
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("none", "flip", "crop_flip")
 
@@ -77,7 +78,7 @@ class TrialConfig:
     def freeze_fraction(self) -> float:
         """The freeze depth as a number; `lp_ft` ends fully fine-tuned, so it counts as 0."""
         if isinstance(self.freeze, str):
-            return NAMED_FREEZE.get(self.freeze, 0.0)
+            return STRATEGY_DEPTH.get(self.freeze, 0.0)
         return float(self.freeze)
 
     @property

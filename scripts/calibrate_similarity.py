@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.models.build import build_backbone  # noqa: E402
-from bench.data.prepare import prepare_dataset  # noqa: E402
+from bench.data import prepare_dataset  # noqa: E402
 from bench.similarity.scores import (  # noqa: E402
     DEFAULT_SIMILARITY_THRESHOLD,
     BatchNormRecorder,

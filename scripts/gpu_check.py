@@ -48,7 +48,7 @@ import torch.nn.functional as F
 import yaml
 from timm.optim import create_optimizer_v2
 
-from bench.training import trial as core
+from bench import training
 from bench.results import store as results
 from bench.runner import run_dir as runs
 from bench.config import TrialConfig
@@ -98,8 +98,8 @@ def throughput_table(*, dataset: str, batch_size: int, img_size: int, steps: int
     # The first trial of a process pays CUDA's first use of each kernel (module loading, cuDNN's runtime-compiled
     # kernels: about 9 s on an H200); timm's loop leaves its warm-up steps out of the timing, so bench's
     # comparable figure is a second trial of the same shapes in the same process. Both are printed.
-    cold = core.run_trial(config).row["images_per_second"]
-    warm = core.run_trial(config).row["images_per_second"]
+    cold = training.run_trial(config).row["images_per_second"]
+    warm = training.run_trial(config).row["images_per_second"]
     header = ("loop", "model", "batch", "img px", "steps", "images/s", "bench / timm")
     rows = [("timm benchmark loop (synthetic batch, warm)", "efficientnet_lite0", batch_size, img_size, steps,
              f"{timm_rate:,.0f}", "1.00"),
@@ -114,7 +114,7 @@ def auto_batch_table(*, dataset: str, img_size: int, steps: int, device: torch.d
     config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", pretrained=False,
                          img_size=img_size, epochs=None, steps=steps, batch_size="auto", similarity=False,
                          device=device.type)
-    row = core.run_trial(config).row
+    row = training.run_trial(config).row
     header = ("model", "img px", "device", "search", "batch used", "oom halvings", "images/s", "peak MB")
     rows = [("efficientnet_lite0", img_size, row["device"], row["batch_size_search"], row["batch_size_used"],
              row["oom_halvings"], f"{row['images_per_second']:,.0f}", f"{row['peak_memory_mb']:,.0f}")]
@@ -135,7 +135,7 @@ def trial_cost_table(*, dataset: str, img_size: int, steps: int, device: torch.d
     rows = []
     for label, config in trials:
         tic = time.perf_counter()
-        row = core.run_trial(config).row
+        row = training.run_trial(config).row
         wall = time.perf_counter() - tic
         rows.append((label, row["hp_total_steps"], f"{wall:.2f}", f"{row['train_seconds']:.2f}",
                      f"{wall - row['train_seconds']:.2f}", row["frozen_prefix"]))
@@ -208,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.skip_packing:
         tables = [t for t in tables if t != 4]
-    device = core.resolve_device("auto")
+    device = training.resolve_device("auto")
     if device.type != "cuda" and not args.quick:
         print("gpu_check: no CUDA device here; run with --quick to check the script on the CPU", file=sys.stderr)
         return 2
-    print(f"device: {core.device_name(device)}; torch {torch.__version__}, timm {timm.__version__}", flush=True)
+    print(f"device: {training.device_name(device)}; torch {torch.__version__}, timm {timm.__version__}", flush=True)
     size, steps, batch = (32, 4, 16) if args.quick else (224, 60, 256)
     for table in tables:
         if table == 1:

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from bench.results.store import SCHEMA_VERSION, TRIALS_FILE, upsert_trials, EPOCHS_FILE, replace_epochs
+from bench.results.schema import SCHEMA_VERSION
+from bench.results.store import EPOCHS_FILE, TRIALS_FILE, replace_epochs, upsert_trials
 
 _FREEZE = {"linear_probe": 1.0, "full": 0.0, "lp_ft": 0.0}
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from bench.training import trial as core
+from bench import training as core
 from bench.training.batch_size import BatchSearch, largest_power_of_two, search
 from bench.config import TrialConfig
-from bench.suite.spec import load_suite
+from bench.suite import load_suite
 
 
 def card(fits_up_to: int):

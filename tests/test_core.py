@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from bench.models import build as backbones
-from bench.training import trial as core
+from bench import training as core
 from bench.speedups import features
 from bench.models.build import build_backbone, bundled_weights_path, load_state_dict
 from bench.config import TrialConfig
@@ -84,7 +84,7 @@ def test_linear_probe_agrees_with_logistic_regression_on_the_same_features(probe
     data = core.load_dataset(config)
     train_idx, _ = core.select_indices(data.y_train, config)
     backbone = build_backbone(config.backbone, data.n_classes)
-    normalize = core.Normalize(backbone.mean, backbone.std)
+    normalize = core.phases.Normalize(backbone.mean, backbone.std)
     feats = features.compute_features(backbone.body, data.x_train, normalize, device=torch.device("cpu"))
     test_feats = features.compute_features(backbone.body, data.x_test, normalize, device=torch.device("cpu"))
     reference = LogisticRegression(max_iter=2000, C=1.0).fit(feats[train_idx].numpy(), data.y_train[train_idx])
@@ -163,7 +163,7 @@ def test_scratch_bodies_of_different_seeds_never_share_cached_outputs(tmp_path):
     keys = set()
     for seed in (0, 1, 0):
         torch.manual_seed(seed)
-        keys.add(core.build_backbone("efficientnet_lite0", 10, pretrained=False).weights_key)
+        keys.add(core.trial.build_backbone("efficientnet_lite0", 10, pretrained=False).weights_key)
     assert len(keys) == 2  # one per seed; the same seed gives the same key
 
 
@@ -182,7 +182,7 @@ def test_frozen_parameters_do_not_change_and_frozen_batchnorm_stays_in_eval():
                  and not backbone.body.get_parameter(n.rsplit(".", 1)[0] + ".weight").requires_grad}
     assert plan.n_frozen_groups == round(0.5 * plan.n_groups)
     assert sum(p.numel() for p in frozen.values()) == plan.frozen_params
-    model = core.TransferModel(backbone.body, backbone.head)
+    model = core.phases.TransferModel(backbone.body, backbone.head)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     set_train_mode(model)
     for _ in range(3):
@@ -244,7 +244,7 @@ def test_epoch_losses_add_up_as_python_floats_and_catch_a_non_finite_loss():
 def test_out_of_memory_halves_the_batch_and_is_recorded(monkeypatch):
     """Fault injection: the real body raises CUDA's OutOfMemoryError on any batch over 16 images, as a card
     would that fits 16; the core must halve 64 -> 32 -> 16, finish, and say so in the row."""
-    real_build = core.build_backbone
+    real_build = core.trial.build_backbone
 
     def build_with_a_small_card(*args, **kwargs):
         backbone = real_build(*args, **kwargs)
@@ -256,7 +256,7 @@ def test_out_of_memory_halves_the_batch_and_is_recorded(monkeypatch):
         backbone.body.register_forward_pre_hook(limit)
         return backbone
 
-    monkeypatch.setattr(core, "build_backbone", build_with_a_small_card)
+    monkeypatch.setattr(core.trial, "build_backbone", build_with_a_small_card)
     result = _trial(freeze="full", epochs=1, data_fraction=0.2, lr=1e-3, batch_size=64)
     row = result.row
     assert row["status"] == "ok" and row["batch_size_used"] == 16 and row["oom_halvings"] == 2
@@ -266,8 +266,18 @@ def test_out_of_memory_halves_the_batch_and_is_recorded(monkeypatch):
 
 
 def test_augmentation_is_seeded_and_falls_back_to_the_plain_path():
-    result = _trial(augment="flip", epochs=1, data_fraction=0.1)
-    assert result.row["feature_cache"] is False and result.row["status"] == "ok"
+    tiny = dict(epochs=1, data_fraction=0.1, img_size=32)
+
+    def numbers(result: core.TrialResult) -> list[float]:
+        metrics = [result.row[m] for m in ("metric_top1", "metric_nll", "metric_val_top1")]
+        return metrics + [epoch["train_loss"] for epoch in result.epochs]
+
+    first, again = _trial(augment="flip", **tiny), _trial(augment="flip", **tiny)
+    assert first.row["feature_cache"] is False and first.row["status"] == "ok"
+    assert first.epochs and numbers(again) == numbers(first)  # the same seed draws the same flips
+    assert numbers(_trial(augment="flip", seed=1, **tiny)) != numbers(first)
+    unflipped = _trial(augment="none", feature_cache=False, **tiny)  # the same plain path without the flips
+    assert unflipped.row["feature_cache"] is False and numbers(unflipped) != numbers(first)
 
 
 def test_bad_input_raises_user_errors(tmp_path):
@@ -331,7 +341,7 @@ def test_a_rewritten_weights_file_is_never_served_from_an_old_template(tmp_path)
 
 
 def test_data_regime_thresholds():
-    assert [core.data_regime(n) for n in (1, 9.9, 10, 99, 100)] == ["scarce", "scarce", "limited", "limited",
+    assert [core.trial.DEFAULT_THRESHOLDS.regime(n) for n in (1, 9.9, 10, 99, 100)] == ["scarce", "scarce", "limited", "limited",
                                                                       "sufficient"]
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from bench.data import prepare as datasets
 from bench.data.decode import resize_center_crop
 from bench.data.sources import PATCH_TRAIN_WIDTH_SHARE, PHOTO_CLASSES, _photo_loaders, photo_patch_boxes
-from bench.data.prepare import (
+from bench.data import (
     GROUPS,
     PreparedDataset,
     check_dataset_name,

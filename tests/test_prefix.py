@@ -14,7 +14,7 @@ from torch import nn
 from bench.speedups import features
 from bench.speedups import prefix
 from bench.models.build import TransferModel, build_backbone, new_head
-from bench.training.trial import Normalize
+from bench.models import Normalize
 from bench.models.freeze import apply_freeze, parameter_groups, set_train_mode
 
 
@@ -230,7 +230,7 @@ def test_padded_rows_are_computed_in_full_batches_bit_for_bit(lite0):
 
 
 def test_short_batch_rows_are_computed_at_their_size_once_and_read_back_bit_for_bit(lite0):
-    from bench.training.trial import ShortBatchRows
+    from bench.training import ShortBatchRows
 
     front, _ = prefix.split_frozen_prefix(copy.deepcopy(lite0), 8)
     normalize = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

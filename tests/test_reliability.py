@@ -100,7 +100,7 @@ def assert_rows_kept(kept: pd.DataFrame, table: pd.DataFrame) -> int:
 
 
 def suite_trial_ids(path: Path) -> set[str]:
-    from bench.suite.spec import load_suite
+    from bench.suite import load_suite
 
     return {trial.trial_id for trial in load_suite(path).trials()}
 
@@ -155,7 +155,7 @@ def test_weights_that_would_run_code_are_refused_and_never_run(tmp_path: Path) -
     import torch
 
     from bench.config import TrialConfig
-    from bench.training.trial import run_trial
+    from bench.training import run_trial
     from bench.errors import UserError
 
     torch.set_num_threads(1)
@@ -236,7 +236,7 @@ BROKEN_FILES = ("garbage.jpg", "truncated.jpg", "zero.jpg")
 
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the shared CIFAR-10 images (BENCH_DATA)")
 def test_imagefolder_faults_have_their_documented_handling(tmp_path: Path) -> None:
-    from bench.data.prepare import prepare_dataset
+    from bench.data import prepare_dataset
 
     root = faulty_image_folder(tmp_path / "faulty")
     with warnings.catch_warnings(record=True) as caught:

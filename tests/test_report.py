@@ -83,11 +83,28 @@ def test_report_files_sections_and_figures(report_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_report_numbers_come_from_the_leaderboard(report_dir: Path) -> None:
+    from scipy import stats
+
+    from bench.results.leaderboard import leaderboard
+
     md = (report_dir / "report.md").read_text()
-    # lite1 pretrained linear probe at 100% on digits: seeds give 82 and 83 -> mean 82.5, sd sqrt(0.5),
-    # half-width t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.5 = 6.4
-    half = 12.706204736174698 * math.sqrt(0.5) / math.sqrt(2)
-    assert f"82.5 ± {half:.1f}" in md
+    # One entry of one cell: resnet18 from scratch, fully fine-tuned, on pbc at 100%. Its seeds' rows give the
+    # mean and the half-width t(0.975, n-1) * sd / sqrt(n); the leaderboard must agree, and so must the report's
+    # row of that entry in the per-dataset table (the only row with these keys).
+    rows = pd.DataFrame(study_rows())
+    seeds = rows[(rows["dataset"] == "pbc") & (rows["data_fraction"] == 1.0) & (rows["backbone"] == "resnet18")
+                 & ~rows["pretrained"].astype(bool) & (rows["strategy"] == "full") & (rows["status"] == "ok")]
+    n, mean, sd = len(seeds), seeds["metric_top1"].mean(), seeds["metric_top1"].std(ddof=1)
+    board = leaderboard(rows, by="dataset")
+    (entry,) = board[(board["dataset"] == "pbc") & (board["data"] == "100%")
+                     & (board["entry"] == "resnet18 scratch / full")].itertuples()
+    assert n == 2 and entry.n_seeds == n and entry.mean == pytest.approx(mean)
+    assert entry.ci95 == pytest.approx(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    keys = "| pbc | 100% | "
+    lines = [line for line in md.splitlines() if line.startswith(keys) and "| resnet18 scratch / full |" in line]
+    assert lines == [f"{keys}{entry.rank} | resnet18 scratch / full | {entry.mean:.1f} ± {entry.ci95:.1f} | "
+                     f"{entry.macro_f1_mean:.1f} ± {entry.macro_f1_ci95:.1f} | {n} |  | "
+                     f"{entry.train_seconds_mean:.1f} |"], lines
 
 
 @pytest.mark.slow

@@ -13,10 +13,9 @@ import pytest
 
 from bench.results import store as results
 from bench.errors import UserError
+from bench.results.schema import EPOCH_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS
 from bench.results.store import (
-    EPOCH_COLUMNS,
-    SCHEMA_VERSION,
-    TRIAL_COLUMNS,
+    TRIAL_TYPES,
     load_runs,
     read_table,
     replace_epochs,
@@ -47,7 +46,7 @@ def test_upsert_writes_contract_schema_and_keeps_extras(tmp_path: Path) -> None:
 
     table = pq.read_table(path)
     assert table.column_names[: len(TRIAL_COLUMNS)] == list(TRIAL_COLUMNS)
-    for name, type_ in TRIAL_COLUMNS.items():
+    for name, type_ in TRIAL_TYPES.items():
         assert table.schema.field(name).type == type_, name
     back = table.to_pylist()[0]
     assert back["schema_version"] == SCHEMA_VERSION

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bench.config import TrialConfig
 from bench.errors import UserError
-from bench.suite.spec import Suite, deep_merge, load_suite
+from bench.suite import Suite, deep_merge, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "suites").glob("*.yaml"))

@@ -175,23 +175,71 @@ def test_two_node_cluster_rows_come_from_both_nodes(tmp_path, two_node_cluster):
     assert table["ray_node_id"].nunique() == 2
 
 
+# Run in a fresh interpreter: `bench run` with two of Tune's public callback hooks patched on the base class
+# (bench's row writer overrides neither) to log, one JSON line each, how many trials Tune has RUNNING (on
+# change) and each trial Tune retries after a failure (on_trial_recover), which bench's tables do not record.
+_RETRY_PROBE = """
+import json, sys
+from ray import tune
+
+log = open(sys.argv[1], "a", buffering=1)
+last = []
+
+def step_end(self, iteration, trials, **info):
+    running = sum(1 for t in trials if t.status == "RUNNING")
+    if last[-1:] != [running]:
+        last.append(running)
+        log.write(json.dumps({"running": running}) + "\\n")
+
+def recovered(self, iteration, trials, trial, **info):
+    from bench.config import TrialConfig
+    log.write(json.dumps({"recovered": TrialConfig.from_dict(trial.config["trial"]).trial_id}) + "\\n")
+
+tune.Callback.on_step_end = step_end
+tune.Callback.on_trial_recover = recovered
+from bench import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
 def test_losing_the_worker_node_part_way_still_completes_the_suite(tmp_path, two_node_cluster):
+    import json
+
     cluster, worker = two_node_cluster
     suite = write_suite(tmp_path, steps=10, max_failures=2)
-    out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out),
+    out, probe = tmp_path / "out", tmp_path / "probe.jsonl"
+    driver = subprocess.Popen([sys.executable, "-c", _RETRY_PROBE, str(probe), "run", str(suite), "--out", str(out),
                                "--address", cluster.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
+
+    def events() -> list[dict]:
+        return [json.loads(line) for line in probe.read_text().splitlines()] if probe.exists() else []
+
+    def rows() -> int:
+        folders = [p for p in (out / "tiny").iterdir() if p.is_dir()] if (out / "tiny").exists() else []
+        return len(trials(out)) if folders and (folders[0] / results.TRIALS_FILE).exists() else 0
+
+    # Wait until a row is written and Tune runs two trials: each takes the 1 CPU of a node, so one of them is
+    # running on the worker node when it is removed, and that trial must fail and be retried on the head.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
-        if (out / "tiny").exists() and any((p / results.TRIALS_FILE).exists() for p in (out / "tiny").iterdir()):
+        running = [e["running"] for e in events() if "running" in e]
+        if running and running[-1] == 2 and rows() >= 1:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
+    running_when_removed, rows_when_removed = driver.poll() is None, rows()
     cluster.remove_node(worker, allow_graceful=False)
     stdout, stderr = driver.communicate(timeout=600)
+    assert running_when_removed, "the run ended before the worker node was removed: nothing was tested"
+    assert rows_when_removed < 8, f"{rows_when_removed} rows were written before the node was removed"
     assert driver.returncode == 0, stderr[-2000:]
     table = trials(out)
     assert len(table) == 8 and table["trial_id"].is_unique and set(table["status"]) == {"ok"}
+    retried = {e["recovered"] for e in events() if "recovered" in e}
+    assert retried, f"no trial was retried after the node loss: {events()}"
+    again = table[table["trial_id"].isin(retried)]
+    assert len(again) == len(retried) and set(again["status"]) == {"ok"}
+    assert worker.node_id not in set(again["ray_node_id"])  # the retries ran on the node that was left
 
 
 def test_a_trial_past_its_timeout_is_a_failed_row_and_the_others_finish(tmp_path):

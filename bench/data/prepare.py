@@ -1,33 +1,14 @@
-"""Dataset registry and the data side of the transfer core.
+"""Preparation: every image decoded, converted to RGB, resized and centre-cropped once per dataset and size.
 
-Why it looks like this: a benchmark runs the same dataset through hundreds of trials, so every image is
-decoded, converted to RGB, resized and centre-cropped ONCE (`prepare_dataset`), stored as a uint8 NCHW array,
-and, with a `cache_dir`, kept on disk under a fingerprint that downstream caches (frozen features) key on.
-Trials then only index arrays: the canonical validation split (`split_train_val`, fixed seed, shared by every
-trial of a dataset) and the trial's stratified, nested training subset (`stratified_subset`, trial seed).
-
-The registry is a table (`DatasetEntry` rows with a thin loader each), listed with wildcards:
-- bundled, offline: `digits`, `photo_patches`;
-- torchvision datasets by name, with `root` and `download` (never downloaded unless asked);
-- `imagefolder:<path>`, class folders (see `bench.data.sources.load_image_folder`).
-
-Groups follow VTAB (Zhai et al. 2019): `natural` = camera photographs of everyday scenes and objects,
-`specialized` = images from specialist equipment (remote sensing, microscopy, medical), `structured` =
-synthetic or isolated renderings whose task is about shape and layout. VTAB has no digit datasets; `digits`,
-`mnist` and `fashion_mnist` are declared `structured`: they are neither photographs of scenes nor specialist
-sensor images, but centred glyphs / silhouettes on a blank background, like VTAB's dSprites and smallNORB,
-and they sit far from ImageNet. `imagefolder:<path>` is `natural` unless the name says otherwise with a
-`?group=` suffix, e.g. `imagefolder:/data/blood_cells?group=specialized` (the suffix is not part of the path
-and does not change the data or its fingerprint).
+A prepared dataset is a uint8 NCHW array per split; with a ``cache_dir`` it is kept on disk under a
+fingerprint (source, size, preprocessing version and, for image folders, a stat digest of the files) that
+every downstream cache (frozen features, prefix outputs, similarity scores) keys on, so changed files can
+never hit an older cache. Trials then only index arrays (``bench.data.splits``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
-import fnmatch
-import functools
 import hashlib
 import json
 import os
@@ -35,7 +16,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,53 +23,10 @@ from typing import Any
 import numpy as np
 
 from bench.data.decode import PREPROCESS_VERSION, Source, decode_all
-from bench.data.sources import (
-    LoadRequest,
-    RawDataset,
-    TorchvisionSpec,
-    load_digits_dataset,
-    load_image_folder,
-    load_photo_patches,
-    load_torchvision,
-)
-from bench.data.splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, split_train_val, stratified_subset
-from bench.utils.atomic import atomic_write_text
+from bench.data.registry import _REGISTRY, IMAGEFOLDER_PREFIX, DatasetEntry, _split_imagefolder, check_dataset_name
+from bench.data.sources import LoadRequest, load_image_folder
 from bench.errors import UserError
-
-__all__ = [
-    "GROUPS",
-    "HELDOUT_SPLIT_SEED",
-    "HELDOUT_TEST_FRACTION",
-    "IMAGEFOLDER_PREFIX",
-    "PREPROCESS_VERSION",
-    "DatasetEntry",
-    "PreparedDataset",
-    "check_dataset_name",
-    "dataset_fingerprint",
-    "dataset_group",
-    "entry_as_dict",
-    "list_datasets",
-    "prepare_dataset",
-    "split_train_val",
-    "stratified_subset",
-]
-
-GROUPS = ("natural", "specialized", "structured")  # VTAB groups
-IMAGEFOLDER_PREFIX = "imagefolder:"
-_GROUP_SUFFIX = "?group="
-
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    """One row of the registry table."""
-
-    name: str
-    group: str
-    description: str
-    source: str
-    licence: str
-    offline: bool  # True: bundled, no download ever needed
-    loader: Callable[[LoadRequest], RawDataset] = field(repr=False, compare=False)  # reads the raw images
+from bench.utils.atomic import atomic_write_text
 
 
 @dataclass
@@ -115,136 +52,6 @@ class PreparedDataset:
         return len(self.classes)
 
 
-# ------------------------------------------------------------------------------------------- registry
-
-
-def _tv(
-    name: str,
-    cls: str,
-    train: list[dict[str, Any]],
-    test: dict[str, Any] | None,
-    group: str,
-    description: str,
-    source: str,
-    licence: str,
-    classes: tuple[str, ...] | None = None,
-) -> DatasetEntry:
-    spec = TorchvisionSpec(cls=cls, train=tuple(train), test=test, classes=classes)
-    return DatasetEntry(name, group, description, source, licence, False, functools.partial(load_torchvision, spec))
-
-
-_TV_SOURCE = "torchvision.datasets."
-_ENTRIES: tuple[DatasetEntry, ...] = (
-    DatasetEntry(
-        "digits", "structured", "8x8 handwritten digits, 10 classes, 1,797 images (seeded 25% test split)",
-        "scikit-learn load_digits (UCI optical digits)", "CC BY 4.0", True, load_digits_dataset,
-    ),
-    DatasetEntry(
-        "photo_patches", "natural",
-        "crops of 7 natural photos, class = source photo; train/test from disjoint regions (100/30 per class)",
-        "scikit-image data (astronaut, chelsea, coffee, rocket, motorcycle), scikit-learn sample images "
-        "(china, flower)", "public domain / CC0; CC BY 2.0 (china, flower); Middlebury 2014 (motorcycle)",
-        True, load_photo_patches,
-    ),
-    # Official splits where they exist; official val splits are merged into train, since bench carves its own
-    # validation split from train (split_train_val). No official test split: seeded 25% held out.
-    _tv("cifar10", "CIFAR10", [{"train": True}], {"train": False}, "natural",
-        "tiny natural images, 10 classes", _TV_SOURCE + "CIFAR10", "no explicit licence (Krizhevsky 2009)"),
-    _tv("cifar100", "CIFAR100", [{"train": True}], {"train": False}, "natural",
-        "tiny natural images, 100 classes", _TV_SOURCE + "CIFAR100", "no explicit licence (Krizhevsky 2009)"),
-    _tv("svhn", "SVHN", [{"split": "train"}], {"split": "test"}, "natural",
-        "street-view house-number digits", _TV_SOURCE + "SVHN", "non-commercial use",
-        classes=tuple(str(d) for d in range(10))),
-    _tv("dtd", "DTD", [{"split": "train"}, {"split": "val"}], {"split": "test"}, "natural",
-        "describable textures, 47 classes (partition 1)", _TV_SOURCE + "DTD", "research use"),
-    _tv("flowers102", "Flowers102", [{"split": "train"}, {"split": "val"}], {"split": "test"}, "natural",
-        "Oxford 102 flowers", _TV_SOURCE + "Flowers102", "no explicit licence"),
-    _tv("oxford_pets", "OxfordIIITPet", [{"split": "trainval"}], {"split": "test"}, "natural",
-        "Oxford-IIIT pets, 37 breeds", _TV_SOURCE + "OxfordIIITPet", "CC BY-SA 4.0"),
-    _tv("eurosat", "EuroSAT", [{}], None, "specialized",
-        "Sentinel-2 RGB land use, 10 classes (seeded 25% test split)", _TV_SOURCE + "EuroSAT", "MIT"),
-    _tv("pcam", "PCAM", [{"split": "train"}, {"split": "val"}], {"split": "test"}, "specialized",
-        "PatchCamelyon histopathology patches, metastasis or not (needs h5py)", _TV_SOURCE + "PCAM", "CC0",
-        classes=("normal", "metastatic")),
-    _tv("fgvc_aircraft", "FGVCAircraft", [{"split": "trainval"}], {"split": "test"}, "natural",
-        "aircraft variants, 100 classes", _TV_SOURCE + "FGVCAircraft", "non-commercial research"),
-    _tv("stanford_cars", "StanfordCars", [{"split": "train"}], {"split": "test"}, "natural",
-        "car models, 196 classes (no longer downloadable: place the files by hand)", _TV_SOURCE + "StanfordCars",
-        "non-commercial research"),
-    _tv("food101", "Food101", [{"split": "train"}], {"split": "test"}, "natural",
-        "food dishes, 101 classes", _TV_SOURCE + "Food101", "no explicit licence"),
-    _tv("caltech101", "Caltech101", [{}], None, "natural",
-        "objects, 101 categories (seeded 25% test split)", _TV_SOURCE + "Caltech101", "CC BY 4.0"),
-    _tv("gtsrb", "GTSRB", [{"split": "train"}], {"split": "test"}, "natural",
-        "German traffic signs, 43 classes", _TV_SOURCE + "GTSRB", "CC0",
-        classes=tuple(f"{i:05d}" for i in range(43))),
-    _tv("fashion_mnist", "FashionMNIST", [{"train": True}], {"train": False}, "structured",
-        "28x28 grayscale clothing silhouettes, 10 classes", _TV_SOURCE + "FashionMNIST", "MIT"),
-    _tv("mnist", "MNIST", [{"train": True}], {"train": False}, "structured",
-        "28x28 grayscale handwritten digits", _TV_SOURCE + "MNIST", "CC BY-SA 3.0"),
-    _tv("stl10", "STL10", [{"split": "train"}], {"split": "test"}, "natural",
-        "96x96 natural images, 10 classes (labelled part)", _TV_SOURCE + "STL10", "no explicit licence"),
-    _tv("country211", "Country211", [{"split": "train"}, {"split": "valid"}], {"split": "test"}, "natural",
-        "geolocation, 211 countries (YFCC100M photos)", _TV_SOURCE + "Country211", "per-image (YFCC100M)"),
-)
-
-
-def _index(entries: tuple[DatasetEntry, ...]) -> dict[str, DatasetEntry]:
-    table: dict[str, DatasetEntry] = {}
-    for entry in entries:
-        if entry.name in table:
-            raise RuntimeError(f"dataset '{entry.name}' registered twice")
-        if entry.group not in GROUPS:
-            raise RuntimeError(f"dataset '{entry.name}': group '{entry.group}' is not one of {GROUPS}")
-        table[entry.name] = entry
-    return table
-
-
-_REGISTRY = _index(_ENTRIES)
-
-
-def list_datasets(pattern: str = "*") -> list[DatasetEntry]:
-    """Registry rows whose name matches the fnmatch `pattern`, sorted by name (`imagefolder:` is not a row)."""
-    return [_REGISTRY[name] for name in sorted(_REGISTRY) if fnmatch.fnmatchcase(name, pattern)]
-
-
-def _split_imagefolder(name: str) -> tuple[str, str]:
-    """`imagefolder:<path>[?group=<group>]` -> (path, group)."""
-    rest = name[len(IMAGEFOLDER_PREFIX) :]
-    path, suffix, group = rest.rpartition(_GROUP_SUFFIX)
-    if not suffix:
-        path, group = rest, "natural"
-    if not path.strip():
-        raise UserError(f"dataset '{name}': expected 'imagefolder:<path>', the path is empty")
-    if group not in GROUPS:
-        raise UserError(f"dataset '{name}': group '{group}' is not one of {', '.join(GROUPS)}")
-    return path, group
-
-
-def check_dataset_name(name: str) -> None:
-    """UserError for an unknown name (with close matches); any `imagefolder:<path>` passes (path not checked)."""
-    if not isinstance(name, str):
-        raise UserError(f"dataset name must be a string, got {name!r}")
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        _split_imagefolder(name)
-        return
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(
-            f"unknown dataset '{name}'{hint} (known: {', '.join(sorted(_REGISTRY))}, or imagefolder:<path>)"
-        )
-
-
-def dataset_group(name: str) -> str:
-    """The declared VTAB group; `imagefolder:` sets are `natural` unless named `imagefolder:<path>?group=<g>`."""
-    check_dataset_name(name)
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        return _split_imagefolder(name)[1]
-    return _REGISTRY[name].group
-
-
-# ------------------------------------------------------------------------------------------ preparation
 
 
 def _resolve(name: str, root: str | None) -> tuple[DatasetEntry, str, Path | None]:
@@ -455,8 +262,3 @@ def prepare_dataset(
     if contents is not None:
         atomic_write_text(fingerprint, final.parent / f"{source_key}.latest")
     return _load_cached(final, name, entry.group)
-
-
-def entry_as_dict(entry: DatasetEntry) -> dict[str, Any]:
-    """A registry row without its loader (for `bench list datasets` tables)."""
-    return {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry) if f.name != "loader"}

@@ -89,6 +89,18 @@ class TransferModel(nn.Module):
 # weights files
 
 @functools.lru_cache(maxsize=64)
+class Normalize(nn.Module):
+    """uint8 images -> float, scaled and standardised with the backbone's pretraining mean and std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
 def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime make a rewritten file a miss
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

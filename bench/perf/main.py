@@ -189,9 +189,9 @@ def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
 def _plain_child(config_json: str, threads: int) -> int:
     """The plain trial's own process: decode, build, train every layer every step, report the row."""
     torch.set_num_threads(threads)
-    from bench.training import trial as core
+    from bench import training
 
-    row = core.run_trial(TrialConfig.from_dict(json.loads(config_json))).row
+    row = training.run_trial(TrialConfig.from_dict(json.loads(config_json))).row
     print(ROW_MARKER + json.dumps(row, default=str), flush=True)
     return 0
 
@@ -201,16 +201,16 @@ def _plain_child(config_json: str, threads: int) -> int:
 
 def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement, Measurement]:
     """(first run on empty caches, second run with the caches warm), both in this process."""
-    from bench.training import trial as core
+    from bench import training
     from bench.speedups import features
 
     features.clear_memory_cache()  # and a fresh cache folder per trial: the first run is cold
-    getattr(core, "_SIMILARITY", {}).clear()  # the core's per-process similarity memo
+    training.clear_similarity_cache()
     optimised = dataclasses.replace(config, feature_cache=True, cache_dir=str(cache_dir))
     runs = []
     for _ in range(2):
         tic = time.perf_counter()
-        row = core.run_trial(optimised).row  # resets the peak itself, as in the plain process
+        row = training.run_trial(optimised).row  # resets the peak itself, as in the plain process
         runs.append(Measurement(time.perf_counter() - tic, peak_memory_mb=row["peak_memory_mb"], row=row))
     return runs[0], runs[1]
 
@@ -253,7 +253,7 @@ def depthwise_step_times(img_size: int = 48, batch: int = 32, steps: int = 5,
     the same weights: (table rows)."""
     import copy
 
-    from bench.training import trial as core
+    from bench import training
     from bench.speedups import depthwise
     from bench.models.build import build_backbone
 
@@ -265,7 +265,7 @@ def depthwise_step_times(img_size: int = 48, batch: int = 32, steps: int = 5,
 
     def gradients(net: nn.Module, kernels: depthwise.padded_weight_grad | None) -> dict[str, torch.Tensor]:
         net.zero_grad()
-        core.training_loss(net, images, labels, torch.device("cpu"), kernels=kernels).backward()
+        training.training_loss(net, images, labels, torch.device("cpu"), kernels=kernels).backward()
         return {name: p.grad.clone() for name, p in net.named_parameters()}
 
     kernels = depthwise.padded_weight_grad()
@@ -278,7 +278,7 @@ def depthwise_step_times(img_size: int = 48, batch: int = 32, steps: int = 5,
         for index in range(steps + 1):
             tic = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            core.training_loss(model, images, labels, torch.device("cpu"), kernels=mode).backward()
+            training.training_loss(model, images, labels, torch.device("cpu"), kernels=mode).backward()
             optimizer.step()
             if index:  # the first step warms up
                 best = min(best, time.perf_counter() - tic)
@@ -394,7 +394,7 @@ def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tup
 
     from bench.results import store as results
     from bench.runner import run_dir as runs
-    from bench.suite.spec import load_suite
+    from bench.suite import load_suite
 
     command = [sys.executable, "-m", "bench.cli", "run", suite_path, "--out", str(out), "--num-cpus", str(num_cpus)]
     tic = time.perf_counter()
@@ -430,7 +430,7 @@ def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, s
     import pandas as pd
     from concurrent.futures import ThreadPoolExecutor
 
-    from bench.suite.spec import load_suite
+    from bench.suite import load_suite
 
     trials = load_suite(suite_path, smoke=smoke).trials()
     bench_wall, bench_table = _bench_run(suite_path, smoke=smoke, out=scratch / "suite-run", num_cpus=workers)
@@ -470,18 +470,18 @@ def _in_process_suite(suite_path: str, smoke: bool, cache_dir: str, threads: int
     """The child of ``--ray-overhead``: the suite's trials called one after another in this process, the way
     a Ray worker calls them (same cache folder rules), and nothing else."""
     torch.set_num_threads(threads)
-    from bench.training import trial as core
-    from bench.suite.spec import load_suite
+    from bench import training
+    from bench.suite import load_suite
 
     for config in load_suite(suite_path, smoke=smoke).trials():
-        core.run_trial(dataclasses.replace(config, cache_dir=cache_dir))
+        training.run_trial(dataclasses.replace(config, cache_dir=cache_dir))
     return 0
 
 
 def compare_ray_overhead(suite_path: str, *, smoke: bool, threads: int, scratch: Path) -> list[str]:
     """`bench run --num-cpus 1` (Ray, one trial at a time) against the same trials called in one fresh
     process, one at a time. Both pay interpreter start-up and imports; the difference is Ray. Floor: <= 10%."""
-    from bench.suite.spec import load_suite
+    from bench.suite import load_suite
 
     n_trials = load_suite(suite_path, smoke=smoke).trial_count()
     command = [sys.executable, "-m", "bench.perf", "--in-process-suite", suite_path, "--threads", str(threads),
@@ -590,7 +590,7 @@ def _flop_notes(comparisons: Sequence[Comparison]) -> tuple[dict[str, str], list
     full = [c for c in comparisons if c.trial.config.strategy == "full"]
     if not full:
         return {}, []
-    from bench.training.trial import resolve_device
+    from bench.training import resolve_device
 
     device = resolve_device(full[0].trial.config.device)
     peak = matmul_gflops(device)

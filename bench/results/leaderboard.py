@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import pandas as pd
 from scipy import stats as st
 
 from bench.errors import UserError
+from bench.results.schema import DEFAULT_THRESHOLDS, DataThresholds
 
 METRIC = "metric_top1"
 CELL = ["dataset", "data"]
@@ -38,22 +38,6 @@ DECLARED_SIMILARITY = {"natural": "high", "specialized": "low", "structured": "l
 LOGIT_CLIP = 1e-3  # accuracies are clipped to [0.1%, 99.9%] before the logit, so 0% or 100% stay finite
 
 
-@dataclass(frozen=True)
-class DataThresholds:
-    """Training images per class: scarce < `limited`, limited < `sufficient`, else sufficient (DESIGN.md)."""
-
-    limited: float = 10
-    sufficient: float = 100
-
-    def regime(self, per_class: float) -> str | None:
-        if per_class is None or not np.isfinite(per_class):
-            return None
-        if per_class < self.limited:
-            return "scarce"
-        return "limited" if per_class < self.sufficient else "sufficient"
-
-
-DEFAULT_THRESHOLDS = DataThresholds()
 
 # The textbook matrix (DESIGN.md): advice text and the strategies that count as following it.
 _FINE_TUNE = {"full", "lp_ft"}

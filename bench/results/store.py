@@ -37,85 +37,20 @@ import pyarrow.parquet as pq
 import yaml
 
 from bench.utils.atomic import atomic_write
+from bench.config import STRATEGY_DEPTH
 from bench.errors import UserError
-
-SCHEMA_VERSION: int = 1
+from bench.results.schema import (
+    EPOCH_COLUMNS,
+    ESSENTIAL_EPOCH_COLUMNS,
+    ESSENTIAL_TRIAL_COLUMNS,
+    SCHEMA_VERSION,
+    TRIAL_COLUMNS,
+)
 
 _STR = pa.string()
-_BOOL = pa.bool_()
-_INT = pa.int64()
-_FLOAT = pa.float64()
-
-# The contract columns of trials.parquet (DESIGN.md "Run folder"), in DESIGN.md order.
-TRIAL_COLUMNS: dict[str, pa.DataType] = {
-    "schema_version": _INT,
-    "suite": _STR,
-    "run_id": _STR,
-    "trial_id": _STR,
-    "status": _STR,  # ok | failed | diverged
-    "error": _STR,
-    "backbone": _STR,
-    "pretrained": _BOOL,
-    "weights": _STR,
-    "dataset": _STR,
-    "dataset_group": _STR,  # natural | specialized | structured
-    "n_classes": _INT,
-    "similarity_score": _FLOAT,
-    "transferability": _FLOAT,
-    "similarity_regime": _STR,  # high | low
-    "freeze": _FLOAT,  # 0 = train everything ... 1 = linear probe
-    "frozen_param_fraction": _FLOAT,
-    "trainable_params": _INT,
-    "total_params": _INT,
-    "data_fraction": _FLOAT,
-    "shots": _INT,
-    "n_train": _INT,
-    "data_regime": _STR,  # scarce | limited | sufficient
-    "seed": _INT,
-    "hp_lr": _FLOAT,
-    "hp_epochs": _INT,
-    "hp_steps": _INT,
-    "hp_batch_size": _INT,
-    "hp_optimizer": _STR,
-    "hp_img_size": _INT,
-    "hp_augment": _STR,
-    "metric_top1": _FLOAT,
-    "metric_macro_f1": _FLOAT,
-    "metric_nll": _FLOAT,
-    "metric_val_top1": _FLOAT,
-    "train_seconds": _FLOAT,
-    "images_per_second": _FLOAT,
-    "peak_memory_mb": _FLOAT,
-    "device": _STR,
-    "node": _STR,
-    "torch_version": _STR,
-    "timm_version": _STR,
-    "ray_version": _STR,
-    "started_at": _STR,  # ISO 8601, UTC
-    "finished_at": _STR,  # ISO 8601, UTC
-}
-
-# One row per trial per evaluation.
-EPOCH_COLUMNS: dict[str, pa.DataType] = {
-    "schema_version": _INT,
-    "run_id": _STR,
-    "trial_id": _STR,
-    "epoch": _INT,
-    "step": _INT,
-    "phase": _STR,  # probe | finetune | train
-    "train_loss": _FLOAT,
-    "val_top1": _FLOAT,
-    "val_nll": _FLOAT,
-    "lr": _FLOAT,
-    "elapsed_seconds": _FLOAT,
-}
-
-STATUSES = ("ok", "failed", "diverged")
-NAMED_FREEZE_DEPTH: dict[str, float] = {"linear_probe": 1.0, "full": 0.0, "lp_ft": 0.0}
-
-# Without these a trials table cannot be ranked at all; other missing contract columns are filled with nulls.
-ESSENTIAL_TRIAL_COLUMNS = ("trial_id", "status", "backbone", "dataset", "metric_top1")
-ESSENTIAL_EPOCH_COLUMNS = ("trial_id", "epoch")
+# The schema's contract columns with their Arrow types.
+TRIAL_TYPES: dict[str, pa.DataType] = {name: pa.type_for_alias(t) for name, t in TRIAL_COLUMNS.items()}
+EPOCH_TYPES: dict[str, pa.DataType] = {name: pa.type_for_alias(t) for name, t in EPOCH_COLUMNS.items()}
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -134,7 +69,7 @@ def upsert_trials(path: Path, rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     path = Path(path)
-    new = _rows_to_table(_dedupe_batch([_normalise_trial_row(row) for row in rows]), TRIAL_COLUMNS)
+    new = _rows_to_table(_dedupe_batch([_normalise_trial_row(row) for row in rows]), TRIAL_TYPES)
     with _locked(path.parent):
         old = _read_existing(path)
         if old is not None:
@@ -159,7 +94,7 @@ def replace_epochs(path: Path, trial_id: str, rows: list[dict[str, Any]]) -> Non
         if row.get("trial_id", trial_id) != trial_id:
             raise ValueError(f"replace_epochs({trial_id!r}) got a row of trial {row.get('trial_id')!r}")
     new = _rows_to_table(
-        [{"schema_version": SCHEMA_VERSION, **row, "trial_id": trial_id} for row in rows], EPOCH_COLUMNS
+        [{"schema_version": SCHEMA_VERSION, **row, "trial_id": trial_id} for row in rows], EPOCH_TYPES
     )
     with _locked(path.parent):
         old = _read_existing(path)
@@ -175,19 +110,14 @@ def _normalise_trial_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {"schema_version": SCHEMA_VERSION, **row, "trial_id": str(row["trial_id"])}
     freeze = out.get("freeze")
     if isinstance(freeze, str):
-        if freeze in NAMED_FREEZE_DEPTH:
+        if freeze in STRATEGY_DEPTH:
             out.setdefault("strategy", freeze)
-            out["freeze"] = NAMED_FREEZE_DEPTH[freeze]
+            out["freeze"] = STRATEGY_DEPTH[freeze]
         else:
             out["freeze"] = float(freeze)
     for key in ("started_at", "finished_at"):
         out[key] = _iso_utc(out.get(key))
     return out
-
-
-def utc_now() -> str:
-    """Now, as the tables' ``started_at`` / ``finished_at`` write it: ISO 8601 in UTC, to the second."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _iso_utc(value: Any) -> str | None:
@@ -368,7 +298,7 @@ def load_runs(paths: Sequence[str | Path]) -> RunData:
         key = str(run_dir)
         suites[key] = _read_mapping(run_dir / "suite.yaml", problems)
         envs[key] = _read_mapping(run_dir / "env.json", problems)
-        trials = _read_run_table(run_dir / TRIALS_FILE, TRIAL_COLUMNS, ESSENTIAL_TRIAL_COLUMNS, problems)
+        trials = _read_run_table(run_dir / TRIALS_FILE, TRIAL_TYPES, ESSENTIAL_TRIAL_COLUMNS, problems)
         if trials is None:
             continue
         if trials.empty:
@@ -376,7 +306,7 @@ def load_runs(paths: Sequence[str | Path]) -> RunData:
             continue
         trials["run_dir"] = key
         trial_frames.append(trials)
-        epochs = _read_run_table(run_dir / EPOCHS_FILE, EPOCH_COLUMNS, ESSENTIAL_EPOCH_COLUMNS, problems)
+        epochs = _read_run_table(run_dir / EPOCHS_FILE, EPOCH_TYPES, ESSENTIAL_EPOCH_COLUMNS, problems)
         if epochs is not None and not epochs.empty:
             epoch_frames.append(epochs)
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 import yaml
 
 import bench
-from bench.results import store as results
+from bench.results.schema import utc_now
 from bench.utils.atomic import atomic_write_text
 from bench.errors import UserError
 
@@ -109,7 +109,7 @@ def write_env(run_dir: Path, cluster: dict[str, Any] | None = None) -> dict[str,
     import torch  # here, not at import time: the driver needs torch for nothing else
 
     env = {
-        "started_at": results.utc_now(),
+        "started_at": utc_now(),
         "bench_version": bench.__version__,
         "git_sha": _git_sha(),
         "python": sys.version.split()[0],

@@ -38,11 +38,12 @@ from ray import tune
 
 from bench.utils import memory
 from bench.results import store as results
+from bench.results.schema import trial_row, utc_now
 from bench.runner import run_dir as runs
 from bench.config import TrialConfig
-from bench.data.prepare import PreparedDataset, prepare_dataset
+from bench.data import PreparedDataset, prepare_dataset
 from bench.errors import StorageError, UserError
-from bench.suite.spec import Suite
+from bench.suite import Suite
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +99,14 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None) -> None:
     """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows."""
-    from bench.training import trial as core  # torch and timm: in the workers; the driver never needs them
+    from bench import training  # torch and timm: in the workers; the driver never needs them
 
     memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
     config = TrialConfig.from_dict(params["trial"])
     data = ray.get(datasets[_dataset_key(config)])
     try:
         with _deadline(timeout_s):
-            result = core.run_trial(config, run_id=run_id, data=data)
+            result = training.run_trial(config, run_id=run_id, data=data)
         row, epochs = result.row, result.epochs
     except UserError as error:  # the same input would fail again: a failed row, no retry
         row, epochs = _failed_row(config, run_id, str(error)), []
@@ -204,16 +205,8 @@ def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list
 
 def _failed_row(config: TrialConfig, run_id: str, error: str) -> dict[str, Any]:
     """The row of a trial that produced no result: its identity, hyperparameters and why it failed."""
-    now = results.utc_now()
-    return {
-        "suite": config.suite, "run_id": run_id, "trial_id": config.trial_id, "status": "failed",
-        "error": error, "backbone": config.backbone, "pretrained": config.pretrained, "dataset": config.dataset,
-        "freeze": str(config.freeze), "strategy": config.strategy, "freeze_depth": config.freeze_fraction,
-        "data_fraction": config.data_fraction, "shots": config.shots, "seed": config.seed, "hp_lr": config.lr,
-        "hp_epochs": config.epochs, "hp_steps": config.steps, "hp_batch_size": config.fixed_batch_size,
-        "hp_optimizer": config.optimizer, "hp_weight_decay": config.weight_decay, "hp_img_size": config.img_size,
-        "hp_augment": config.augment, "started_at": now, "finished_at": now,
-    }
+    now = utc_now()
+    return trial_row(config, run_id=run_id, status="failed", error=error, started_at=now, finished_at=now)
 
 
 def _error_message(trial: Any) -> str:

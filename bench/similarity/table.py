@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError
-from bench.suite.spec import Suite
+from bench.suite import Suite
 
 COLUMNS = ("dataset", "backbone", "img_size", "similarity_score", "similarity_regime", "bn_divergence",
            "transferability", "leep", "nce", "h_score", "max_softmax", "energy", "seconds", "error")
@@ -23,7 +23,7 @@ COLUMNS = ("dataset", "backbone", "img_size", "similarity_score", "similarity_re
 
 def similarity_table(suite: Suite, *, cache_dir: Path | None) -> pd.DataFrame:
     """Measure every (backbone, dataset) pair of ``suite``; a dataset that cannot be loaded gets an error row."""
-    from bench.training import trial as core  # torch and timm: only once the suite is known to be valid
+    from bench import training  # torch and timm: only once the suite is known to be valid
 
     rows, seen = [], set()
     for trial in suite.trials():
@@ -35,8 +35,8 @@ def similarity_table(suite: Suite, *, cache_dir: Path | None) -> pd.DataFrame:
         tic = time.perf_counter()
         row = {"dataset": trial.dataset, "backbone": trial.backbone, "img_size": trial.img_size}
         try:
-            data = core.load_dataset(config)
-            row.update(core.measure_similarity(config, data))
+            data = training.load_dataset(config)
+            row.update(training.measure_similarity(config, data))
         except UserError as error:
             row["error"] = str(error)
         row["seconds"] = round(time.perf_counter() - tic, 1)

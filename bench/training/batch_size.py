@@ -1,25 +1,30 @@
 """``train.batch_size: auto``: the largest power-of-two batch that fits the trial's share of the card.
 
-A GPU trial that leaves most of its memory empty wastes the card; one that asks for too much dies. With
-``auto`` the core probes before training: one forward and backward pass of the trial's model (the plain path,
-every trainable layer, bf16 autocast as in training) at 16, 32, 64, ... images, until the peak memory plus the
-optimiser's state would pass ``HEADROOM`` of the trial's budget, the card runs out of memory, the cap
-(``AUTO_CAP``) or the training set is reached. The budget is the card's memory times the trial's GPU share
-(``tune.resources_per_trial.gpu``: with 0.25, four trials pack on one card and each is held to a quarter by
-``torch.cuda.set_per_process_memory_fraction``). The probe runs on a model of its own, so the trial's weights,
-statistics and random streams are untouched; if training still runs out of memory, the core's halving
-(``run_trial``) takes over and is recorded.
-
-The batch size changes what training computes (the steps per epoch, the noise of each step): the row records
-``batch_size_used`` and ``batch_size_search`` and leaves ``hp_batch_size`` empty, so an ``auto`` trial is never
-mistaken for a fixed-batch one. On CPU there is no card to fill and running out of memory ends the process
-rather than raising, so ``auto`` means ``CPU_BATCH`` images (capped by the training set).
+On CUDA the probe runs one bf16 forward and backward pass of a model of its own (the plain path, every
+trainable layer) at 16, 32, 64, ... images, until the peak memory plus the optimiser's state would pass
+``HEADROOM`` of the trial's budget (the card's memory times the trial's GPU share), the card runs out of
+memory, or ``AUTO_CAP`` or the training set is reached. The trial's weights and random streams are untouched.
+On a CPU ``auto`` means ``CPU_BATCH`` images (capped by the training set). The row records ``batch_size_used``
+and ``batch_size_search`` and leaves ``hp_batch_size`` empty, so an ``auto`` trial is never mistaken for a
+fixed-batch one.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bench.config import TrialConfig
+from bench.data import PreparedDataset
+from bench.models import Normalize, TransferModel, build_backbone
+from bench.models.freeze import apply_freeze, set_train_mode
+from bench.training.device import out_of_memory
+from bench.training.inputs import as_labels, channels_last, select_indices
+from bench.training.loop import GPU_RESIDENT_BYTES, training_loss
 
 AUTO_START = 16
 AUTO_CAP = 1024
@@ -69,3 +74,51 @@ def search(fits: Callable[[int], bool], *, start: int = AUTO_START, cap: int = A
 def _record(tried: list[tuple[int, bool]], size: int, fitted: bool) -> bool:
     tried.append((size, fitted))
     return fitted
+
+
+def auto_batch_size(config: TrialConfig, data: PreparedDataset,
+                     device: torch.device) -> BatchSearch:
+    """``batch_size: auto``: probe the trial's model (the plain path, the last phase's freeze: the most memory
+    any phase needs) with one forward and backward pass per power of two. The probe model is built for this alone and the RNG draws it makes do not reach the trial: each attempt seeds itself
+    (``_attempt``)."""
+    n_train = len(select_indices(data.y_train, config)[0])
+    cap, cap_name = min(AUTO_CAP, n_train), "cap" if n_train >= AUTO_CAP else "training set"
+    if device.type != "cuda":
+        return BatchSearch(min(CPU_BATCH, largest_power_of_two(cap)), (), "cpu")
+    found = _probe_on_card(config, data, device, n_train=n_train, cap=cap, cap_name=cap_name)
+    gc.collect()  # the probe model went with _probe_on_card's frame; give its memory back to the trial
+    torch.cuda.empty_cache()
+    return found
+
+
+def _probe_on_card(config: TrialConfig, data: PreparedDataset, device: torch.device, *, n_train: int,
+                   cap: int, cap_name: str) -> BatchSearch:
+    """The CUDA search: one bf16 forward and backward pass of a model of its own per batch size, kept within
+    ``HEADROOM`` of the trial's share of the card with the optimiser state and the resident split added."""
+    backbone = build_backbone(config.backbone, data.n_classes, pretrained=False, head_seed=config.seed)
+    apply_freeze(backbone.body, config.freeze_fraction)
+    model = TransferModel(backbone.body, backbone.head).to(device).to(memory_format=torch.channels_last)
+    set_train_mode(model)
+    normalize = Normalize(backbone.mean, backbone.std).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    state_per_param = 2 if config.optimizer == "adamw" else 1  # AdamW's two moments; SGD's momentum
+    fixed = state_per_param * sum(p.numel() * p.element_size() for p in trainable)
+    image_bytes = int(np.prod(data.x_train.shape[1:]))
+    resident = n_train * image_bytes if n_train * image_bytes <= GPU_RESIDENT_BYTES else 0  # see loop._stage
+    budget = HEADROOM * config.gpu_share * torch.cuda.get_device_properties(device).total_memory
+
+    def fits(size: int) -> bool:
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            inputs = channels_last(normalize(torch.from_numpy(np.asarray(data.x_train[:size])).to(device)))
+            labels = as_labels(data.y_train[:size]).to(device)
+            training_loss(model, inputs, labels, device, config.label_smoothing).backward()
+        except Exception as error:
+            if not out_of_memory(error):
+                raise
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated(device) + fixed + resident <= budget
+
+    return search(fits, cap=cap, cap_name=cap_name)

@@ -1,0 +1,134 @@
+"""A suite: the validated spec of a suite file and the ``TrialConfig``s it describes.
+
+Counting the trials is arithmetic (``Suite.trial_count``), so a 20,000-trial study validates instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.config import TrialConfig
+from bench.errors import UserError
+from bench.suite.messages import validate_suite
+from bench.suite.reading import load_yaml
+from bench.suite.reading import shorten, type_name
+from bench.suite.spec import AnalysisSpec, SuiteSpec, TuneSpec, _freeze_key
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading and expanding
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base`: mappings merge key by key, everything else (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A validated suite: its typed spec, the resolved dict to save with results, and its trials."""
+
+    path: Path
+    spec: SuiteSpec
+    resolved: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def description(self) -> str:
+        return self.spec.description
+
+    @property
+    def tune(self) -> TuneSpec:
+        return self.spec.tune
+
+    @property
+    def analysis(self) -> AnalysisSpec:
+        return self.spec.analysis
+
+    def trial_count(self) -> int:
+        """The number of trials, by arithmetic: instant for any grid."""
+        grid = self.spec.grid
+        return math.prod([
+            len(self.spec.datasets), len(self.spec.backbones), len(grid.freeze), len(grid.data_sizes()),
+            len(grid.seed), len(grid.lr or [None]), len(grid.weight_decay or [None]),
+        ])
+
+    def trials(self) -> list[TrialConfig]:
+        """The grid, expanded: datasets x backbones x freeze x data size x seed x lr x weight decay."""
+        return list(self._iter_trials())
+
+    def _iter_trials(self) -> Iterator[TrialConfig]:
+        spec, grid, train = self.spec, self.spec.grid, self.spec.train
+        for dataset, backbone, freeze, (fraction, shots), seed, swept_lr, swept_wd in itertools.product(
+                spec.datasets, spec.backbones, grid.freeze, grid.data_sizes(), grid.seed,
+                grid.lr or [None], grid.weight_decay or [None]):
+            strategy = _freeze_key(freeze)[0]
+            lr = swept_lr if swept_lr is not None else train.lr.for_strategy(strategy)
+            assert lr is not None  # guaranteed by SuiteSpec._every_strategy_has_lr
+            probe_lr = None
+            if strategy == "lp_ft":
+                probe_lr = train.lr.linear_probe if train.lr.linear_probe is not None else lr
+            yield TrialConfig(
+                suite=spec.name, backbone=backbone.name, pretrained=backbone.pretrained,
+                weights=backbone.weights, dataset=dataset.name, dataset_root=dataset.root,
+                download=dataset.download, freeze=freeze, data_fraction=fraction, shots=shots, seed=seed,
+                img_size=train.img_size, epochs=train.epochs, steps=train.steps, batch_size=train.batch_size,
+                optimizer=train.optimizer, lr=lr, probe_lr=probe_lr,
+                weight_decay=swept_wd if swept_wd is not None else train.weight_decay,
+                momentum=train.momentum, warmup_fraction=train.warmup_fraction,
+                label_smoothing=train.label_smoothing, augment=train.augment,
+                val_fraction=train.val_fraction, eval_every=train.eval_every,
+                padded_depthwise_grad=train.padded_depthwise_grad,
+                similarity=spec.analysis.similarity, similarity_threshold=spec.analysis.similarity_threshold,
+                gpu_share=_gpu_share(spec.tune.resources_per_trial.gpu),
+            )
+
+
+def _gpu_share(gpu: float) -> float:
+    """A fractional GPU request is the share of one card a trial may fill; whole cards (or none) mean all of it."""
+    return gpu if 0 < gpu < 1 else 1.0
+
+
+def load_suite(path: str | Path, *, smoke: bool = False) -> Suite:
+    """Read, validate and resolve a suite file; with `smoke`, its `smoke:` block is deep-merged over it.
+
+    The smoke block is validated (merged over the suite) whether or not `smoke` is asked for, so a broken
+    smoke variant is caught by `bench validate`. Raises UserError, one line, for every problem.
+    """
+    path = Path(path)
+    label = str(path)
+    raw = load_yaml(path)
+    base = {key: value for key, value in raw.items() if key != "smoke"}
+    spec = validate_suite(label, base)
+
+    smoke_block = raw.get("smoke")
+    if smoke_block is not None:
+        if not isinstance(smoke_block, dict):
+            raise UserError(f"{label}: smoke: expected a mapping (a partial suite merged over the suite with "
+                            f"--smoke), got {type_name(smoke_block)} {shorten(smoke_block)}")
+        if "smoke" in smoke_block:
+            raise UserError(f"{label}: smoke.smoke: expected no smoke block inside the smoke block, got one")
+        smoke_spec = validate_suite(label, deep_merge(base, smoke_block), smoke_block)
+        if smoke:
+            spec = smoke_spec
+    elif smoke:
+        raise UserError(f"{label}: smoke: expected a smoke block for --smoke, got a suite without one")
+
+    resolved = spec.model_dump(mode="json", exclude_none=True)
+    if smoke_block is not None and not smoke:
+        resolved["smoke"] = smoke_block
+    return Suite(path=path, spec=spec, resolved=resolved)

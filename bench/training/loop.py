@@ -1,0 +1,177 @@
+"""The training loop and evaluation: one readable loop that every trial of every strategy runs.
+
+``fit`` trains a model for a phase's optimiser steps: timm's AdamW or SGD with no weight decay on biases and
+norm weights, linear warm-up then cosine decay per step, shuffled mini-batches whose order is a function of
+the seed alone, validation after every ``eval_every`` epochs and the last. A non-finite loss ends the phase
+(the trial is ``diverged``). ``evaluate`` gives top-1, macro-F1 and NLL in fp32 (bf16 autocast on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from bench.config import TrialConfig
+from bench.models.freeze import frozen_modules, set_train_mode
+from bench.speedups import depthwise
+from bench.speedups.fold import BatchNormFolded
+from bench.training import precision
+from bench.training.inputs import EVAL_BATCH_SIZE, Split
+from bench.training.phases import Phase
+
+
+GPU_RESIDENT_BYTES = 2 * 2**30  # a training split up to this size lives on the card for the whole trial
+
+
+def _stage(split: Split, device: torch.device) -> Split:
+    """On CUDA, the training split goes to the card once when it is small (uint8 images or cached features:
+    indexing there beats a host-to-device copy per batch), else into pinned host memory."""
+    if device.type != "cuda":
+        return split
+    if split.inputs.numel() * split.inputs.element_size() <= GPU_RESIDENT_BYTES:
+        return dataclasses.replace(split, inputs=split.inputs.to(device), labels=split.labels.to(device))
+    return dataclasses.replace(split, inputs=split.inputs.pin_memory(), labels=split.labels.pin_memory())
+
+
+def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                  label_smoothing: float = 0.0,
+                  kernels: depthwise.padded_weight_grad | None = None) -> torch.Tensor:
+    """The forward pass of a training step (bf16 autocast on CUDA; on a CPU, through ``kernels``, the padded
+    weight gradient of ``bench.speedups.depthwise``) and its cross-entropy, in fp32."""
+    with precision.autocast(device), kernels or contextlib.nullcontext():
+        logits = model(inputs)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+class EpochLosses:
+    """An epoch's training losses, kept on the device: summed in float64 (the same additions, in the same
+    order, as Python floats would make) and checked for finiteness through a host copy that waits for the
+    step's forward pass only. A ``loss.item()`` per step would make the CPU wait for the whole step on CUDA,
+    leaving the card idle while the next step's kernels are launched."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+        cuda = device.type == "cuda"
+        self._finite = torch.ones((), dtype=torch.bool, pin_memory=cuda)
+        self._copied = torch.cuda.Event() if cuda else None
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Call right after the forward pass: what it queues on the device comes before the backward pass."""
+        loss = loss.detach()
+        self.total += loss.double()
+        self.count += 1
+        self._finite.copy_(torch.isfinite(loss), non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+
+    def last_finite(self) -> bool:
+        if self._copied is not None:
+            self._copied.synchronize()
+        return bool(self._finite)
+
+    def mean(self) -> float:
+        return self.total.item() / max(1, self.count)
+
+
+@dataclass
+class FitOutcome:
+    steps: int
+    seconds: float
+    images_seen: int
+    diverged: bool
+    padded_convs: int = 0  # convolutions per step trained through bench.speedups.depthwise's padded weight gradient
+
+
+def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.Tensor, bool], torch.Tensor],
+        phase: Phase, config: TrialConfig, device: torch.device, log: list[dict[str, Any]],
+        evaluator: BatchNormFolded | None = None) -> FitOutcome:
+    """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train``; validate
+    after every ``config.eval_every`` epochs and the last, on ``evaluator``'s folded twin where given."""
+    # timm's factory: no weight decay on biases and norm weights, frozen parameters left out.
+    optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=phase.lr, weight_decay=config.weight_decay,
+                                    momentum=config.momentum)
+    warmup = int(config.warmup_fraction * phase.steps)
+    # Per-step schedule: linear warm-up from lr/100 (stable start for freshly initialised heads), then cosine
+    # decay to zero over the remaining steps.
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, phase.steps - warmup), warmup_t=warmup,
+                                  warmup_lr_init=phase.lr * 0.01, warmup_prefix=True, lr_min=0.0,
+                                  t_in_epochs=False)
+    train = _stage(train, device)
+    order = torch.Generator().manual_seed(config.seed)  # data order: a function of the seed alone
+    steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
+    n_epochs = math.ceil(phase.steps / steps_per_epoch)
+    frozen = list(frozen_modules(model))  # what is frozen does not change within a phase
+    # CPU only: on CUDA the mode would route nothing, and it costs a Python call per op of each forward pass.
+    kernels = depthwise.padded_weight_grad() if config.padded_depthwise_grad and device.type == "cpu" else None
+    step, seconds, seen = 0, 0.0, 0
+    for epoch in range(1, n_epochs + 1):
+        set_train_mode(model, frozen)
+        tic = time.perf_counter()
+        losses = EpochLosses(device)
+        for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):
+            short = train.short_batch is not None and len(batch_idx) < phase.batch_size
+            rows = train.short_batch(batch_idx) if short else train.inputs[batch_idx]
+            inputs = prepare(rows.to(device, non_blocking=True), True)
+            labels = train.labels[batch_idx].to(device, non_blocking=True)
+            loss = training_loss(model, inputs, labels, device, config.label_smoothing, kernels)
+            losses.add(loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # Checked once the step is queued, so the device has its backward pass to work on meanwhile. A
+            # non-finite loss ends the phase at this step; the update made from it is never evaluated (a
+            # diverged trial has no metrics).
+            if not losses.last_finite():
+                return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True,
+                                  padded_convs=kernels.used // (step + 1) if kernels else 0)
+            step += 1
+            scheduler.step_update(step)
+            seen += len(batch_idx)
+            if step >= phase.steps:
+                break
+        seconds += time.perf_counter() - tic
+        if epoch % config.eval_every == 0 or epoch == n_epochs:
+            current = evaluator.current() if evaluator else model
+            val_metrics = evaluate(current, val, prepare, device) if len(val) else {"top1": None, "nll": None}
+            log.append({"epoch": epoch, "step": step, "phase": phase.name,
+                        "train_loss": losses.mean(), "val_top1": val_metrics["top1"],
+                        "val_nll": val_metrics["nll"], "lr": optimizer.param_groups[0]["lr"],
+                        "elapsed_seconds": seconds})
+    return FitOutcome(step, seconds, seen, diverged=False,
+                      padded_convs=kernels.used // max(1, step) if kernels else 0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, prepare: Callable, device: torch.device) -> torch.Tensor:
+    model.eval()
+    outputs = []
+    for start in range(0, len(split), EVAL_BATCH_SIZE):
+        inputs = prepare(split.inputs[start:start + EVAL_BATCH_SIZE].to(device), False)
+        with precision.autocast(device):
+            outputs.append(model(inputs).float().cpu())
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, split: Split, prepare: Callable, device: torch.device) -> dict[str, float]:
+    """Top-1 accuracy (%), macro-F1 (%) and mean negative log-likelihood of ``model`` on ``split``."""
+    logits = predict(model, split, prepare, device)
+    predicted = logits.argmax(1)
+    labels = split.labels
+    return {
+        "top1": 100.0 * (predicted == labels).float().mean().item(),
+        "macro_f1": 100.0 * f1_score(labels.numpy(), predicted.numpy(), average="macro", zero_division=0),
+        "nll": F.cross_entropy(logits, labels).item(),
+    }
