@@ -52,7 +52,8 @@ from bench import training
 from bench.results import store as results
 from bench.runner import run_dir as runs
 from bench.config import TrialConfig
-from bench.perf.main import leaderboard_difference, markdown_table
+from bench.perf.suites import leaderboard_difference
+from bench.results.leaderboard import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -266,7 +266,7 @@ def test_out_of_memory_halves_the_batch_and_is_recorded(monkeypatch):
 
 
 def test_augmentation_is_seeded_and_falls_back_to_the_plain_path():
-    tiny = dict(epochs=1, data_fraction=0.1, img_size=32)
+    tiny = dict(epochs=1, data_fraction=0.1, img_size=32, similarity=False)  # seconds a trial
 
     def numbers(result: core.TrialResult) -> list[float]:
         metrics = [result.row[m] for m in ("metric_top1", "metric_nll", "metric_val_top1")]

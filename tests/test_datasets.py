@@ -38,7 +38,15 @@ from bench.errors import UserError
 DATA = Path(os.environ.get("BENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CIFAR = DATA / "cifar10"
 PBC = DATA / "pbc_blood_cells"
-needs_data = pytest.mark.skipif(not (CIFAR / "train").is_dir(), reason=f"test images not found at {DATA}")
+
+
+def needs_data(folder: Path = CIFAR / "train") -> None:
+    """Go on where the shared test images are; else skip, or fail under CI=true (tests/prerequisites.py)."""
+    __tracebackhide__ = True
+    from prerequisites import require
+
+    require(folder.is_dir(), f"test images not found at {folder} (BENCH_DATA={DATA})")
+
 
 TORCHVISION_NAMES = (
     "cifar10 cifar100 svhn dtd flowers102 oxford_pets eurosat pcam fgvc_aircraft stanford_cars food101 "
@@ -169,8 +177,8 @@ def test_photo_patches_classes_shapes_and_disjoint_regions() -> None:
 # --------------------------------------------------------------------------------------- image folders
 
 
-@needs_data
 def test_imagefolder_with_train_and_test_folders_cifar10() -> None:
+    needs_data()
     data = prepare_dataset(f"imagefolder:{CIFAR}", 32)
     classes = sorted(p.name for p in (CIFAR / "train").iterdir())
     assert data.classes == classes and data.group == "natural"
@@ -183,8 +191,8 @@ def test_imagefolder_with_train_and_test_folders_cifar10() -> None:
     assert data.meta["split"] == "train/ and test/ folders" and data.meta["skipped_images"] == 0
 
 
-@needs_data
 def test_imagefolder_seeded_split_pbc_blood_cells_is_stratified_disjoint_and_deterministic() -> None:
+    needs_data(PBC)
     first = prepare_dataset(f"imagefolder:{PBC}", 16)
     assert first.classes == sorted(p.name for p in PBC.iterdir() if p.is_dir())
     assert np.bincount(first.y_train).tolist() == [225] * 8 and np.bincount(first.y_test).tolist() == [75] * 8
@@ -220,8 +228,8 @@ def _write_odd_folder(root: Path) -> None:
     shutil.copy(cifar_files("dog", 1, split="test")[0], root / "test" / "d" / "0.jpg")
 
 
-@needs_data
 def test_imagefolder_odd_files_corrupt_empty_and_modes(tmp_path: Path) -> None:
+    needs_data()
     _write_odd_folder(tmp_path / "odd")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -254,8 +262,8 @@ def test_imagefolder_missing_root_and_empty_root(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ cache
 
 
-@needs_data
 def test_cache_writes_once_then_memory_maps_without_decoding(tmp_path: Path) -> None:
+    needs_data()
     source = tmp_path / "images"
     for class_name in ("bird", "ship"):
         (source / class_name).mkdir(parents=True)
@@ -285,10 +293,10 @@ def test_cache_writes_once_then_memory_maps_without_decoding(tmp_path: Path) -> 
     assert second.meta["cache_path"] == str(folder)
 
 
-@needs_data
 def test_changed_files_under_a_root_never_hit_the_old_cache(tmp_path: Path) -> None:
     """The fingerprint (and every frozen-feature key built on it) covers the files: adding or editing an image
     prepares the dataset again; with the root gone, the newest preparation is used."""
+    needs_data()
     source = tmp_path / "images"
     for class_name in ("bird", "ship"):
         (source / class_name).mkdir(parents=True)
@@ -330,8 +338,8 @@ def test_publish_keeps_the_first_finished_folder(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ torchvision
 
 
-@needs_data
 def test_eurosat_layout_through_torchvision(tmp_path: Path) -> None:
+    needs_data()
     sources = {}
     for land_use, cifar_class in (("AnnualCrop", "deer"), ("Forest", "frog"), ("River", "ship")):
         folder = tmp_path / "eurosat" / "2750" / land_use
@@ -353,8 +361,8 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(np.array([magic, *array.shape], dtype=">i4").tobytes() + array.astype(np.uint8).tobytes())
 
 
-@needs_data
 def test_fashion_mnist_idx_files_through_torchvision(tmp_path: Path) -> None:
+    needs_data()
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     classes = ["airplane", "cat", "ship"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.perf import main as perf
+from bench.results.leaderboard import parse_table
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
@@ -39,15 +39,15 @@ def test_quick_run_prints_all_four_tables():
     finished = _run("--quick")
     assert finished.returncode == 0, finished.stderr[-2000:]
     out = finished.stdout
-    throughput = perf.parse_table(out.split("1. training throughput")[1].split("2. batch_size")[0])
+    throughput = parse_table(out.split("1. training throughput")[1].split("2. batch_size")[0])
     assert [row["loop"].split(" ")[0] for row in throughput] == ["timm", "bench", "bench"]
     assert all(float(row["images/s"].replace(",", "")) > 0 for row in throughput)
-    (auto,) = perf.parse_table(out.split("2. batch_size: auto")[1].split("3. small trials")[0])
+    (auto,) = parse_table(out.split("2. batch_size: auto")[1].split("3. small trials")[0])
     assert auto["search"] == "auto 64 (cpu)" and auto["oom halvings"] == "0"
-    costs = perf.parse_table(out.split("3. small trials")[1].split("4. packed")[0])
+    costs = parse_table(out.split("3. small trials")[1].split("4. packed")[0])
     assert [row["path"] for row in costs] == ["none", "none", "none", "prefix", "features"]
     assert all(float(row["wall s"]) >= float(row["train loop s"]) >= 0 and float(row["wall s"]) > 0 for row in costs)
-    packing = perf.parse_table(out.split("4. packed")[1])
+    packing = parse_table(out.split("4. packed")[1])
     assert [row["trials"] for row in packing] == ["one at a time", "two at a time"]
     assert all(row["trials ok"] == "12/12" and row["same leaderboard"] == "yes" for row in packing)
 

@@ -11,15 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from bench.perf import main as perf
+from bench.perf import flops, main, trials
+from bench.results.leaderboard import markdown_table, parse_table
 
 
 def test_markdown_table_round_trips():
     rows = [["a trial", "1.0", "yes"], ["another", "22.5", "NO"]]
-    text = "before\n" + perf.markdown_table(("trial", "plain_s", "ok"), rows) + "\nafter\n"
-    assert perf.parse_table(text) == [{"trial": "a trial", "plain_s": "1.0", "ok": "yes"},
+    text = "before\n" + markdown_table(("trial", "plain_s", "ok"), rows) + "\nafter\n"
+    assert parse_table(text) == [{"trial": "a trial", "plain_s": "1.0", "ok": "yes"},
                                       {"trial": "another", "plain_s": "22.5", "ok": "NO"}]
-    assert perf.parse_table("no table here") == []
+    assert parse_table("no table here") == []
 
 
 def test_training_flops_count_grouped_convolution_gradients_once_per_group():
@@ -30,14 +31,14 @@ def test_training_flops_count_grouped_convolution_gradients_once_per_group():
     inputs = torch.randn(batch, channels, size, size, requires_grad=True)
     forward = 2 * batch * size * size * channels * 9  # one multiply-add per weight per output position
     # backward: the input gradient and the weight gradient, each one forward's worth
-    assert perf.count_training_flops(depthwise, inputs) == 3 * forward
+    assert flops.count_training_flops(depthwise, inputs) == 3 * forward
     frozen_input = inputs.detach()  # no input gradient needed: forward + weight gradient
-    assert perf.count_training_flops(depthwise, frozen_input) == 2 * forward
+    assert flops.count_training_flops(depthwise, frozen_input) == 2 * forward
 
 
 def test_matmul_rate_is_positive_and_finite():
     torch.set_num_threads(1)
-    rate = perf.matmul_gflops(size=256, repeats=2)
+    rate = flops.matmul_gflops(size=256, repeats=2)
     assert 0.01 < rate < 1e6
 
 
@@ -48,9 +49,9 @@ def test_quick_run_prints_a_table_where_plain_and_optimised_metrics_agree(tmp_pa
                                "--cache-dir", str(tmp_path / "cache")],
                               capture_output=True, text=True, timeout=900, check=False)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    rows = perf.parse_table(finished.stdout)
-    assert [row["trial"] for row in rows] == [t.name for t in perf.default_trials(quick=True)]
-    assert set(rows[0]) == set(perf.COLUMNS)
+    rows = parse_table(finished.stdout)
+    assert [row["trial"] for row in rows] == [t.name for t in trials.default_trials(quick=True)]
+    assert set(rows[0]) == set(trials.COLUMNS)
     for row in rows:
         assert float(row["plain_s"]) > 0 and float(row["opt_s"]) > 0 and float(row["ratio"]) > 0
         assert float(row["d_top1"]) <= 0.5, row
@@ -70,8 +71,8 @@ def test_quick_run_prints_a_table_where_plain_and_optimised_metrics_agree(tmp_pa
 
 
 def test_depthwise_prints_a_step_with_either_backward_and_their_gradients_agree(capsys):
-    assert perf.main(["--depthwise", "--img-size", "32"]) == 0
-    (row,) = perf.parse_table(capsys.readouterr().out)
+    assert main.main(["--depthwise", "--img-size", "32"]) == 0
+    (row,) = parse_table(capsys.readouterr().out)
     assert row["training step"].startswith("efficientnet_lite0 32 px, 32 images")
     assert float(row["pytorch backward_s"]) > 0 and float(row["padded weight grad_s"]) > 0
     assert row["layers padded"] == "11"  # the depthwise layers whose kernel is larger than their map at 32 px

@@ -234,10 +234,18 @@ def faulty_image_folder(root: Path) -> Path:
 BROKEN_FILES = ("garbage.jpg", "truncated.jpg", "zero.jpg")
 
 
-@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the shared CIFAR-10 images (BENCH_DATA)")
+def needs_cifar() -> None:
+    """Go on where the shared CIFAR-10 images are; else skip, or fail under CI=true (tests/prerequisites.py)."""
+    __tracebackhide__ = True
+    from prerequisites import require
+
+    require(CIFAR.is_dir(), f"needs the shared CIFAR-10 images at {CIFAR} (BENCH_DATA)")
+
+
 def test_imagefolder_faults_have_their_documented_handling(tmp_path: Path) -> None:
     from bench.data import prepare_dataset
 
+    needs_cifar()
     root = faulty_image_folder(tmp_path / "faulty")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -259,13 +267,13 @@ def test_imagefolder_faults_have_their_documented_handling(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the shared CIFAR-10 images (BENCH_DATA)")
 def test_data_faults_fail_or_degrade_per_trial_and_the_run_goes_on(tmp_path: Path) -> None:
     """A faulty image folder still trains (documented handling); a missing root fails its own trials (exit 1).
 
     The faulty folder is named through a path with '..' in it, and the run's working directory is inside
     tmp_path: nothing may be written anywhere but under --out.
     """
+    needs_cifar()
     faulty = faulty_image_folder(tmp_path / "data" / "faulty")
     (tmp_path / "data" / "sub").mkdir()
     via_dotdot = tmp_path / "data" / "sub" / ".." / "faulty"
@@ -415,11 +423,13 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
 
 
 def _mount_tmpfs(folder: Path, size: str) -> None:
+    from prerequisites import require
+
     folder.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                              capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    # Needs root (CI runs as root): elsewhere a skip, under CI=true a failure (tests/prerequisites.py).
+    require(mounted.returncode == 0, f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
 
 
 def _unmount(folder: Path) -> None:

@@ -108,8 +108,10 @@ def test_report_numbers_come_from_the_leaderboard(report_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_report_opens_in_headless_chromium_with_every_figure_loaded(report_dir: Path, tmp_path: Path) -> None:
+    from prerequisites import require
+
+    require(CHROMIUM is not None, "chromium not installed (apt-get install -y chromium)")  # fails under CI=true
     page = (report_dir / "report.html").read_text()
     expected = page.count("<img ")
     assert expected == 5

@@ -465,6 +465,20 @@ def format_table(df: pd.DataFrame, fmt: str = "md", digits: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows of cells under ``header`` as ``format_table`` writes a DataFrame."""
+    return format_table(pd.DataFrame([list(row) for row in rows], columns=list(header))).rstrip("\n")
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in ``text`` as dicts (for tests and scripts)."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    if len(lines) < 2:
+        return []
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+
+
 def pct(mean: float, half: float | None = None) -> str:
     """'81.2 ± 1.3' from a percentage and its interval half-width; one seed shows '81.2 (1 seed)'."""
     if mean is None or not np.isfinite(mean):
