@@ -5,8 +5,7 @@ One shared core (``bench.training``) runs every trial; ``bench.runner`` schedule
 and reports (``bench.report``). The public API below is loaded on first use, so ``import bench`` is cheap.
 """
 
-from importlib import import_module
-from typing import Any
+from bench.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -21,9 +20,4 @@ _API = {
     "write_report": "bench.report.build",
 }
 __all__ = ["__version__", *_API]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'bench' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)

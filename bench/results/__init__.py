@@ -4,8 +4,7 @@
 on first use, so the training core can build rows without importing pyarrow.
 """
 
-from typing import Any
-
+from bench.utils.lazy import lazy_exports
 from bench.results.schema import (
     DEFAULT_THRESHOLDS,
     EPOCH_COLUMNS,
@@ -26,10 +25,4 @@ __all__ = [
     "DataThresholds", "trial_row", "utc_now", *_STORE,
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _STORE:
-        from bench.results import store
-
-        return getattr(store, name)
-    raise AttributeError(f"module 'bench.results' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_STORE, "bench.results.store"))

@@ -1,16 +1,9 @@
-"""Running a suite: Ray Tune (the only place Ray is imported), run folders and their lock, memory.
+"""Running a suite: Ray Tune (the only place Ray is imported), run folders and their lock.
 
 ``run_suite`` is loaded on first use, so importing ``bench.runner.run_dir`` does not import Ray.
 """
 
-from typing import Any
+from bench.utils.lazy import lazy_exports
 
 __all__ = ["RunSummary", "run_suite"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from bench.runner import tune
-
-        return getattr(tune, name)
-    raise AttributeError(f"module 'bench.runner' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(__all__, "bench.runner.tune"))
