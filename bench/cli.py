@@ -1,4 +1,4 @@
-"""The ``bench`` command: parse, set up, run, clean up (DESIGN.md "Command line").
+"""The ``bench`` command: parse, set up, run, clean up (docs/design.md, "Command line").
 
 Exit codes: 0 every trial finished; 1 the run finished but some trials failed; 2 bad input (nothing was run,
 one line on stderr, no traceback); 3 the output could not be written (disk full, permissions: one line
@@ -27,11 +27,19 @@ def _run(args: argparse.Namespace) -> int:
     from bench.utils.memory import PeakMemory
 
     with PeakMemory() as peak:
-        summary = tune.run_suite(suite, out=Path(args.out), address=args.address, resume=args.resume,
-                                 num_cpus=args.num_cpus, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+        summary = tune.run_suite(
+            suite,
+            out=Path(args.out),
+            address=args.address,
+            resume=args.resume,
+            num_cpus=args.num_cpus,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        )
     _print_leaderboard(summary.run_dir)
-    print(f"bench: {summary.ok} ok, {summary.diverged} diverged, {summary.failed} failed, "
-          f"{summary.skipped} already done; {summary.seconds:.0f} s; nodes: {', '.join(sorted(summary.nodes)) or '-'}")
+    print(
+        f"bench: {summary.ok} ok, {summary.diverged} diverged, {summary.failed} failed, "
+        f"{summary.skipped} already done; {summary.seconds:.0f} s; nodes: {', '.join(sorted(summary.nodes)) or '-'}"
+    )
     if peak.peak_bytes:
         print(f"bench: peak memory on this machine: {peak.gib:.2f} GiB (PSS of bench and the processes it started)")
     print(f"bench: run folder: {summary.run_dir}")
@@ -91,8 +99,10 @@ def _list(args: argparse.Namespace) -> int:
         from bench.data import list_datasets
 
         for entry in list_datasets(args.pattern):
-            print(f"{entry.name:16s} {entry.group:12s} {'offline' if entry.offline else 'download':9s} "
-                  f"{entry.description}")
+            print(
+                f"{entry.name:16s} {entry.group:12s} {'offline' if entry.offline else 'download':9s} "
+                f"{entry.description}"
+            )
     return 0
 
 
@@ -104,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", nargs="?", default=str(EMBEDDED_DEFAULT), help="suite file (default: smoke.yaml)")
     run.add_argument("--out", default="results", help="output folder (default: results/)")
     run.add_argument("--smoke", action="store_true", help="merge the suite's smoke: block over it")
-    run.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); "
-                                                     "default: RAY_ADDRESS or a local Ray")
+    run.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (auto, ray://host:10001); default: RAY_ADDRESS or a local Ray",
+    )
     run.add_argument("--resume", action="store_true", help="finish the newest run of this suite under --out")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     run.add_argument("--cache-dir", default=None, help="prepared datasets and features (default: OUT/.cache)")
@@ -116,12 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--smoke", action="store_true")
     validate.set_defaults(handler=_validate)
 
-    measure = commands.add_parser("similarity", help="similarity and transferability per (backbone, dataset); "
-                                                     "trains nothing")
+    measure = commands.add_parser(
+        "similarity", help="similarity and transferability per (backbone, dataset); trains nothing"
+    )
     measure.add_argument("suite")
     measure.add_argument("--smoke", action="store_true")
-    measure.add_argument("--cache-dir", default=str(Path("results") / ".cache"),
-                         help="prepared datasets, features and scores (default: results/.cache, as bench run)")
+    measure.add_argument(
+        "--cache-dir",
+        default=str(Path("results") / ".cache"),
+        help="prepared datasets, features and scores (default: results/.cache, as bench run)",
+    )
     measure.add_argument("--format", choices=("md", "csv"), default="md")
     measure.set_defaults(handler=_similarity)
 
@@ -167,12 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- keeps the interpreter's final flush quiet
             return 0
         where = f" ({error.filename})" if error.filename else ""
-        print(f"bench: error: {error.strerror or error}{where}; finished trials are kept "
-              "(bench run --resume to go on)", file=sys.stderr)
+        print(
+            f"bench: error: {error.strerror or error}{where}; finished trials are kept (bench run --resume to go on)",
+            file=sys.stderr,
+        )
         return 3
     except KeyboardInterrupt:
-        print("bench: interrupted; finished trials are in the run folder (bench run --resume to go on)",
-              file=sys.stderr)
+        print(
+            "bench: interrupted; finished trials are in the run folder (bench run --resume to go on)", file=sys.stderr
+        )
         return 130
 
 

@@ -21,13 +21,23 @@ OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("none", "flip", "crop_flip")
 
 # Fields that say where or how a trial runs but not what it computes: left out of trial_id.
-_PLACEMENT_FIELDS = ("suite", "cache_dir", "device", "feature_cache", "fold_batchnorm", "padded_depthwise_grad",
-                     "download", "similarity", "similarity_threshold", "gpu_share")
+_PLACEMENT_FIELDS = (
+    "suite",
+    "cache_dir",
+    "device",
+    "feature_cache",
+    "fold_batchnorm",
+    "padded_depthwise_grad",
+    "download",
+    "similarity",
+    "similarity_threshold",
+    "gpu_share",
+)
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Every knob of one trial. Defaults are the ones DESIGN.md's smoke suite uses."""
+    """Every knob of one trial. Defaults are the smoke suite's (suites/smoke.yaml)."""
 
     backbone: str
     dataset: str
@@ -58,9 +68,13 @@ class TrialConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.speedups.features)
     fold_batchnorm: bool = True  # CPU: evaluate with BatchNorm folded into the conv before it (bench.speedups.fold)
-    padded_depthwise_grad: bool = True  # CPU: the slow depthwise weight gradients from padded input (bench.speedups.depthwise)
+    padded_depthwise_grad: bool = (
+        True  # CPU: the slow depthwise weight gradients from padded input (bench.speedups.depthwise)
+    )
     similarity: bool = True  # measure similarity / transferability (bench.similarity.scores) into the row
-    similarity_threshold: float | None = None  # regime cut on similarity_score; None = bench.similarity.scores's default
+    similarity_threshold: float | None = (
+        None  # regime cut on similarity_score; None = bench.similarity.scores's default
+    )
     gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
 
     @property

@@ -42,8 +42,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.models.build import build_backbone  # noqa: E402
 from bench.data import prepare_dataset  # noqa: E402
+from bench.models.build import build_backbone  # noqa: E402
 from bench.similarity.scores import (  # noqa: E402
     DEFAULT_SIMILARITY_THRESHOLD,
     BatchNormRecorder,
@@ -188,12 +188,22 @@ def measure(backbone_name: str, size: int, name: str, expected: str, x: np.ndarr
     from scipy.special import softmax
 
     return {
-        "backbone": backbone_name, "img_size": size, "dataset": name, "expected": expected, "n_images": len(x),
-        "similarity_score": scores.similarity_score, "bn_divergence": scores.bn_divergence,
-        "regime": scores.similarity_regime, "n_layers": scores.n_layers, "resolution": scores.resolution,
-        "score_not_resized": math.exp(-unresized), "score_not_resized_all_layers": math.exp(-all_layers),
-        "max_softmax": max_softmax_score(logit), "energy": energy_score(logit),
-        "logme": safe(lambda: logme(feats, y)), "leep": safe(lambda: leep(softmax(logit.astype(np.float64), 1), y)),
+        "backbone": backbone_name,
+        "img_size": size,
+        "dataset": name,
+        "expected": expected,
+        "n_images": len(x),
+        "similarity_score": scores.similarity_score,
+        "bn_divergence": scores.bn_divergence,
+        "regime": scores.similarity_regime,
+        "n_layers": scores.n_layers,
+        "resolution": scores.resolution,
+        "score_not_resized": math.exp(-unresized),
+        "score_not_resized_all_layers": math.exp(-all_layers),
+        "max_softmax": max_softmax_score(logit),
+        "energy": energy_score(logit),
+        "logme": safe(lambda: logme(feats, y)),
+        "leep": safe(lambda: leep(softmax(logit.astype(np.float64), 1), y)),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -224,16 +234,19 @@ def markdown_table(rows: list[dict], sizes: list[int], backbones: list[str]) -> 
                     cells.append("-")
                     continue
                 r = match[0]
-                cells.append(f"**{r['similarity_score']:.3f}** {r['regime']}; {r['max_softmax']:.2f} / "
-                             f"{r['energy']:.1f}")
+                cells.append(
+                    f"**{r['similarity_score']:.3f}** {r['regime']}; {r['max_softmax']:.2f} / {r['energy']:.1f}"
+                )
             expected = next(r["expected"] for r in rows if r["dataset"] == name)
             lines.append(f"| {name} | {expected} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def transfer_table(rows: list[dict], sizes: list[int], backbones: list[str]) -> str:
-    lines = ["| backbone | dataset | " + " | ".join(f"LogME / LEEP {s} px" for s in sizes) + " |",
-             "|---|---|" + "---|" * len(sizes)]
+    lines = [
+        "| backbone | dataset | " + " | ".join(f"LogME / LEEP {s} px" for s in sizes) + " |",
+        "|---|---|" + "---|" * len(sizes),
+    ]
     for backbone in backbones:
         for name in [n for n in dict.fromkeys(r["dataset"] for r in rows) if n in REAL_SETS]:
             cells = []
@@ -261,26 +274,37 @@ def figures(rows: list[dict], sizes: list[int], backbones: list[str], threshold:
         ("energy", "energy score (logsumexp of the logits)", False),
     ]
     for file_name, keys in (("similarity_scores.png", panels[:2]), ("similarity_obvious.png", panels[2:])):
-        fig, axes = plt.subplots(len(keys), len(backbones), figsize=(4.2 * len(backbones), 3.6 * len(keys)),
-                                 squeeze=False, sharex=True)
+        fig, axes = plt.subplots(
+            len(keys), len(backbones), figsize=(4.2 * len(backbones), 3.6 * len(keys)), squeeze=False, sharex=True
+        )
         for row_axes, (key, title, with_threshold) in zip(axes, keys):
             for ax, backbone in zip(row_axes, backbones):
                 for name in names:
-                    points = sorted((r["img_size"], r[key]) for r in rows
-                                    if r["backbone"] == backbone and r["dataset"] == name)
+                    points = sorted(
+                        (r["img_size"], r[key]) for r in rows if r["backbone"] == backbone and r["dataset"] == name
+                    )
                     if not points:
                         continue
                     expected = next(r["expected"] for r in rows if r["dataset"] == name)
-                    ax.plot(*zip(*points), marker="o", ms=3, lw=1, color=colours[expected],
-                            alpha=0.9 if expected != "-" else 0.5, linestyle="-" if expected != "-" else ":")
+                    ax.plot(
+                        *zip(*points),
+                        marker="o",
+                        ms=3,
+                        lw=1,
+                        color=colours[expected],
+                        alpha=0.9 if expected != "-" else 0.5,
+                        linestyle="-" if expected != "-" else ":",
+                    )
                 if with_threshold:
                     ax.axhline(threshold, color="black", lw=1, ls="--")
                 ax.set_title(f"{backbone}\n{title}", fontsize=8)
                 ax.set_xticks(sizes)
                 ax.set_xlabel("image size (px)", fontsize=8)
                 ax.tick_params(labelsize=7)
-        handles = [plt.Line2D([], [], color=c, label=f"expected {k}" if k != "-" else "no expectation")
-                   for k, c in colours.items()]
+        handles = [
+            plt.Line2D([], [], color=c, label=f"expected {k}" if k != "-" else "no expectation")
+            for k, c in colours.items()
+        ]
         if panels[0] in keys:
             handles.append(plt.Line2D([], [], color="black", ls="--", label=f"threshold {threshold:.3f}"))
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
@@ -300,8 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=None, help="prepared-dataset cache folder (faster reruns)")
     parser.add_argument("--csv", default=str(FIGURES / "similarity_calibration.csv"))
     parser.add_argument("--markdown", default=None, help="write the markdown tables here (default: stdout)")
-    parser.add_argument("--from-csv", default=None, help="re-render tables and figures from an earlier CSV, with "
-                        "the current DEFAULT_SIMILARITY_THRESHOLD (no model is run)")
+    parser.add_argument(
+        "--from-csv",
+        default=None,
+        help="re-render tables and figures from an earlier CSV, with "
+        "the current DEFAULT_SIMILARITY_THRESHOLD (no model is run)",
+    )
     args = parser.parse_args(argv)
     if args.from_csv:
         return report(read_rows(args.from_csv), args)
@@ -319,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                 x, y = build(size, n_real if name in REAL_SETS else max(16, n_real // 2))
                 row = measure(backbone, size, name, expected, x, y)
                 rows.append(row)
-                print(f"{backbone} {size:3d}px {name:22s} {expected:4s} score={row['similarity_score']:.3f} "
-                      f"({row['regime']}) msp={row['max_softmax']:.2f} {row['seconds']}s", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"{backbone} {size:3d}px {name:22s} {expected:4s} score={row['similarity_score']:.3f} "
+                    f"({row['regime']}) msp={row['max_softmax']:.2f} {row['seconds']}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as handle:
@@ -338,8 +369,7 @@ def read_rows(path: str) -> list[dict]:
             row: dict = {}
             for key, value in raw.items():
                 try:
-                    row[key] = int(value) if key in ("img_size", "n_images", "n_layers", "resolution") \
-                        else float(value)
+                    row[key] = int(value) if key in ("img_size", "n_images", "n_layers", "resolution") else float(value)
                 except ValueError:
                     row[key] = value
             rows.append(row)
@@ -355,12 +385,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> int:
     threshold = DEFAULT_SIMILARITY_THRESHOLD
     suggested, lowest_high, highest_low = suggested_threshold(rows)
     wrong = [r for r in rows if r["expected"] in ("high", "low") and r["regime"] != r["expected"]]
-    out = [f"Default threshold {threshold}; the data suggest {suggested:.3f} "
-           f"(lowest high-set score {lowest_high:.3f}, highest low-set score {highest_low:.3f}).",
-           f"Misclassified (backbone, size, set) under the default: {len(wrong)} of "
-           f"{sum(r['expected'] != '-' for r in rows)}"
-           + "".join(f"\n  - {r['backbone']} {r['img_size']}px {r['dataset']}: {r['similarity_score']:.3f}"
-                     for r in wrong)]
+    out = [
+        f"Default threshold {threshold}; the data suggest {suggested:.3f} "
+        f"(lowest high-set score {lowest_high:.3f}, highest low-set score {highest_low:.3f}).",
+        f"Misclassified (backbone, size, set) under the default: {len(wrong)} of "
+        f"{sum(r['expected'] != '-' for r in rows)}"
+        + "".join(
+            f"\n  - {r['backbone']} {r['img_size']}px {r['dataset']}: {r['similarity_score']:.3f}" for r in wrong
+        ),
+    ]
     out.append("\nLeave-one-set-out: threshold suggested without each set, and whether that set then lands right:")
     for name in [n for n, (e, _) in sets.items() if e != "-"]:
         t, _, _ = suggested_threshold(rows, exclude=name)
@@ -371,8 +404,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> int:
     out.append("\nLabel-aware transferability of the frozen features (trial-size features, same images):\n")
     out.append(transfer_table(rows, sizes, backbones))
     paths = figures(rows, sizes, backbones, threshold)
-    out.append("\nFigures: " + ", ".join(str(p.relative_to(ROOT)) for p in paths) +
-               f"\nCSV: {args.from_csv or args.csv}")
+    out.append(
+        "\nFigures: " + ", ".join(str(p.relative_to(ROOT)) for p in paths) + f"\nCSV: {args.from_csv or args.csv}"
+    )
     text = "\n".join(out)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")

@@ -49,23 +49,23 @@ import yaml
 from timm.optim import create_optimizer_v2
 
 from bench import training
-from bench.results import store as results
-from bench.runner import run_dir as runs
 from bench.config import TrialConfig
 from bench.perf.suites import leaderboard_difference
+from bench.results import store as results
 from bench.results.leaderboard import markdown_table
+from bench.runner import run_dir as runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timm_train_throughput(model_name: str, *, batch_size: int, img_size: int, steps: int,
-                          device: torch.device) -> float:
+def timm_train_throughput(
+    model_name: str, *, batch_size: int, img_size: int, steps: int, device: torch.device
+) -> float:
     """Images per second of timm's benchmark training loop: synthetic batch, AdamW, bf16, channels_last."""
     model = timm.create_model(model_name, num_classes=10).to(device).to(memory_format=torch.channels_last)
     model.train()
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=1e-4)
-    inputs = torch.randn(batch_size, 3, img_size, img_size, device=device).contiguous(
-        memory_format=torch.channels_last)
+    inputs = torch.randn(batch_size, 3, img_size, img_size, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,), device=device)
 
     def step() -> None:  # as benchmark.py's TrainBenchmarkRunner: loss inside autocast, no .item() per step
@@ -91,34 +91,87 @@ def _synchronize(device: torch.device) -> None:
 
 
 def throughput_table(*, dataset: str, batch_size: int, img_size: int, steps: int, device: torch.device) -> str:
-    timm_rate = timm_train_throughput("efficientnet_lite0", batch_size=batch_size, img_size=img_size, steps=steps,
-                                      device=device)
-    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", pretrained=False,
-                         img_size=img_size, epochs=None, steps=steps, batch_size=batch_size, eval_every=10**6,
-                         similarity=False, device=device.type)
+    timm_rate = timm_train_throughput(
+        "efficientnet_lite0", batch_size=batch_size, img_size=img_size, steps=steps, device=device
+    )
+    config = TrialConfig(
+        backbone="efficientnet_lite0",
+        dataset=dataset,
+        freeze="full",
+        pretrained=False,
+        img_size=img_size,
+        epochs=None,
+        steps=steps,
+        batch_size=batch_size,
+        eval_every=10**6,
+        similarity=False,
+        device=device.type,
+    )
     # The first trial of a process pays CUDA's first use of each kernel (module loading, cuDNN's runtime-compiled
     # kernels: about 9 s on an H200); timm's loop leaves its warm-up steps out of the timing, so bench's
     # comparable figure is a second trial of the same shapes in the same process. Both are printed.
     cold = training.run_trial(config).row["images_per_second"]
     warm = training.run_trial(config).row["images_per_second"]
     header = ("loop", "model", "batch", "img px", "steps", "images/s", "bench / timm")
-    rows = [("timm benchmark loop (synthetic batch, warm)", "efficientnet_lite0", batch_size, img_size, steps,
-             f"{timm_rate:,.0f}", "1.00"),
-            (f"bench run_trial, full fine-tuning ({dataset}), first in process", "efficientnet_lite0", batch_size,
-             img_size, steps, f"{cold:,.0f}", f"{cold / timm_rate:.2f}"),
-            (f"bench run_trial, full fine-tuning ({dataset}), warm", "efficientnet_lite0", batch_size, img_size,
-             steps, f"{warm:,.0f}", f"{warm / timm_rate:.2f}")]
+    rows = [
+        (
+            "timm benchmark loop (synthetic batch, warm)",
+            "efficientnet_lite0",
+            batch_size,
+            img_size,
+            steps,
+            f"{timm_rate:,.0f}",
+            "1.00",
+        ),
+        (
+            f"bench run_trial, full fine-tuning ({dataset}), first in process",
+            "efficientnet_lite0",
+            batch_size,
+            img_size,
+            steps,
+            f"{cold:,.0f}",
+            f"{cold / timm_rate:.2f}",
+        ),
+        (
+            f"bench run_trial, full fine-tuning ({dataset}), warm",
+            "efficientnet_lite0",
+            batch_size,
+            img_size,
+            steps,
+            f"{warm:,.0f}",
+            f"{warm / timm_rate:.2f}",
+        ),
+    ]
     return markdown_table(header, rows)
 
 
 def auto_batch_table(*, dataset: str, img_size: int, steps: int, device: torch.device) -> str:
-    config = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", pretrained=False,
-                         img_size=img_size, epochs=None, steps=steps, batch_size="auto", similarity=False,
-                         device=device.type)
+    config = TrialConfig(
+        backbone="efficientnet_lite0",
+        dataset=dataset,
+        freeze="full",
+        pretrained=False,
+        img_size=img_size,
+        epochs=None,
+        steps=steps,
+        batch_size="auto",
+        similarity=False,
+        device=device.type,
+    )
     row = training.run_trial(config).row
     header = ("model", "img px", "device", "search", "batch used", "oom halvings", "images/s", "peak MB")
-    rows = [("efficientnet_lite0", img_size, row["device"], row["batch_size_search"], row["batch_size_used"],
-             row["oom_halvings"], f"{row['images_per_second']:,.0f}", f"{row['peak_memory_mb']:,.0f}")]
+    rows = [
+        (
+            "efficientnet_lite0",
+            img_size,
+            row["device"],
+            row["batch_size_search"],
+            row["batch_size_used"],
+            row["oom_halvings"],
+            f"{row['images_per_second']:,.0f}",
+            f"{row['peak_memory_mb']:,.0f}",
+        )
+    ]
     return markdown_table(header, rows)
 
 
@@ -126,25 +179,46 @@ def trial_cost_table(*, dataset: str, img_size: int, steps: int, device: torch.d
     """Small trials one after another in this (already warm) process: what each costs beyond its training
     loop, and whether a trial with new tensor shapes (another last-batch size, other trainable layers) pays
     CUDA's first-use cost again where a repeat of the same trial does not."""
-    base = TrialConfig(backbone="efficientnet_lite0", dataset=dataset, freeze="full", pretrained=False,
-                       img_size=img_size, epochs=None, steps=steps, batch_size=64, similarity=False,
-                       device=device.type)
-    trials = [("full, first", base), ("full, the same again", base),
-              ("full, data_fraction 0.5 (new last batch)", dataclasses.replace(base, data_fraction=0.5)),
-              ("freeze 0.5 (new trainable layers)", dataclasses.replace(base, freeze=0.5)),
-              ("linear_probe", dataclasses.replace(base, freeze="linear_probe", lr=1e-2))]
+    base = TrialConfig(
+        backbone="efficientnet_lite0",
+        dataset=dataset,
+        freeze="full",
+        pretrained=False,
+        img_size=img_size,
+        epochs=None,
+        steps=steps,
+        batch_size=64,
+        similarity=False,
+        device=device.type,
+    )
+    trials = [
+        ("full, first", base),
+        ("full, the same again", base),
+        ("full, data_fraction 0.5 (new last batch)", dataclasses.replace(base, data_fraction=0.5)),
+        ("freeze 0.5 (new trainable layers)", dataclasses.replace(base, freeze=0.5)),
+        ("linear_probe", dataclasses.replace(base, freeze="linear_probe", lr=1e-2)),
+    ]
     rows = []
     for label, config in trials:
         tic = time.perf_counter()
         row = training.run_trial(config).row
         wall = time.perf_counter() - tic
-        rows.append((label, row["hp_total_steps"], f"{wall:.2f}", f"{row['train_seconds']:.2f}",
-                     f"{wall - row['train_seconds']:.2f}", row["frozen_prefix"]))
+        rows.append(
+            (
+                label,
+                row["hp_total_steps"],
+                f"{wall:.2f}",
+                f"{row['train_seconds']:.2f}",
+                f"{wall - row['train_seconds']:.2f}",
+                row["frozen_prefix"],
+            )
+        )
     return markdown_table(("trial", "steps", "wall s", "train loop s", "rest s", "path"), rows)
 
 
-def _suite_variant(source: Path, folder: Path, name: str, resources: dict[str, float], concurrent: int,
-                   train: dict[str, Any]) -> Path:
+def _suite_variant(
+    source: Path, folder: Path, name: str, resources: dict[str, float], concurrent: int, train: dict[str, Any]
+) -> Path:
     spec = yaml.safe_load(source.read_text())
     spec["name"] = f"{spec['name']}_{name}"
     spec["tune"] = {**spec.get("tune", {}), "resources_per_trial": resources, "max_concurrent_trials": concurrent}
@@ -160,8 +234,9 @@ def _bench_run(suite: Path, out: Path, smoke: bool) -> tuple[float, Any]:
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - tic
     if finished.returncode != 0:
-        raise SystemExit(f"gpu_check: bench run {suite.name} failed (exit {finished.returncode}): "
-                         f"{finished.stderr.strip()[-1500:]}")
+        raise SystemExit(
+            f"gpu_check: bench run {suite.name} failed (exit {finished.returncode}): {finished.stderr.strip()[-1500:]}"
+        )
     run_dir = runs.latest_run(out, yaml.safe_load(suite.read_text())["name"])
     return wall, results.read_table(run_dir / results.TRIALS_FILE)
 
@@ -180,25 +255,52 @@ def packing_table(*, device: torch.device, quick: bool, scratch: Path) -> str:
         print(f"  {label}: {len(table)} trials in {wall:.0f} s", flush=True)
         measured.append((label, resources, wall, table))
     base_wall, base_table = measured[0][2], measured[0][3]
-    header = ("trials", "resources_per_trial", "trials ok", "bench run s", "speed-up", "same leaderboard",
-              "d_mean top1")
+    header = (
+        "trials",
+        "resources_per_trial",
+        "trials ok",
+        "bench run s",
+        "speed-up",
+        "same leaderboard",
+        "d_mean top1",
+    )
     rows = []
     for label, resources, wall, table in measured:
         same, d_mean = leaderboard_difference(base_table, table)
-        rows.append((label, str(resources), f"{int((table['status'] == 'ok').sum())}/{len(table)}", f"{wall:.0f}",
-                     f"{base_wall / wall:.2f}", "yes" if same else "NO", f"{d_mean:.2f}"))
+        rows.append(
+            (
+                label,
+                str(resources),
+                f"{int((table['status'] == 'ok').sum())}/{len(table)}",
+                f"{wall:.0f}",
+                f"{base_wall / wall:.2f}",
+                "yes" if same else "NO",
+                f"{d_mean:.2f}",
+            )
+        )
     return markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, on any machine")
-    parser.add_argument("--dataset", default="digits", help="dataset of the throughput and auto-batch trials "
-                        "(default digits: ships with scikit-learn)")
-    parser.add_argument("--skip-packing", action="store_true", help="tables 1 to 3 only (they need neither Ray "
-                        "nor pydantic nor the weights packages: torch, timm and scikit-learn are enough)")
-    parser.add_argument("--tables", default="1,2,3,4", help="which tables, in this order (default 1,2,3,4; "
-                        "4,1,3,2 measures the packing first when the device minutes are short)")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help="dataset of the throughput and auto-batch trials (default digits: ships with scikit-learn)",
+    )
+    parser.add_argument(
+        "--skip-packing",
+        action="store_true",
+        help="tables 1 to 3 only (they need neither Ray "
+        "nor pydantic nor the weights packages: torch, timm and scikit-learn are enough)",
+    )
+    parser.add_argument(
+        "--tables",
+        default="1,2,3,4",
+        help="which tables, in this order (default 1,2,3,4; "
+        "4,1,3,2 measures the packing first when the device minutes are short)",
+    )
     args = parser.parse_args(argv)
     try:
         tables = [int(t) for t in args.tables.split(",")]
@@ -218,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     for table in tables:
         if table == 1:
             print("\n1. training throughput\n")
-            print(throughput_table(dataset=args.dataset, batch_size=batch, img_size=size, steps=steps,
-                                   device=device), flush=True)
+            print(
+                throughput_table(dataset=args.dataset, batch_size=batch, img_size=size, steps=steps, device=device),
+                flush=True,
+            )
         elif table == 2:
             print("\n2. batch_size: auto\n")
             print(auto_batch_table(dataset=args.dataset, img_size=size, steps=steps, device=device), flush=True)

@@ -13,7 +13,19 @@ from bench.data.registry import (
 from bench.data.splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, split_train_val, stratified_subset
 
 __all__ = [
-    "GROUPS", "HELDOUT_SPLIT_SEED", "HELDOUT_TEST_FRACTION", "IMAGEFOLDER_PREFIX", "DatasetEntry",
-    "PreparedDataset", "check_dataset_name", "contents_digest", "dataset_fingerprint", "dataset_group",
-    "entry_as_dict", "list_datasets", "prepare_dataset", "split_train_val", "stratified_subset",
+    "GROUPS",
+    "HELDOUT_SPLIT_SEED",
+    "HELDOUT_TEST_FRACTION",
+    "IMAGEFOLDER_PREFIX",
+    "DatasetEntry",
+    "PreparedDataset",
+    "check_dataset_name",
+    "contents_digest",
+    "dataset_fingerprint",
+    "dataset_group",
+    "entry_as_dict",
+    "list_datasets",
+    "prepare_dataset",
+    "split_train_val",
+    "stratified_subset",
 ]

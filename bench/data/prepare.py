@@ -52,8 +52,6 @@ class PreparedDataset:
         return len(self.classes)
 
 
-
-
 def _resolve(name: str, root: str | None) -> tuple[DatasetEntry, str, Path | None]:
     """(registry row, name used in the fingerprint, resolved root). A relative image-folder path is taken
     relative to `root` when one is given, else to the current directory; resolution makes it absolute so
@@ -166,8 +164,13 @@ def _load_cached(folder: Path, name: str, group: str) -> PreparedDataset:
         raise UserError(f"prepared-dataset cache '{folder}' is unreadable ({error}); delete that folder") from error
     meta["cache_path"] = str(folder)
     return PreparedDataset(
-        name=name, group=group, classes=list(meta["classes"]), img_size=int(meta["img_size"]),
-        fingerprint=meta["fingerprint"], meta=meta, **arrays,
+        name=name,
+        group=group,
+        classes=list(meta["classes"]),
+        img_size=int(meta["img_size"]),
+        fingerprint=meta["fingerprint"],
+        meta=meta,
+        **arrays,
     )
 
 
@@ -246,8 +249,16 @@ def prepare_dataset(
         }
         if temporary is None:
             return PreparedDataset(
-                name=name, group=entry.group, classes=list(raw.classes), img_size=img_size, x_train=x_train,
-                y_train=y_train, x_test=x_test, y_test=y_test, fingerprint=fingerprint, meta=meta,
+                name=name,
+                group=entry.group,
+                classes=list(raw.classes),
+                img_size=img_size,
+                x_train=x_train,
+                y_train=y_train,
+                x_test=x_test,
+                y_test=y_test,
+                fingerprint=fingerprint,
+                meta=meta,
             )
         np.save(temporary / "y_train.npy", y_train)
         np.save(temporary / "y_test.npy", y_test)

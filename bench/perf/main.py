@@ -42,27 +42,49 @@ from bench.results.leaderboard import markdown_table
 # ---------------------------------------------------------------------------------------------------------
 # entry point
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench perf", description="plain vs optimised trials: wall time, "
-                                     "images/s, peak memory, ratio and metric differences (floors: issue 6)")
+    parser = argparse.ArgumentParser(
+        prog="bench perf",
+        description="plain vs optimised trials: wall time, "
+        "images/s, peak memory, ratio and metric differences (floors: docs/performance.md)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny trials (32 px, 3 steps): for tests")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trial, both ways (default 1)")
-    parser.add_argument("--cache-dir", default=None, help="cache folder of the optimised runs "
-                        "(default: a temporary folder, removed at the end)")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache folder of the optimised runs (default: a temporary folder, removed at the end)",
+    )
     parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
-    parser.add_argument("--keep", default=None, metavar="DIR", help="with --suite: keep both trial tables "
-                        "(DIR/bench.parquet, DIR/plain.parquet) and the per-trial differences (DIR/diff.csv)")
-    parser.add_argument("--suite", default=None, metavar="SUITE", help="instead: SUITE through `bench run` vs "
-                        "each of its trials as a plain process (floor 3x, same leaderboard)")
-    parser.add_argument("--ray-overhead", default=None, metavar="SUITE", help="instead: `bench run --num-cpus 1` "
-                        "vs the same trials in one process (ceiling 10%%)")
-    parser.add_argument("--smoke", action="store_true", help="with --suite / --ray-overhead: the suite's smoke "
-                        "variant")
-    parser.add_argument("--depthwise", action="store_true", help="instead: one training step with PyTorch's "
-                        "depthwise backward and with bench.speedups.depthwise's padded weight gradient (--img-size)")
+    parser.add_argument(
+        "--keep",
+        default=None,
+        metavar="DIR",
+        help="with --suite: keep both trial tables "
+        "(DIR/bench.parquet, DIR/plain.parquet) and the per-trial differences (DIR/diff.csv)",
+    )
+    parser.add_argument(
+        "--suite",
+        default=None,
+        metavar="SUITE",
+        help="instead: SUITE through `bench run` vs each of its trials as a plain process (floor 3x, same leaderboard)",
+    )
+    parser.add_argument(
+        "--ray-overhead",
+        default=None,
+        metavar="SUITE",
+        help="instead: `bench run --num-cpus 1` vs the same trials in one process (ceiling 10%%)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="with --suite / --ray-overhead: the suite's smoke variant")
+    parser.add_argument(
+        "--depthwise",
+        action="store_true",
+        help="instead: one training step with PyTorch's "
+        "depthwise backward and with bench.speedups.depthwise's padded weight gradient (--img-size)",
+    )
     parser.add_argument("--img-size", type=int, default=48, help="with --depthwise (default 48)")
-    parser.add_argument("--workers", type=int, default=2, help="with --suite: trials at a time, both ways "
-                        "(default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="with --suite: trials at a time, both ways (default 2)")
     parser.add_argument("--plain-trial", default=None, help=argparse.SUPPRESS)  # the plain child process
     parser.add_argument("--in-process-suite", default=None, help=argparse.SUPPRESS)  # --ray-overhead's child
     return parser
@@ -110,12 +132,19 @@ def _whole_suites(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as scratch:
         if args.suite:
             print(f"suite {args.suite}: bench run, then one plain process per trial ...", flush=True)
-            tables += compare_suite(args.suite, smoke=args.smoke, workers=args.workers, threads=args.threads,
-                                    scratch=Path(scratch), keep=Path(args.keep) if args.keep else None)
+            tables += compare_suite(
+                args.suite,
+                smoke=args.smoke,
+                workers=args.workers,
+                threads=args.threads,
+                scratch=Path(scratch),
+                keep=Path(args.keep) if args.keep else None,
+            )
         if args.ray_overhead:
             print(f"ray overhead {args.ray_overhead}: in one process, then bench run --num-cpus 1 ...", flush=True)
-            tables += compare_ray_overhead(args.ray_overhead, smoke=args.smoke, threads=args.threads,
-                                           scratch=Path(scratch))
+            tables += compare_ray_overhead(
+                args.ray_overhead, smoke=args.smoke, threads=args.threads, scratch=Path(scratch)
+            )
     for table in tables:
         print()
         print(table)
@@ -137,17 +166,25 @@ def _flop_notes(comparisons: Sequence[Comparison]) -> tuple[dict[str, str], list
         per_image = training_flops_per_image(c.trial.config, c.plain.row["n_classes"])
         plain, optimised = achieved_gflops(c.plain, per_image), achieved_gflops(c.optimised, per_image)
         fractions[c.trial.name] = f"{100 * optimised / peak:.0f}%"
-        notes.append(f"{c.trial.name}: {per_image / 1e9:.3f} GFLOP per training image (forward + backward); "
-                     f"achieved {plain:.1f} GFLOP/s plain, {optimised:.1f} GFLOP/s optimised = "
-                     f"{100 * plain / peak:.0f}% / {100 * optimised / peak:.0f}% of this machine's "
-                     f"{matmul_label(device)}, {peak:.1f} GFLOP/s")
+        notes.append(
+            f"{c.trial.name}: {per_image / 1e9:.3f} GFLOP per training image (forward + backward); "
+            f"achieved {plain:.1f} GFLOP/s plain, {optimised:.1f} GFLOP/s optimised = "
+            f"{100 * plain / peak:.0f}% / {100 * optimised / peak:.0f}% of this machine's "
+            f"{matmul_label(device)}, {peak:.1f} GFLOP/s"
+        )
     return fractions, notes
 
 
 def _as_json(c: Comparison) -> dict[str, Any]:
-    return {"trial": c.trial.name, "config": c.trial.config.to_dict(), "floor": c.trial.floor,
-            "ratio": c.ratio, "plain": dataclasses.asdict(c.plain), "first": dataclasses.asdict(c.first),
-            "optimised": dataclasses.asdict(c.optimised), "d_top1": c.metric_difference("metric_top1"),
-            "d_nll": c.metric_difference("metric_nll"), "meets_floor": c.meets_floor}
-
-
+    return {
+        "trial": c.trial.name,
+        "config": c.trial.config.to_dict(),
+        "floor": c.trial.floor,
+        "ratio": c.ratio,
+        "plain": dataclasses.asdict(c.plain),
+        "first": dataclasses.asdict(c.first),
+        "optimised": dataclasses.asdict(c.optimised),
+        "d_top1": c.metric_difference("metric_top1"),
+        "d_nll": c.metric_difference("metric_nll"),
+        "meets_floor": c.meets_floor,
+    }

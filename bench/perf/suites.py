@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------------------
 # whole suites: `bench run` against a plain process per trial, and Ray against in-process calls
 
+
 def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tuple[float, pd.DataFrame]:
     """`bench run` as a user types it (a fresh process: start-up, Ray, dataset sharing, caches); its wall
     time and its trials table."""
@@ -32,8 +33,7 @@ def _bench_run(suite_path: str, *, smoke: bool, out: Path, num_cpus: int) -> tup
 
     command = [sys.executable, "-m", "bench.cli", "run", suite_path, "--out", str(out), "--num-cpus", str(num_cpus)]
     tic = time.perf_counter()
-    finished = subprocess.run(command + (["--smoke"] if smoke else []), capture_output=True, text=True,
-                              check=False)
+    finished = subprocess.run(command + (["--smoke"] if smoke else []), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - tic
     if finished.returncode not in (0, 1):
         raise RuntimeError(f"bench run failed (exit {finished.returncode}): {finished.stderr.strip()[-2000:]}")
@@ -50,14 +50,16 @@ def leaderboard_difference(left: pd.DataFrame, right: pd.DataFrame) -> tuple[boo
     a, b = leaderboard(left), leaderboard(right)
     if a.empty or b.empty:
         return a.empty and b.empty, 0.0
-    merged = a[keys + ["rank", "mean"]].merge(b[keys + ["rank", "mean"]], on=keys, how="outer",
-                                              suffixes=("_a", "_b"), indicator=True)
+    merged = a[keys + ["rank", "mean"]].merge(
+        b[keys + ["rank", "mean"]], on=keys, how="outer", suffixes=("_a", "_b"), indicator=True
+    )
     same = bool((merged["_merge"] == "both").all() and (merged["rank_a"] == merged["rank_b"]).all())
     return same, float((merged["mean_a"] - merged["mean_b"]).abs().max())
 
 
-def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, scratch: Path,
-                  keep: Path | None = None) -> list[str]:
+def compare_suite(
+    suite_path: str, *, smoke: bool, workers: int, threads: int, scratch: Path, keep: Path | None = None
+) -> list[str]:
     """The whole suite through `bench run` against each of its trials as its own plain process (``workers``
     at a time, as Ray runs ``workers`` trials at a time on ``workers`` CPUs). Floor: ratio >= 3, same
     leaderboard."""
@@ -80,11 +82,30 @@ def compare_suite(suite_path: str, *, smoke: bool, workers: int, threads: int, s
         _keep_tables(keep, bench_table, plain_table, joined)
     same, d_mean = leaderboard_difference(bench_table, plain_table)
     ratio = plain_wall / bench_wall
-    row = [f"suite {Path(suite_path).name}{' --smoke' if smoke else ''} ({len(trials)} trials)",
-           f"{plain_wall:.0f}", f"{bench_wall:.0f}", f"{ratio:.2f}", "3", f"{len(joined)}/{len(trials)}",
-           f"{d_top1:.2f}", "yes" if same else "NO", f"{d_mean:.2f}", "yes" if ratio >= 3 and same else "NO"]
-    header = ("run", "plain processes_s", "bench run_s", "ratio", "floor", "trials matched", "d_top1 max",
-              "same leaderboard", "d_mean top1", "ok")
+    row = [
+        f"suite {Path(suite_path).name}{' --smoke' if smoke else ''} ({len(trials)} trials)",
+        f"{plain_wall:.0f}",
+        f"{bench_wall:.0f}",
+        f"{ratio:.2f}",
+        "3",
+        f"{len(joined)}/{len(trials)}",
+        f"{d_top1:.2f}",
+        "yes" if same else "NO",
+        f"{d_mean:.2f}",
+        "yes" if ratio >= 3 and same else "NO",
+    ]
+    header = (
+        "run",
+        "plain processes_s",
+        "bench run_s",
+        "ratio",
+        "floor",
+        "trials matched",
+        "d_top1 max",
+        "same leaderboard",
+        "d_mean top1",
+        "ok",
+    )
     return [markdown_table(header, [row])]
 
 
@@ -93,9 +114,20 @@ def _keep_tables(folder: Path, bench_table: pd.DataFrame, plain_table: pd.DataFr
     folder.mkdir(parents=True, exist_ok=True)
     bench_table.to_parquet(folder / "bench.parquet")
     plain_table.astype({c: str for c in plain_table.columns if plain_table[c].dtype == object}).to_parquet(
-        folder / "plain.parquet")
-    columns = ["trial_id", "dataset_bench", "backbone_bench", "pretrained_bench", "freeze_bench",
-               "data_fraction_bench", "seed_bench", "frozen_prefix_bench", "metric_top1_bench", "metric_top1_plain"]
+        folder / "plain.parquet"
+    )
+    columns = [
+        "trial_id",
+        "dataset_bench",
+        "backbone_bench",
+        "pretrained_bench",
+        "freeze_bench",
+        "data_fraction_bench",
+        "seed_bench",
+        "frozen_prefix_bench",
+        "metric_top1_bench",
+        "metric_top1_plain",
+    ]
     diff = joined[[c for c in columns if c in joined.columns]].copy()
     diff["d_top1"] = joined["metric_top1_bench"] - joined["metric_top1_plain"]
     diff.sort_values("d_top1", key=abs, ascending=False).to_csv(folder / "diff.csv", index=False)
@@ -119,8 +151,17 @@ def compare_ray_overhead(suite_path: str, *, smoke: bool, threads: int, scratch:
     from bench.suite import load_suite
 
     n_trials = load_suite(suite_path, smoke=smoke).trial_count()
-    command = [sys.executable, "-m", "bench.perf", "--in-process-suite", suite_path, "--threads", str(threads),
-               "--cache-dir", str(scratch / "in-process-cache")] + (["--smoke"] if smoke else [])
+    command = [
+        sys.executable,
+        "-m",
+        "bench.perf",
+        "--in-process-suite",
+        suite_path,
+        "--threads",
+        str(threads),
+        "--cache-dir",
+        str(scratch / "in-process-cache"),
+    ] + (["--smoke"] if smoke else [])
     tic = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     in_process = time.perf_counter() - tic
@@ -128,9 +169,14 @@ def compare_ray_overhead(suite_path: str, *, smoke: bool, threads: int, scratch:
         raise RuntimeError(f"in-process suite failed: {finished.stderr.strip()[-2000:]}")
     ray_wall, table = _bench_run(suite_path, smoke=smoke, out=scratch / "ray-run", num_cpus=1)
     overhead = ray_wall / in_process - 1
-    row = [f"ray overhead {Path(suite_path).name}{' --smoke' if smoke else ''} ({n_trials} trials)",
-           f"{in_process:.0f}", f"{ray_wall:.0f}", f"{100 * overhead:.0f}%", "10%",
-           f"{int((table['status'] == 'ok').sum()) if len(table) else 0}/{n_trials}",
-           "yes" if overhead <= 0.10 else "NO"]
+    row = [
+        f"ray overhead {Path(suite_path).name}{' --smoke' if smoke else ''} ({n_trials} trials)",
+        f"{in_process:.0f}",
+        f"{ray_wall:.0f}",
+        f"{100 * overhead:.0f}%",
+        "10%",
+        f"{int((table['status'] == 'ok').sum()) if len(table) else 0}/{n_trials}",
+        "yes" if overhead <= 0.10 else "NO",
+    ]
     header = ("run", "in-process_s", "bench run --num-cpus 1_s", "overhead", "ceiling", "ok rows", "ok")
     return [markdown_table(header, [row])]

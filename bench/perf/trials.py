@@ -85,26 +85,39 @@ class Comparison:
 # ---------------------------------------------------------------------------------------------------------
 # the trials
 
+
 def default_trials(*, quick: bool) -> list[PerfTrial]:
     """Linear probe at full data (digits, photo_patches), half-frozen and full fine-tuning, efficientnet_lite0
     with its bundled ImageNet weights. ``quick``: 32 px, a few steps, digits only."""
     if quick:
-        base = TrialConfig(backbone="efficientnet_lite0", dataset="digits", img_size=32, epochs=None, steps=3,
-                           batch_size=32, lr=1e-3, eval_every=100)
+        base = TrialConfig(
+            backbone="efficientnet_lite0",
+            dataset="digits",
+            img_size=32,
+            epochs=None,
+            steps=3,
+            batch_size=32,
+            lr=1e-3,
+            eval_every=100,
+        )
         return [
-            PerfTrial("linear_probe digits 32px", dataclasses.replace(base, freeze="linear_probe", lr=1e-2), 10.0,
-                      0.5),
+            PerfTrial("linear_probe digits 32px", dataclasses.replace(base, freeze="linear_probe", lr=1e-2), 10.0, 0.5),
             PerfTrial("half-frozen digits 32px", dataclasses.replace(base, freeze=0.5), 1.5, 1.0),
             PerfTrial("full digits 32px", dataclasses.replace(base, freeze="full"), 0.95, 0.5),
         ]
-    base = TrialConfig(backbone="efficientnet_lite0", dataset="digits", img_size=64, batch_size=64, lr=1e-3,
-                       eval_every=100)  # validation only at the end: the measured work is training
+    base = TrialConfig(
+        backbone="efficientnet_lite0", dataset="digits", img_size=64, batch_size=64, lr=1e-3, eval_every=100
+    )  # validation only at the end: the measured work is training
     return [
-        PerfTrial("linear_probe digits 64px", dataclasses.replace(base, freeze="linear_probe", lr=1e-2, epochs=10),
-                  10.0, 0.5),
-        PerfTrial("linear_probe photo_patches 64px",
-                  dataclasses.replace(base, dataset="photo_patches", freeze="linear_probe", lr=1e-2, epochs=10),
-                  10.0, 0.5),
+        PerfTrial(
+            "linear_probe digits 64px", dataclasses.replace(base, freeze="linear_probe", lr=1e-2, epochs=10), 10.0, 0.5
+        ),
+        PerfTrial(
+            "linear_probe photo_patches 64px",
+            dataclasses.replace(base, dataset="photo_patches", freeze="linear_probe", lr=1e-2, epochs=10),
+            10.0,
+            0.5,
+        ),
         PerfTrial("half-frozen digits 64px", dataclasses.replace(base, freeze=0.5, epochs=3), 1.5, 1.0),
         PerfTrial("full digits 64px", dataclasses.replace(base, freeze="full", epochs=2), 0.95, 0.5),
     ]
@@ -113,20 +126,29 @@ def default_trials(*, quick: bool) -> list[PerfTrial]:
 # ---------------------------------------------------------------------------------------------------------
 # plain: a fresh process per trial
 
+
 def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
     # A hand-written timm loop trains and evaluates; it does not score the dataset's similarity to ImageNet
     # (bench does, once per backbone and dataset: that cost is in the optimised ``first`` column).
     # Nor does it fold BatchNorm into the convolutions for evaluation (``bench.speedups.fold``).
     plain = dataclasses.replace(config, feature_cache=False, fold_batchnorm=False, cache_dir=None, similarity=False)
-    command = [sys.executable, "-m", "bench.perf", "--plain-trial", json.dumps(plain.to_dict()),
-               "--threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.perf",
+        "--plain-trial",
+        json.dumps(plain.to_dict()),
+        "--threads",
+        str(threads),
+    ]
     tic = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - tic
-    rows = [line[len(ROW_MARKER):] for line in finished.stdout.splitlines() if line.startswith(ROW_MARKER)]
+    rows = [line[len(ROW_MARKER) :] for line in finished.stdout.splitlines() if line.startswith(ROW_MARKER)]
     if finished.returncode != 0 or not rows:
-        raise RuntimeError(f"plain trial process failed (exit {finished.returncode}): "
-                           f"{finished.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"plain trial process failed (exit {finished.returncode}): {finished.stderr.strip()[-2000:]}"
+        )
     row = json.loads(rows[-1])
     return Measurement(wall_seconds=wall, peak_memory_mb=row["peak_memory_mb"], row=row)
 
@@ -143,6 +165,7 @@ def plain_child(config_json: str, threads: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # optimised: bench's way, in this process
+
 
 def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement, Measurement]:
     """(first run on empty caches, second run with the caches warm), both in this process."""
@@ -163,24 +186,54 @@ def run_optimised(config: TrialConfig, *, cache_dir: Path) -> tuple[Measurement,
 # ---------------------------------------------------------------------------------------------------------
 # the table
 
-COLUMNS = ("trial", "plain_s", "first_s", "opt_s", "ratio", "floor", "img/s plain", "img/s opt", "peak_MB plain",
-           "peak_MB opt", "d_top1", "d_nll", "FLOP/s of peak", "path", "ok")
+COLUMNS = (
+    "trial",
+    "plain_s",
+    "first_s",
+    "opt_s",
+    "ratio",
+    "floor",
+    "img/s plain",
+    "img/s opt",
+    "peak_MB plain",
+    "peak_MB opt",
+    "d_top1",
+    "d_nll",
+    "FLOP/s of peak",
+    "path",
+    "ok",
+)
 
 
 def table_rows(comparisons: Sequence[Comparison], flop_fraction: dict[str, str]) -> list[list[str]]:
     rows = []
     for c in comparisons:
-        rows.append([c.trial.name, f"{c.plain.wall_seconds:.1f}", f"{c.first.wall_seconds:.1f}",
-                     f"{c.optimised.wall_seconds:.2f}", f"{c.ratio:.2f}", f"{c.trial.floor:g}",
-                     f"{c.plain.images_per_second:.0f}", f"{c.optimised.images_per_second:.0f}",
-                     f"{c.plain.peak_memory_mb:.0f}", f"{c.optimised.peak_memory_mb:.0f}",
-                     f"{c.metric_difference('metric_top1'):.2f}", f"{c.metric_difference('metric_nll'):.4f}",
-                     flop_fraction.get(c.trial.name, "-"), c.path, "yes" if c.meets_floor else "NO"])
+        rows.append(
+            [
+                c.trial.name,
+                f"{c.plain.wall_seconds:.1f}",
+                f"{c.first.wall_seconds:.1f}",
+                f"{c.optimised.wall_seconds:.2f}",
+                f"{c.ratio:.2f}",
+                f"{c.trial.floor:g}",
+                f"{c.plain.images_per_second:.0f}",
+                f"{c.optimised.images_per_second:.0f}",
+                f"{c.plain.peak_memory_mb:.0f}",
+                f"{c.optimised.peak_memory_mb:.0f}",
+                f"{c.metric_difference('metric_top1'):.2f}",
+                f"{c.metric_difference('metric_nll'):.4f}",
+                flop_fraction.get(c.trial.name, "-"),
+                c.path,
+                "yes" if c.meets_floor else "NO",
+            ]
+        )
     return rows
 
 
 def machine_line(threads: int) -> str:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     card = f", trials on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"machine: {platform.node()}, {os.cpu_count()} cpus{card}, torch {torch.__version__}, {threads} torch "
-            f"thread(s) per trial, load average {load}")
+    return (
+        f"machine: {platform.node()}, {os.cpu_count()} cpus{card}, torch {torch.__version__}, {threads} torch "
+        f"thread(s) per trial, load average {load}"
+    )

@@ -20,9 +20,9 @@ import yaml
 from scipy import stats as st
 
 import bench
+from bench.errors import UserError
 from bench.report import figures as figs
 from bench.report.render import Document, save_figures, to_html, to_markdown
-from bench.errors import UserError
 from bench.results.leaderboard import (
     CELL,
     DEFAULT_THRESHOLDS,
@@ -83,7 +83,7 @@ def write_report(
 
 
 def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -> Document:
-    """The report as a `Document` (sections 1-7 of issue 4), ready to render."""
+    """The report as a `Document` (its seven sections), ready to render."""
     trials = data.trials
     prepared = prepare(trials, thresholds)
     selected = select_hparams(prepared)
@@ -119,7 +119,7 @@ def _overview(doc: Document, data: RunData, prepared: pd.DataFrame, thresholds: 
         "Student-t interval of the mean (mean ± t(0.975, n-1)·sd/√n); one seed gives no interval. An entry is "
         "(backbone, pretrained or scratch, strategy); a cell is (dataset, data size). Where a suite swept a "
         "hyperparameter, each cell keeps the setting with the best validation top-1 and reports its test "
-        "accuracy; test accuracy never selects anything. Entries whose intervals overlap share a rank (\"=1\"). "
+        'accuracy; test accuracy never selects anything. Entries whose intervals overlap share a rank ("=1"). '
         f"Data regimes come from training images per class: scarce < {thresholds.limited:g} ≤ limited < "
         f"{thresholds.sufficient:g} ≤ sufficient. Failed and diverged trials are excluded from every statistic "
         "and listed in section 7."
@@ -133,15 +133,25 @@ def _section_matrix(doc: Document, trials: pd.DataFrame, prepared: pd.DataFrame,
     doc.heading("1. The regime matrix, measured")
     matrix = regime_matrix(trials, thresholds=thresholds)
     doc.para("The textbook advice (the project's starting notes):")
-    doc.table(pd.DataFrame({
-        "": ["high similarity to ImageNet", "low similarity"],
-        "plenty of labels": ["freeze the backbone, train the head (feature extraction)", "fine-tune (train everything)"],
-        "few labels": ["freeze the backbone, train the head only", "hard: risk of overfitting; no safe recipe"],
-    }))
-    doc.figure("regime_matrix", figs.regime_matrix_figure(matrix),
-               "Measured regime matrix. Each box: the best entry, its test top-1 with 95% interval, its margin "
-               "over the best entry of another strategy, the textbook advice and the verdict.",
-               alt="Regime matrix: similarity (high, low) by data regime (scarce, limited, sufficient)")
+    doc.table(
+        pd.DataFrame(
+            {
+                "": ["high similarity to ImageNet", "low similarity"],
+                "plenty of labels": [
+                    "freeze the backbone, train the head (feature extraction)",
+                    "fine-tune (train everything)",
+                ],
+                "few labels": ["freeze the backbone, train the head only", "hard: risk of overfitting; no safe recipe"],
+            }
+        )
+    )
+    doc.figure(
+        "regime_matrix",
+        figs.regime_matrix_figure(matrix),
+        "Measured regime matrix. Each box: the best entry, its test top-1 with 95% interval, its margin "
+        "over the best entry of another strategy, the textbook advice and the verdict.",
+        alt="Regime matrix: similarity (high, low) by data regime (scarce, limited, sufficient)",
+    )
     doc.table(display_matrix(matrix))
     doc.para(
         "Verdict rule. Where the textbook advises a strategy (high similarity: linear probe; low similarity with "
@@ -158,13 +168,17 @@ def _section_matrix(doc: Document, trials: pd.DataFrame, prepared: pd.DataFrame,
     declared = prepared[prepared["similarity_source"] == "declared"]["dataset"].unique()
     if len(declared):
         doc.para(
-            "Similarity regime: not measured for " + ", ".join(f"`{d}`" for d in sorted(declared))
+            "Similarity regime: not measured for "
+            + ", ".join(f"`{d}`" for d in sorted(declared))
             + "; their declared VTAB group stands in (natural = high, specialized and structured = low)."
         )
     unknown = prepared[prepared["similarity_regime"].isna()]["dataset"].unique()
     if len(unknown):
-        doc.para("Left out of the matrix (no similarity and no declared group): "
-                 + ", ".join(f"`{d}`" for d in sorted(unknown)) + ".")
+        doc.para(
+            "Left out of the matrix (no similarity and no declared group): "
+            + ", ".join(f"`{d}`" for d in sorted(unknown))
+            + "."
+        )
     regime_board = leaderboard(trials, by="regime", thresholds=thresholds)
     if not regime_board.empty:
         doc.heading("Ranking inside each regime cell", 3)
@@ -180,9 +194,12 @@ def _section_learning_curves(doc: Document, board: pd.DataFrame) -> None:
     sizes = board.groupby("dataset")["per_class"].nunique()
     if (sizes < 2).all():
         doc.para("Each dataset was run at a single data size, so every curve is a single point.")
-    doc.figure("learning_curves", fig,
-               "Test top-1 (mean over seeds, bars: 95% interval) against training images per class (log scale); "
-               "one line per strategy (freeze depth); solid/filled = ImageNet-pretrained, dashed/hollow = scratch.")
+    doc.figure(
+        "learning_curves",
+        fig,
+        "Test top-1 (mean over seeds, bars: 95% interval) against training images per class (log scale); "
+        "one line per strategy (freeze depth); solid/filled = ImageNet-pretrained, dashed/hollow = scratch.",
+    )
 
 
 def pretraining_gain(selected: pd.DataFrame) -> pd.DataFrame:
@@ -204,30 +221,55 @@ def _section_pretraining(doc: Document, selected: pd.DataFrame) -> None:
     doc.heading("3. What pretraining buys")
     gains = pretraining_gain(selected)
     if gains.empty:
-        doc.para("These runs hold no scratch twin (`pretrained: false`) of a pretrained entry, so the gain of "
-                 "pretraining cannot be measured.")
+        doc.para(
+            "These runs hold no scratch twin (`pretrained: false`) of a pretrained entry, so the gain of "
+            "pretraining cannot be measured."
+        )
         return
-    doc.figure("pretraining_gain", figs.pretraining_gain_figure(gains),
-               "ImageNet-pretrained minus from-scratch test top-1 (percentage points), same backbone, strategy, "
-               "data subset and seed; mean over seeds with 95% interval, against training images per class.")
+    doc.figure(
+        "pretraining_gain",
+        figs.pretraining_gain_figure(gains),
+        "ImageNet-pretrained minus from-scratch test top-1 (percentage points), same backbone, strategy, "
+        "data subset and seed; mean over seeds with 95% interval, against training images per class.",
+    )
     table = gains.sort_values(["dataset", "per_class", "backbone", "strategy"])
-    doc.table(pd.DataFrame({
-        "dataset": table["dataset"], "data": table["data"], "backbone": table["backbone"],
-        "strategy": table["strategy"], "gain (pts, 95% CI)": [pct(m, h) for m, h in zip(table["mean"], table["ci95"])],
-        "seeds": table["n_seeds"],
-    }))
+    doc.table(
+        pd.DataFrame(
+            {
+                "dataset": table["dataset"],
+                "data": table["data"],
+                "backbone": table["backbone"],
+                "strategy": table["strategy"],
+                "gain (pts, 95% CI)": [pct(m, h) for m, h in zip(table["mean"], table["ci95"])],
+                "seeds": table["n_seeds"],
+            }
+        )
+    )
 
 
 def freeze_profile(board: pd.DataFrame, selected: pd.DataFrame, thresholds: DataThresholds) -> pd.DataFrame:
     """Pretrained entries without lp_ft, with their frozen share (frozen_param_fraction, else freeze depth)."""
-    frozen_source = "frozen_param_fraction" if selected.get("frozen_param_fraction", pd.Series(dtype=float)).notna().any() else "freeze"
+    frozen_source = (
+        "frozen_param_fraction"
+        if selected.get("frozen_param_fraction", pd.Series(dtype=float)).notna().any()
+        else "freeze"
+    )
     if frozen_source not in selected:
         return pd.DataFrame()
-    frozen = (selected.assign(_f=pd.to_numeric(selected[frozen_source], errors="coerce"))
-              .groupby(CELL + ["entry"])["_f"].mean().rename("frozen").reset_index())
-    profile = board[board["pretrained"].astype(bool) & (board["strategy"] != "lp_ft")].merge(frozen, on=CELL + ["entry"])
+    frozen = (
+        selected.assign(_f=pd.to_numeric(selected[frozen_source], errors="coerce"))
+        .groupby(CELL + ["entry"])["_f"]
+        .mean()
+        .rename("frozen")
+        .reset_index()
+    )
+    profile = board[board["pretrained"].astype(bool) & (board["strategy"] != "lp_ft")].merge(
+        frozen, on=CELL + ["entry"]
+    )
     profile = profile[profile["frozen"].notna()]
-    profile["size_label"] = [f"{d} ({thresholds.regime(p) or 'size unknown'})" for d, p in zip(profile["data"], profile["per_class"])]
+    profile["size_label"] = [
+        f"{d} ({thresholds.regime(p) or 'size unknown'})" for d, p in zip(profile["data"], profile["per_class"])
+    ]
     return profile
 
 
@@ -238,17 +280,22 @@ def _section_freeze(doc: Document, board: pd.DataFrame, selected: pd.DataFrame, 
     if fig is None:
         doc.para("No pretrained entry with a known freeze depth.")
         return
-    doc.figure("freeze_profile", fig,
-               "Test top-1 against the frozen share of the backbone's parameters (0 = full fine-tuning, 1 = linear "
-               "probe), one line per data size (its data regime in brackets); pretrained backbones; lp_ft is left "
-               "out (it ends fully fine-tuned, see the leaderboards).")
+    doc.figure(
+        "freeze_profile",
+        fig,
+        "Test top-1 against the frozen share of the backbone's parameters (0 = full fine-tuning, 1 = linear "
+        "probe), one line per data size (its data regime in brackets); pretrained backbones; lp_ft is left "
+        "out (it ends fully fine-tuned, see the leaderboards).",
+    )
 
 
 def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thresholds: DataThresholds) -> None:
     doc.heading("5. Backbone leaderboard and cost")
     overall = overall_ranking(trials, thresholds=thresholds)
-    doc.para("Across datasets: mean rank (each dataset weighs the same; within a dataset, ranks averaged over its "
-             "data sizes) and mean test top-1 in logit space mapped back to percent (Kornblith et al. 2019).")
+    doc.para(
+        "Across datasets: mean rank (each dataset weighs the same; within a dataset, ranks averaged over its "
+        "data sizes) and mean test top-1 in logit space mapped back to percent (Kornblith et al. 2019)."
+    )
     doc.table(display_overall(overall))
     doc.heading("Per dataset and data size", 3)
     doc.table(display_leaderboard(board))
@@ -260,19 +307,30 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
     largest["pareto"] = False
     for _, group in largest.groupby("dataset"):
         ok = group["train_seconds_mean"].notna()
-        largest.loc[group[ok].index, "pareto"] = figs.pareto_front(group.loc[ok, "train_seconds_mean"], group.loc[ok, "mean"])
+        largest.loc[group[ok].index, "pareto"] = figs.pareto_front(
+            group.loc[ok, "train_seconds_mean"], group.loc[ok, "mean"]
+        )
     fig = figs.cost_figure(largest)
     if fig is not None:
-        doc.figure("cost", fig,
-                   "Accuracy against cost: test top-1 against mean train time per trial (seconds, log scale) at "
-                   "each dataset's largest data size; the dotted step line is the Pareto front (no other entry is "
-                   "both faster and more accurate).")
+        doc.figure(
+            "cost",
+            fig,
+            "Accuracy against cost: test top-1 against mean train time per trial (seconds, log scale) at "
+            "each dataset's largest data size; the dotted step line is the Pareto front (no other entry is "
+            "both faster and more accurate).",
+        )
         front = largest[largest["pareto"]].sort_values(["dataset", "train_seconds_mean"])
-        doc.table(pd.DataFrame({
-            "dataset": front["dataset"], "data": front["data"], "entry (Pareto-optimal)": front["entry"],
-            "top-1 % (95% CI)": [pct(m, h) for m, h in zip(front["mean"], front["ci95"])],
-            "train s": front["train_seconds_mean"].map("{:.1f}".format),
-        }))
+        doc.table(
+            pd.DataFrame(
+                {
+                    "dataset": front["dataset"],
+                    "data": front["data"],
+                    "entry (Pareto-optimal)": front["entry"],
+                    "top-1 % (95% CI)": [pct(m, h) for m, h in zip(front["mean"], front["ci95"])],
+                    "train s": front["train_seconds_mean"].map("{:.1f}".format),
+                }
+            )
+        )
 
 
 # Estimates computed before training (bench.similarity.scores); `transferability` is LogME.
@@ -288,7 +346,12 @@ def transferability_points(prepared: pd.DataFrame, selected: pd.DataFrame) -> pd
     largest = pretrained[pretrained["per_class"] == pretrained.groupby("dataset")["per_class"].transform("max")]
     cell = largest.groupby(["dataset", "backbone", "entry", "strategy"])["metric_top1"].mean().reset_index()
     best = cell.groupby(["dataset", "backbone"])["metric_top1"].max().rename("best_top1")
-    probe = cell[cell["strategy"] == "linear_probe"].groupby(["dataset", "backbone"])["metric_top1"].max().rename("probe_top1")
+    probe = (
+        cell[cell["strategy"] == "linear_probe"]
+        .groupby(["dataset", "backbone"])["metric_top1"]
+        .max()
+        .rename("probe_top1")
+    )
     estimates = prepared.groupby(["dataset", "backbone"])[measured].mean()
     points = estimates.join(best, how="inner").join(probe, how="left")
     gains = pretraining_gain(selected)
@@ -302,8 +365,11 @@ def rank_correlations(points: pd.DataFrame) -> pd.DataFrame:
     """Kendall tau (with its p) and Spearman rho of each estimate against each outcome, per dataset (>= 3
     backbones) and pooled: the question the transferability literature asks (does the estimate rank the
     backbones as training does?). Kendall's tau-b handles ties and reads as (concordant - discordant) pairs."""
-    pairs = [(estimate, outcome) for estimate in ("transferability", "leep", "nce", "h_score")
-             for outcome in ("probe_top1", "best_top1")]
+    pairs = [
+        (estimate, outcome)
+        for estimate in ("transferability", "leep", "nce", "h_score")
+        for outcome in ("probe_top1", "best_top1")
+    ]
     pairs += [("similarity_score", "best_top1"), ("similarity_score", "pretraining_gain")]
     rows = []
     for estimate, outcome in pairs:
@@ -315,9 +381,17 @@ def rank_correlations(points: pd.DataFrame) -> pd.DataFrame:
                 continue
             tau, p = st.kendalltau(usable[estimate], usable[outcome])
             rho = st.spearmanr(usable[estimate], usable[outcome]).statistic
-            rows.append({"estimate": estimate, "outcome": outcome, "scope": scope, "n": len(usable),
-                         "kendall tau": round(float(tau), 3), "p": round(float(p), 4),
-                         "spearman rho": round(float(rho), 3)})
+            rows.append(
+                {
+                    "estimate": estimate,
+                    "outcome": outcome,
+                    "scope": scope,
+                    "n": len(usable),
+                    "kendall tau": round(float(tau), 3),
+                    "p": round(float(p), 4),
+                    "spearman rho": round(float(rho), 3),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -325,26 +399,46 @@ def _section_transferability(doc: Document, prepared: pd.DataFrame, selected: pd
     doc.heading("6. Transferability estimates against outcomes")
     points = transferability_points(prepared, selected)
     if points.empty:
-        doc.para("Similarity and transferability were not measured in these runs (the `similarity_score` and "
-                 "`transferability` columns are empty), so there is nothing to compare with the outcomes.")
+        doc.para(
+            "Similarity and transferability were not measured in these runs (the `similarity_score` and "
+            "`transferability` columns are empty), so there is nothing to compare with the outcomes."
+        )
         return
-    doc.para("Each point is one (dataset, backbone) pair at the dataset's largest data size: the estimate computed "
-             "before training against the measured test top-1 (best pretrained strategy, and linear probe) and "
-             "the gain of pretraining. The rank correlation (Kendall tau-b, Spearman rho beside it) asks whether an "
-             "estimate orders the backbones as training does; per dataset it needs at least three backbones, and "
-             "the pooled one also mixes datasets of different difficulty. `transferability` is LogME.")
+    doc.para(
+        "Each point is one (dataset, backbone) pair at the dataset's largest data size: the estimate computed "
+        "before training against the measured test top-1 (best pretrained strategy, and linear probe) and "
+        "the gain of pretraining. The rank correlation (Kendall tau-b, Spearman rho beside it) asks whether an "
+        "estimate orders the backbones as training does; per dataset it needs at least three backbones, and "
+        "the pooled one also mixes datasets of different difficulty. `transferability` is LogME."
+    )
     correlations = rank_correlations(points)
     doc.table(correlations if not correlations.empty else pd.DataFrame({"note": ["fewer than 3 points to correlate"]}))
     if "transferability" in points:
-        doc.figure("transferability", figs.transferability_figure(
-            points, "transferability", "best_top1", "transferability estimate (LogME, higher = better)",
-            "best pretrained test top-1 (%)", "Transferability estimate against measured accuracy"),
-            "Transferability of the frozen features against the best measured test top-1, per (dataset, backbone).")
+        doc.figure(
+            "transferability",
+            figs.transferability_figure(
+                points,
+                "transferability",
+                "best_top1",
+                "transferability estimate (LogME, higher = better)",
+                "best pretrained test top-1 (%)",
+                "Transferability estimate against measured accuracy",
+            ),
+            "Transferability of the frozen features against the best measured test top-1, per (dataset, backbone).",
+        )
     if "similarity_score" in points and "pretraining_gain" in points:
-        doc.figure("similarity_gain", figs.transferability_figure(
-            points, "similarity_score", "pretraining_gain", "source-domain similarity score",
-            "pretrained − scratch top-1 (points)", "Similarity to ImageNet against what pretraining buys"),
-            "Measured similarity to the pretraining data against the gain of pretraining, per (dataset, backbone).")
+        doc.figure(
+            "similarity_gain",
+            figs.transferability_figure(
+                points,
+                "similarity_score",
+                "pretraining_gain",
+                "source-domain similarity score",
+                "pretrained − scratch top-1 (points)",
+                "Similarity to ImageNet against what pretraining buys",
+            ),
+            "Measured similarity to the pretraining data against the gain of pretraining, per (dataset, backbone).",
+        )
     doc.table(points.round(3))
 
 
@@ -356,14 +450,34 @@ def _section_reproduce(doc: Document, data: RunData) -> None:
         env = data.envs.get(key) or {}
         if env:
             packages = env.get("packages") or {}
-            facts = {k: env.get(k) for k in ("started_at", "bench_version", "git_sha", "python", "platform", "host",
-                                              "cpu_count", "memory_gb", "cuda", "gpus") if env.get(k) not in (None, "", [])}
+            facts = {
+                k: env.get(k)
+                for k in (
+                    "started_at",
+                    "bench_version",
+                    "git_sha",
+                    "python",
+                    "platform",
+                    "host",
+                    "cpu_count",
+                    "memory_gb",
+                    "cuda",
+                    "gpus",
+                )
+                if env.get(k) not in (None, "", [])
+            }
             facts.update({f"package {k}": v for k, v in packages.items() if v})
             sessions = env.get("sessions")
             if isinstance(sessions, list) and len(sessions) > 1:
                 facts["sessions (resumes)"] = len(sessions)
-            doc.table(pd.DataFrame({"environment": list(facts), "value": [json.dumps(v) if isinstance(v, (list, dict))
-                                                                           else str(v) for v in facts.values()]}))
+            doc.table(
+                pd.DataFrame(
+                    {
+                        "environment": list(facts),
+                        "value": [json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in facts.values()],
+                    }
+                )
+            )
         else:
             doc.para("No env.json in this run folder.")
         suite = data.suites.get(key) or {}

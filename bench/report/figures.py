@@ -62,19 +62,39 @@ def regime_matrix_figure(matrix: pd.DataFrame) -> Figure:
             lines = ["not measured", f"textbook: {row['advice']}"]
         else:
             ci = "" if not np.isfinite(row["ci95"]) else f" ± {row['ci95']:.1f}"
-            margin = "" if not np.isfinite(row["margin"]) else f"margin {row['margin']:+.1f} pts over {row['runner_up_strategy']}"
-            lines = [str(row["best_entry"]), f"top-1 {row['mean']:.1f}{ci} %", margin,
-                     f"textbook: {row['advice']}", f"verdict: {verdict}"]
-        ax.text(x + 0.5, y + 0.5, "\n".join(line for line in lines if line), ha="center", va="center",
-                fontsize=8.5, wrap=True)
+            margin = (
+                ""
+                if not np.isfinite(row["margin"])
+                else f"margin {row['margin']:+.1f} pts over {row['runner_up_strategy']}"
+            )
+            lines = [
+                str(row["best_entry"]),
+                f"top-1 {row['mean']:.1f}{ci} %",
+                margin,
+                f"textbook: {row['advice']}",
+                f"verdict: {verdict}",
+            ]
+        ax.text(
+            x + 0.5,
+            y + 0.5,
+            "\n".join(line for line in lines if line),
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            wrap=True,
+        )
     ax.set_xlim(0, 3)
     ax.set_ylim(0, 2)
-    ax.set_xticks([0.5, 1.5, 2.5], ["scarce\n(< 10 images/class)", "limited\n(10-99 images/class)",
-                                     "sufficient\n(>= 100 images/class)"])
+    ax.set_xticks(
+        [0.5, 1.5, 2.5],
+        ["scarce\n(< 10 images/class)", "limited\n(10-99 images/class)", "sufficient\n(>= 100 images/class)"],
+    )
     ax.set_yticks([1.5, 0.5], ["high similarity", "low similarity"])
     ax.set_xlabel("data regime (training images per class)")
-    ax.set_title("Measured regime matrix: best strategy per cell (green agrees, vermillion disagrees, "
-                 "yellow no clear winner)", fontsize=10)
+    ax.set_title(
+        "Measured regime matrix: best strategy per cell (green agrees, vermillion disagrees, yellow no clear winner)",
+        fontsize=10,
+    )
     ax.tick_params(length=0)
     return fig
 
@@ -101,9 +121,17 @@ def learning_curves_figure(board: pd.DataFrame) -> Figure | None:
                 continue
             line = line.sort_values("per_class")
             colour, marker = styles[strategy]
-            ax.errorbar(line["per_class"], line["mean"], yerr=line["ci95"].fillna(0), color=colour, marker=marker,
-                        linestyle="-" if pretrained else "--", markerfacecolor=colour if pretrained else "white",
-                        capsize=2, label=f"{strategy}{'' if pretrained else ' (scratch)'}")
+            ax.errorbar(
+                line["per_class"],
+                line["mean"],
+                yerr=line["ci95"].fillna(0),
+                color=colour,
+                marker=marker,
+                linestyle="-" if pretrained else "--",
+                markerfacecolor=colour if pretrained else "white",
+                capsize=2,
+                label=f"{strategy}{'' if pretrained else ' (scratch)'}",
+            )
         _log_x(ax)
         ax.set_title(f"{dataset} · {backbone}", fontsize=9)
         ax.set_xlabel("training images per class (log scale)")
@@ -127,8 +155,15 @@ def pretraining_gain_figure(gains: pd.DataFrame) -> Figure | None:
             if line.empty:
                 continue
             colour, marker = styles[strategy]
-            ax.errorbar(line["per_class"], line["mean"], yerr=line["ci95"].fillna(0), color=colour, marker=marker,
-                        capsize=2, label=strategy)
+            ax.errorbar(
+                line["per_class"],
+                line["mean"],
+                yerr=line["ci95"].fillna(0),
+                color=colour,
+                marker=marker,
+                capsize=2,
+                label=strategy,
+            )
         ax.axhline(0, color="#444444", linewidth=0.8)
         _log_x(ax)
         ax.set_title(f"{dataset} · {backbone}", fontsize=9)
@@ -154,8 +189,15 @@ def freeze_profile_figure(profile: pd.DataFrame) -> Figure | None:
             if line.empty:
                 continue
             colour, marker = styles[size]
-            ax.errorbar(line["frozen"], line["mean"], yerr=line["ci95"].fillna(0), color=colour, marker=marker,
-                        capsize=2, label=size)
+            ax.errorbar(
+                line["frozen"],
+                line["mean"],
+                yerr=line["ci95"].fillna(0),
+                color=colour,
+                marker=marker,
+                capsize=2,
+                label=size,
+            )
         ax.set_xlim(-0.05, 1.05)
         ax.set_title(f"{dataset} · {backbone}", fontsize=9)
         ax.set_xlabel("frozen share of backbone (0 = full FT, 1 = probe)")
@@ -189,16 +231,35 @@ def cost_figure(cost: pd.DataFrame) -> Figure | None:
         panel = cost[cost["dataset"] == dataset]
         for _, point in panel.iterrows():
             colour, marker = styles[point["strategy"]]
-            ax.errorbar(point["train_seconds_mean"], point["mean"], yerr=0 if pd.isna(point["ci95"]) else point["ci95"],
-                        color=colour, marker=marker, markerfacecolor=colour if point["pretrained"] else "white",
-                        linestyle="none", capsize=2,
-                        label=f"{point['strategy']}{'' if point['pretrained'] else ' (scratch)'}")
+            ax.errorbar(
+                point["train_seconds_mean"],
+                point["mean"],
+                yerr=0 if pd.isna(point["ci95"]) else point["ci95"],
+                color=colour,
+                marker=marker,
+                markerfacecolor=colour if point["pretrained"] else "white",
+                linestyle="none",
+                capsize=2,
+                label=f"{point['strategy']}{'' if point['pretrained'] else ' (scratch)'}",
+            )
         front = panel[panel["pareto"]].sort_values("train_seconds_mean")
-        ax.step(front["train_seconds_mean"], front["mean"], where="post", color="#444444", linewidth=1,
-                linestyle=":", label="Pareto front")
+        ax.step(
+            front["train_seconds_mean"],
+            front["mean"],
+            where="post",
+            color="#444444",
+            linewidth=1,
+            linestyle=":",
+            label="Pareto front",
+        )
         for _, point in front.iterrows():
-            ax.annotate(point["backbone"], (point["train_seconds_mean"], point["mean"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                point["backbone"],
+                (point["train_seconds_mean"], point["mean"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         _log_x(ax)
         ax.set_title(f"{dataset} ({panel['data'].iloc[0]} of the training data)", fontsize=9)
         ax.set_xlabel("train time per trial (s, log scale)")
@@ -244,6 +305,11 @@ def _legend(fig: Figure, axes: list) -> None:
                 handles[label] = handle
                 labels.append(label)
     if handles:
-        fig.legend([handles[label] for label in labels], labels, loc="outside right upper", fontsize=7,
-                   title="solid = pretrained, dashed/hollow = scratch" if any("scratch" in lb for lb in labels) else None,
-                   title_fontsize=7)
+        fig.legend(
+            [handles[label] for label in labels],
+            labels,
+            loc="outside right upper",
+            fontsize=7,
+            title="solid = pretrained, dashed/hollow = scratch" if any("scratch" in lb for lb in labels) else None,
+            title_fontsize=7,
+        )

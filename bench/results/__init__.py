@@ -4,7 +4,6 @@
 on first use, so the training core can build rows without importing pyarrow.
 """
 
-from bench.utils.lazy import lazy_exports
 from bench.results.schema import (
     DEFAULT_THRESHOLDS,
     EPOCH_COLUMNS,
@@ -16,13 +15,30 @@ from bench.results.schema import (
     trial_row,
     utc_now,
 )
+from bench.utils.lazy import lazy_exports
 
-_STORE = ("EPOCHS_FILE", "TRIALS_FILE", "RunData", "find_run_dirs", "load_runs", "read_table", "replace_epochs",
-          "upsert_trials")
+_STORE = (
+    "EPOCHS_FILE",
+    "TRIALS_FILE",
+    "RunData",
+    "find_run_dirs",
+    "load_runs",
+    "read_table",
+    "replace_epochs",
+    "upsert_trials",
+)
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "EPOCH_COLUMNS", "SCHEMA_VERSION", "SIMILARITY_COLUMNS", "STATUSES", "TRIAL_COLUMNS",
-    "DataThresholds", "trial_row", "utc_now", *_STORE,
+    "DEFAULT_THRESHOLDS",
+    "EPOCH_COLUMNS",
+    "SCHEMA_VERSION",
+    "SIMILARITY_COLUMNS",
+    "STATUSES",
+    "TRIAL_COLUMNS",
+    "DataThresholds",
+    "trial_row",
+    "utc_now",
+    *_STORE,
 ]
 
 __getattr__ = lazy_exports(__name__, dict.fromkeys(_STORE, "bench.results.store"))

@@ -38,8 +38,7 @@ DECLARED_SIMILARITY = {"natural": "high", "specialized": "low", "structured": "l
 LOGIT_CLIP = 1e-3  # accuracies are clipped to [0.1%, 99.9%] before the logit, so 0% or 100% stay finite
 
 
-
-# The textbook matrix (DESIGN.md): advice text and the strategies that count as following it.
+# The textbook matrix (docs/design.md): advice text and the strategies that count as following it.
 _FINE_TUNE = {"full", "lp_ft"}
 
 
@@ -75,7 +74,9 @@ def prepare(df: pd.DataFrame, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -
     rows["entry"] = [
         f"{b}{'' if p else ' scratch'} / {s}" for b, p, s in zip(rows["backbone"], rows["pretrained"], rows["strategy"])
     ]
-    rows["data"] = [_size_label(f, s) for f, s in zip(_column(rows, "data_fraction", None), _column(rows, "shots", None))]
+    rows["data"] = [
+        _size_label(f, s) for f, s in zip(_column(rows, "data_fraction", None), _column(rows, "shots", None))
+    ]
 
     per_class = pd.to_numeric(_column(rows, "n_train", None), errors="coerce") / pd.to_numeric(
         _column(rows, "n_classes", None), errors="coerce"
@@ -99,8 +100,25 @@ def prepare(df: pd.DataFrame, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -
 def excluded_trials(df: pd.DataFrame) -> pd.DataFrame:
     """The rows `prepare` leaves out of every statistic: failed, diverged, or ok without a test metric."""
     metric = pd.to_numeric(df[METRIC], errors="coerce") if METRIC in df else pd.Series(np.nan, index=df.index)
-    keep = [c for c in ("trial_id", "status", "error", "backbone", "pretrained", "dataset", "freeze",
-                        "strategy", "data_fraction", "shots", "seed", "hp_lr", "run_dir") if c in df]
+    keep = [
+        c
+        for c in (
+            "trial_id",
+            "status",
+            "error",
+            "backbone",
+            "pretrained",
+            "dataset",
+            "freeze",
+            "strategy",
+            "data_fraction",
+            "shots",
+            "seed",
+            "hp_lr",
+            "run_dir",
+        )
+        if c in df
+    ]
     return df.loc[(df["status"] != "ok") | metric.isna(), keep].reset_index(drop=True)
 
 
@@ -167,17 +185,17 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame
     rows["_hp_key"] = hp_text.agg(lambda column: column + "|").sum(axis=1) if hp_cols else ""
     val = rows["metric_val_top1"] if "metric_val_top1" in rows else pd.Series(np.nan, index=rows.index)
     settings = (
-        rows.assign(_val=val)
-        .groupby(CELL + ["entry", "_hp_key"], sort=True, dropna=False)["_val"]
-        .mean()
-        .reset_index()
+        rows.assign(_val=val).groupby(CELL + ["entry", "_hp_key"], sort=True, dropna=False)["_val"].mean().reset_index()
     )
     settings["_score"] = settings["_val"].fillna(-np.inf)
     settings["n_settings"] = settings.groupby(CELL + ["entry"])["_hp_key"].transform("size")
     best = settings.loc[settings.groupby(CELL + ["entry"], sort=False)["_score"].idxmax()]
     best = best.assign(
-        selection=np.where(best["n_settings"] == 1, "single setting",
-                           np.where(np.isfinite(best["_score"]), "val_top1", "no validation metric"))
+        selection=np.where(
+            best["n_settings"] == 1,
+            "single setting",
+            np.where(np.isfinite(best["_score"]), "val_top1", "no validation metric"),
+        )
     )
     group_keys = CELL + ["entry"]
     if hp_cols:
@@ -186,14 +204,13 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame
         values = rows[group_keys + ["_hp_key"] + hp_cols].drop_duplicates(group_keys + ["_hp_key"])
         labelled = best[group_keys + ["_hp_key"]].merge(values, on=group_keys + ["_hp_key"], how="left")
         labelled = labelled.merge(n_values.reset_index(), on=group_keys, how="left")
-        parts = [
-            np.where(labelled[f"_n_{c}"] > 1, [f"{c}={_fmt_value(v)}" for v in labelled[c]], "") for c in hp_cols
-        ]
+        parts = [np.where(labelled[f"_n_{c}"] > 1, [f"{c}={_fmt_value(v)}" for v in labelled[c]], "") for c in hp_cols]
         best["selected"] = [", ".join(p for p in row if p) for row in zip(*parts)]
     else:
         best["selected"] = ""
-    chosen = rows.merge(best[group_keys + ["_hp_key", "n_settings", "selection", "selected"]],
-                        on=group_keys + ["_hp_key"])
+    chosen = rows.merge(
+        best[group_keys + ["_hp_key", "n_settings", "selection", "selected"]], on=group_keys + ["_hp_key"]
+    )
     return chosen.drop(columns="_hp_key").reset_index(drop=True)
 
 
@@ -282,12 +299,16 @@ def leaderboard(
     if by == "dataset":
         stats = _aggregate(selected, CELL + ["per_class"] + ENTRY, metric)
         info = selected.groupby(CELL + ["entry"], dropna=False).agg(
-            selected=("selected", "first"), selection=("selection", "first"), n_settings=("n_settings", "first"))
+            selected=("selected", "first"), selection=("selection", "first"), n_settings=("n_settings", "first")
+        )
         stats = stats.merge(info.reset_index(), on=CELL + ["entry"], how="left")
         ranked = rank_with_ties(stats, CELL)
         ranked["_size"] = ranked["per_class"].fillna(np.inf)
-        ranked = ranked.sort_values(["dataset", "_size", "rank_position", "mean", "entry"],
-                                    ascending=[True, True, True, False, True], kind="stable")
+        ranked = ranked.sort_values(
+            ["dataset", "_size", "rank_position", "mean", "entry"],
+            ascending=[True, True, True, False, True],
+            kind="stable",
+        )
         return ranked.drop(columns="_size").reset_index(drop=True)
     if by == "regime":
         usable = _common_cells(selected[selected["similarity_regime"].notna() & selected["data_regime"].notna()])
@@ -295,8 +316,11 @@ def leaderboard(
             return pd.DataFrame()
         # Per seed, average the entry's cells inside the regime cell; then statistics over seeds.
         per_seed = usable.groupby(REGIME + ENTRY + ["seed"], dropna=False)
-        pooled = per_seed[[c for c in (metric, "metric_macro_f1", "metric_val_top1", "train_seconds")
-                           if c in usable]].mean().reset_index()
+        pooled = (
+            per_seed[[c for c in (metric, "metric_macro_f1", "metric_val_top1", "train_seconds") if c in usable]]
+            .mean()
+            .reset_index()
+        )
         stats = _aggregate(pooled, REGIME + ENTRY, metric)
         cells = usable[REGIME + ["entry", "dataset", "data"]].drop_duplicates()
         cover = usable.groupby(REGIME + ["entry"]).agg(
@@ -309,8 +333,9 @@ def leaderboard(
         ranked = rank_with_ties(stats, REGIME)
         order = {r: i for i, r in enumerate(SIMILARITY_REGIMES + DATA_REGIMES)}
         ranked["_s"], ranked["_d"] = ranked["similarity_regime"].map(order), ranked["data_regime"].map(order)
-        ranked = ranked.sort_values(["_s", "_d", "rank_position", "mean", "entry"],
-                                    ascending=[True, True, True, False, True], kind="stable")
+        ranked = ranked.sort_values(
+            ["_s", "_d", "rank_position", "mean", "entry"], ascending=[True, True, True, False, True], kind="stable"
+        )
         return ranked.drop(columns=["_s", "_d"]).reset_index(drop=True)
     raise UserError(f"--by: expected 'dataset' or 'regime', got {by!r}")
 
@@ -336,7 +361,9 @@ def _common_cells(selected: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def overall_ranking(df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -> pd.DataFrame:
+def overall_ranking(
+    df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresholds = DEFAULT_THRESHOLDS
+) -> pd.DataFrame:
     """Entries across datasets: mean rank and mean accuracy in logit space (Kornblith et al. 2019).
 
     Each cell ranks its entries by mean (average ranks for equal means); an entry's rank on a dataset is the
@@ -352,17 +379,27 @@ def overall_ranking(df: pd.DataFrame, metric: str = METRIC, thresholds: DataThre
     clipped = (board["mean"] / 100).clip(LOGIT_CLIP, 1 - LOGIT_CLIP)  # metrics are percentages
     board["logit"] = np.log(clipped / (1 - clipped))
     per_dataset = board.groupby(ENTRY + ["dataset"]).agg(
-        cell_rank=("cell_rank", "mean"), logit=("logit", "mean"), n_cells=("data", "size"))
-    overall = per_dataset.groupby(ENTRY).agg(
-        mean_rank=("cell_rank", "mean"), mean_logit=("logit", "mean"),
-        n_datasets=("cell_rank", "size"), n_cells=("n_cells", "sum")).reset_index()
+        cell_rank=("cell_rank", "mean"), logit=("logit", "mean"), n_cells=("data", "size")
+    )
+    overall = (
+        per_dataset.groupby(ENTRY)
+        .agg(
+            mean_rank=("cell_rank", "mean"),
+            mean_logit=("logit", "mean"),
+            n_datasets=("cell_rank", "size"),
+            n_cells=("n_cells", "sum"),
+        )
+        .reset_index()
+    )
     overall["logit_mean"] = 100 / (1 + np.exp(-overall["mean_logit"]))
     overall = overall.sort_values(["mean_rank", "mean_logit", "entry"], ascending=[True, False, True])
     overall.insert(0, "rank", range(1, len(overall) + 1))
     return overall.reset_index(drop=True)
 
 
-def regime_matrix(df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -> pd.DataFrame:
+def regime_matrix(
+    df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresholds = DEFAULT_THRESHOLDS
+) -> pd.DataFrame:
     """The measured 2x3 matrix beside the textbook one: one row per (similarity regime, data regime).
 
     best_*: the best entry of the cell; runner_up_*: the best entry of a different strategy (pretrained vs
@@ -381,7 +418,11 @@ def regime_matrix(df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresh
     for sim in SIMILARITY_REGIMES:
         for data in DATA_REGIMES:
             advice, advised = textbook_advice(sim, data)
-            cell = board[(board["similarity_regime"] == sim) & (board["data_regime"] == data)] if not board.empty else board
+            cell = (
+                board[(board["similarity_regime"] == sim) & (board["data_regime"] == data)]
+                if not board.empty
+                else board
+            )
             row: dict[str, object] = {"similarity_regime": sim, "data_regime": data, "advice": advice}
             if cell.empty:
                 rows.append({**row, "verdict": "not measured", "reason": "no trial in this cell"})
@@ -392,8 +433,13 @@ def regime_matrix(df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresh
             others = cell[key != key.iloc[0]]
             runner = others.iloc[0] if not others.empty else None
             row.update(
-                best_entry=best["entry"], best_strategy=key.iloc[0], mean=best["mean"], ci95=best["ci95"],
-                ci_low=best["ci_low"], ci_high=best["ci_high"], n_seeds=best["n_seeds"],
+                best_entry=best["entry"],
+                best_strategy=key.iloc[0],
+                mean=best["mean"],
+                ci95=best["ci95"],
+                ci_low=best["ci_low"],
+                ci_high=best["ci_high"],
+                n_seeds=best["n_seeds"],
                 runner_up_entry=None if runner is None else runner["entry"],
                 runner_up_strategy=None if runner is None else key.loc[runner.name],
                 runner_up_mean=np.nan if runner is None else runner["mean"],
@@ -510,24 +556,36 @@ def display_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
 def display_overall(overall: pd.DataFrame) -> pd.DataFrame:
     if overall.empty:
         return overall
-    return pd.DataFrame({
-        "rank": overall["rank"], "entry": overall["entry"], "mean rank": overall["mean_rank"].map("{:.2f}".format),
-        "logit-mean top-1 %": overall["logit_mean"].map(lambda v: f"{v:.1f}"),
-        "datasets": overall["n_datasets"], "cells": overall["n_cells"],
-    })
+    return pd.DataFrame(
+        {
+            "rank": overall["rank"],
+            "entry": overall["entry"],
+            "mean rank": overall["mean_rank"].map("{:.2f}".format),
+            "logit-mean top-1 %": overall["logit_mean"].map(lambda v: f"{v:.1f}"),
+            "datasets": overall["n_datasets"],
+            "cells": overall["n_cells"],
+        }
+    )
 
 
 def display_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, r in matrix.iterrows():
         measured = r.get("verdict") != "not measured"
-        out.append({
-            "similarity": r["similarity_regime"], "data": r["data_regime"],
-            "best strategy": r.get("best_entry", "") if measured else "",
-            "top-1 % (95% CI)": pct(r["mean"], r["ci95"]) if measured else "",
-            "margin (pts)": f"{r['margin']:+.1f} vs {r['runner_up_entry']}" if measured and pd.notna(r.get("margin")) else "",
-            "textbook": r["advice"], "verdict": r["verdict"], "why": r["reason"],
-        })
+        out.append(
+            {
+                "similarity": r["similarity_regime"],
+                "data": r["data_regime"],
+                "best strategy": r.get("best_entry", "") if measured else "",
+                "top-1 % (95% CI)": pct(r["mean"], r["ci95"]) if measured else "",
+                "margin (pts)": f"{r['margin']:+.1f} vs {r['runner_up_entry']}"
+                if measured and pd.notna(r.get("margin"))
+                else "",
+                "textbook": r["advice"],
+                "verdict": r["verdict"],
+                "why": r["reason"],
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -541,11 +599,17 @@ def run_summary(df: pd.DataFrame) -> str:
         best = cell.iloc[0]
         tied = int((cell["rank"] == best["rank"]).sum()) - 1 if best["rank"].startswith("=") else 0
         runner = cell.iloc[1] if len(cell) > 1 else None
-        rows.append({
-            "dataset": dataset, "data": data, "best": best["entry"], "top-1 % (95% CI)": pct(best["mean"], best["ci95"]),
-            "seeds": best["n_seeds"], "next": "" if runner is None else f"{runner['entry']} ({pct(runner['mean'])})",
-            "tied with": tied or "",
-        })
+        rows.append(
+            {
+                "dataset": dataset,
+                "data": data,
+                "best": best["entry"],
+                "top-1 % (95% CI)": pct(best["mean"], best["ci95"]),
+                "seeds": best["n_seeds"],
+                "next": "" if runner is None else f"{runner['entry']} ({pct(runner['mean'])})",
+                "tied with": tied or "",
+            }
+        )
     return format_table(pd.DataFrame(rows))
 
 
@@ -567,13 +631,20 @@ def leaderboard_command(run_dirs: Sequence[str | Path], by: str = "dataset", fmt
     board = leaderboard(data.trials, by=by)
     if fmt == "csv":
         return format_table(board, "csv")
-    parts = [f"## Leaderboard by {by} (test top-1, mean over seeds, 95% Student-t interval; '=k' = tied)\n",
-             format_table(display_leaderboard(board))]
+    parts = [
+        f"## Leaderboard by {by} (test top-1, mean over seeds, 95% Student-t interval; '=k' = tied)\n",
+        format_table(display_leaderboard(board)),
+    ]
     if by == "dataset":
-        parts += ["\n## Overall ranking (mean rank across datasets; mean top-1 in logit space)\n",
-                  format_table(display_overall(overall_ranking(data.trials)))]
+        parts += [
+            "\n## Overall ranking (mean rank across datasets; mean top-1 in logit space)\n",
+            format_table(display_overall(overall_ranking(data.trials))),
+        ]
     else:
-        parts += ["\n## Regime matrix, measured vs textbook\n", format_table(display_matrix(regime_matrix(data.trials)))]
+        parts += [
+            "\n## Regime matrix, measured vs textbook\n",
+            format_table(display_matrix(regime_matrix(data.trials))),
+        ]
     excluded = excluded_trials(data.trials)
     if not excluded.empty:
         parts.append(f"\n{len(excluded)} trial(s) failed or diverged and are left out of these statistics.\n")

@@ -36,7 +36,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from bench.utils.atomic import atomic_write
 from bench.config import STRATEGY_DEPTH
 from bench.errors import UserError
 from bench.results.schema import (
@@ -46,6 +45,7 @@ from bench.results.schema import (
     SCHEMA_VERSION,
     TRIAL_COLUMNS,
 )
+from bench.utils.atomic import atomic_write
 
 _STR = pa.string()
 # The schema's contract columns with their Arrow types.
@@ -93,9 +93,7 @@ def replace_epochs(path: Path, trial_id: str, rows: list[dict[str, Any]]) -> Non
     for row in rows:
         if row.get("trial_id", trial_id) != trial_id:
             raise ValueError(f"replace_epochs({trial_id!r}) got a row of trial {row.get('trial_id')!r}")
-    new = _rows_to_table(
-        [{"schema_version": SCHEMA_VERSION, **row, "trial_id": trial_id} for row in rows], EPOCH_TYPES
-    )
+    new = _rows_to_table([{"schema_version": SCHEMA_VERSION, **row, "trial_id": trial_id} for row in rows], EPOCH_TYPES)
     with _locked(path.parent):
         old = _read_existing(path)
         if old is not None:

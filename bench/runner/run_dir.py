@@ -14,7 +14,7 @@ import platform
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -22,16 +22,16 @@ from typing import IO, Any
 import yaml
 
 import bench
+from bench.errors import UserError
 from bench.results.schema import utc_now
 from bench.utils.atomic import atomic_write_text
-from bench.errors import UserError
 
 LOCK_FILE = ".lock"
 PACKAGES = ("torch", "torchvision", "timm", "ray", "numpy", "pandas", "pyarrow", "scikit-learn", "pydantic")
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def suite_folder(out: Path, suite_name: str) -> Path:
@@ -43,8 +43,7 @@ def suite_folder(out: Path, suite_name: str) -> Path:
 
 def latest_run(out: Path, suite_name: str) -> Path | None:
     folder = suite_folder(out, suite_name)
-    runs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() \
-        else []
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
     return runs[-1] if runs else None
 
 
@@ -77,8 +76,10 @@ class RunLock:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise UserError(f"run folder '{self.path.parent}' is in use by another bench run "
-                            f"(lock {self.path}); wait for it to finish") from None
+            raise UserError(
+                f"run folder '{self.path.parent}' is in use by another bench run "
+                f"(lock {self.path}); wait for it to finish"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
@@ -98,8 +99,10 @@ def write_suite(run_dir: Path, resolved: dict[str, Any]) -> None:
     text = yaml.safe_dump(resolved, sort_keys=False)
     if path.exists():
         if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
-            raise UserError(f"cannot resume '{run_dir}': the suite has changed since that run started "
-                            f"(compare {path}); start a new run without --resume")
+            raise UserError(
+                f"cannot resume '{run_dir}': the suite has changed since that run started "
+                f"(compare {path}); start a new run without --resume"
+            )
         return
     atomic_write_text(text, path)
 
@@ -144,8 +147,9 @@ def _version(package: str) -> str | None:
 
 def _git_sha() -> str | None:
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bench.__file__).parent, capture_output=True,
-                                text=True, timeout=5)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(bench.__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None

@@ -36,14 +36,14 @@ from typing import Any
 import ray
 from ray import tune
 
-from bench.utils import memory
-from bench.results import store as results
-from bench.results.schema import trial_row, utc_now
-from bench.runner import run_dir as runs
 from bench.config import TrialConfig
 from bench.data import PreparedDataset, prepare_dataset
 from bench.errors import StorageError, UserError
+from bench.results import store as results
+from bench.results.schema import trial_row, utc_now
+from bench.runner import run_dir as runs
 from bench.suite import Suite
+from bench.utils import memory
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class RunSummary:
 
 # ---------------------------------------------------------------------------------------------------------
 # worker side
+
 
 class TrialTimeout(Exception):
     """Raised inside a trial's thread when it runs past ``tune.trial_timeout_s``."""
@@ -115,8 +116,13 @@ def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, ti
     finally:
         memory.release_freed_memory()  # a reused worker starts the next trial as lean as the first
     row["ray_node_id"] = ray.get_runtime_context().get_node_id()
-    tune.report({"status": row["status"], "row_json": json.dumps(row, default=str),
-                 "epochs_json": json.dumps(epochs, default=str)})
+    tune.report(
+        {
+            "status": row["status"],
+            "row_json": json.dumps(row, default=str),
+            "epochs_json": json.dumps(epochs, default=str),
+        }
+    )
 
 
 def _dataset_key(config: TrialConfig) -> str:
@@ -125,6 +131,7 @@ def _dataset_key(config: TrialConfig) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # driver side
+
 
 class _RowWriter(tune.Callback):
     """Writes each trial's row the moment it arrives, and prints one progress line per finished trial."""
@@ -174,13 +181,18 @@ class _RowWriter(tune.Callback):
         done = self.summary.ok + self.summary.failed + self.summary.diverged
         elapsed = time.monotonic() - self.started
         eta = elapsed / done * (self.pending - done) if done else float("nan")
-        label = f"{row['backbone']}{'' if row.get('pretrained') in (True, None) else '(scratch)'} " \
-                f"{row['dataset']} freeze={row['freeze']} " \
-                f"{'shots=' + str(row['shots']) if row.get('shots') else 'frac=' + str(row['data_fraction'])} " \
-                f"seed={row['seed']}"
+        label = (
+            f"{row['backbone']}{'' if row.get('pretrained') in (True, None) else '(scratch)'} "
+            f"{row['dataset']} freeze={row['freeze']} "
+            f"{'shots=' + str(row['shots']) if row.get('shots') else 'frac=' + str(row['data_fraction'])} "
+            f"seed={row['seed']}"
+        )
         outcome = f"top1={row['metric_top1']:.1f}" if row.get("metric_top1") is not None else status.upper()
-        print(f"[{_clock(elapsed)}] {done}/{self.pending} done, {self.summary.failed} failed, "
-              f"{max(0, self.running - 1)} running, eta {_clock(eta)} | {label}: {outcome}", flush=True)
+        print(
+            f"[{_clock(elapsed)}] {done}/{self.pending} done, {self.summary.failed} failed, "
+            f"{max(0, self.running - 1)} running, eta {_clock(eta)} | {label}: {outcome}",
+            flush=True,
+        )
 
 
 class _StopAll(tune.Stopper):
@@ -235,8 +247,7 @@ def _connect(address: str | None, num_cpus: int | None) -> dict[str, Any]:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet, not CSV/TensorBoard
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
-                                  "configure_logging": True}
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -247,8 +258,15 @@ def _connect(address: str | None, num_cpus: int | None) -> dict[str, Any]:
     return {"address": address or "local", "nodes": len(nodes), "resources": ray.cluster_resources()}
 
 
-def run_suite(suite: Suite, *, out: Path, address: str | None = None, resume: bool = False,
-              num_cpus: int | None = None, cache_dir: Path | None = None) -> RunSummary:
+def run_suite(
+    suite: Suite,
+    *,
+    out: Path,
+    address: str | None = None,
+    resume: bool = False,
+    num_cpus: int | None = None,
+    cache_dir: Path | None = None,
+) -> RunSummary:
     """Run every trial of ``suite`` that has no ``ok`` row yet; return the counts."""
     out = Path(out)
     if resume:
@@ -264,8 +282,11 @@ def run_suite(suite: Suite, *, out: Path, address: str | None = None, resume: bo
         cache = str(cache_dir or out / ".cache")
         trials = [_placed(t, cache) for t in suite.trials() if t.trial_id not in done_ids]
         summary = RunSummary(run_dir=run_dir, total=suite.trial_count(), skipped=suite.trial_count() - len(trials))
-        print(f"bench: suite '{suite.name}': {summary.total} trials, {summary.skipped} already done, "
-              f"{len(trials)} to run -> {run_dir}", flush=True)
+        print(
+            f"bench: suite '{suite.name}': {summary.total} trials, {summary.skipped} already done, "
+            f"{len(trials)} to run -> {run_dir}",
+            flush=True,
+        )
         if not trials:
             return summary
         started = time.monotonic()
@@ -283,17 +304,22 @@ def run_suite(suite: Suite, *, out: Path, address: str | None = None, resume: bo
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # no cluster: the datasets still queued are not decoded
                 raise
-            print(f"bench: ray {cluster['address']}: {cluster['nodes']} node(s), "
-                  f"{cluster['resources'].get('CPU', 0):g} CPU, {cluster['resources'].get('GPU', 0):g} GPU",
-                  flush=True)
+            print(
+                f"bench: ray {cluster['address']}: {cluster['nodes']} node(s), "
+                f"{cluster['resources'].get('CPU', 0):g} CPU, {cluster['resources'].get('GPU', 0):g} GPU",
+                flush=True,
+            )
             refs, unavailable = _share_datasets(decoding)
         failed_now = [t for t in trials if _dataset_key(t) in unavailable]
         if failed_now:
             write_rows(run_dir, [_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed_now], {})
             summary.failed += len(failed_now)
             for message in sorted(set(unavailable.values())):
-                print(f"bench: {message} -> {sum(1 for t in failed_now if unavailable[_dataset_key(t)] == message)}"
-                      " trial(s) failed", flush=True)
+                print(
+                    f"bench: {message} -> {sum(1 for t in failed_now if unavailable[_dataset_key(t)] == message)}"
+                    " trial(s) failed",
+                    flush=True,
+                )
         runnable = [t for t in trials if _dataset_key(t) not in unavailable]
         if runnable:
             _tune(suite, runnable, refs, run_dir, summary)
@@ -326,8 +352,9 @@ def _dataset_configs(trials: list[TrialConfig]) -> dict[str, TrialConfig]:
 def _prepare(config: TrialConfig, cache: str) -> PreparedDataset | str:
     """The decoded dataset, or the one-line reason it cannot be had."""
     try:
-        return prepare_dataset(config.dataset, config.img_size, root=config.dataset_root, download=config.download,
-                               cache_dir=cache)
+        return prepare_dataset(
+            config.dataset, config.img_size, root=config.dataset_root, download=config.download, cache_dir=cache
+        )
     except UserError as error:
         return str(error)
 
@@ -358,43 +385,55 @@ def schedule_order(trials: list[TrialConfig]) -> list[TrialConfig]:
     """
     groups: dict[tuple[Any, ...], list[TrialConfig]] = {}
     for config in trials:
-        key = (config.backbone, config.pretrained, config.weights, config.img_size, config.dataset,
-               config.dataset_root)
+        key = (config.backbone, config.pretrained, config.weights, config.img_size, config.dataset, config.dataset_root)
         groups.setdefault(key, []).append(config)
     backbones = list(dict.fromkeys(key[:4] for key in groups))  # in the suite's order
     queues = [groups[key] for key in sorted(groups, key=lambda key: backbones.index(key[:4]))]  # stable sort
     return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
 
 
-def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path,
-          summary: RunSummary) -> None:
+def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path, summary: RunSummary) -> None:
     resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, datasets=refs, run_id=run_dir.name,
-                                                         timeout_s=suite.tune.trial_timeout_s), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, datasets=refs, run_id=run_dir.name, timeout_s=suite.tune.trial_timeout_s),
+        resources,
+    )
     writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials) + summary.failed)
     scratch = tempfile.mkdtemp(prefix="bench-tune-")
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.to_dict() for t in schedule_order(trials)])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=suite.tune.max_concurrent_trials, reuse_actors=True,
-                                    trial_dirname_creator=lambda trial: trial.trial_id),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=suite.tune.max_concurrent_trials,
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
         run_config=tune.RunConfig(
             # Tune's own experiment state is scratch (resume reads our Parquet rows), so it stays out of the
             # run folder: a full or read-only results disk then fails in one place, our row writer.
-            name="tune", storage_path=scratch, verbose=0, callbacks=[writer], stop=_StopAll(writer),
+            name="tune",
+            storage_path=scratch,
+            verbose=0,
+            callbacks=[writer],
+            stop=_StopAll(writer),
             failure_config=tune.FailureConfig(max_failures=suite.tune.max_failures),
         ),
     )
     try:
         tuner.fit()
     except (ray.exceptions.RayError, RuntimeError) as error:  # the driver lost the cluster: rows so far are kept
-        print(f"bench: Ray stopped the run: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
-              file=sys.stderr, flush=True)
+        print(
+            f"bench: Ray stopped the run: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
+            file=sys.stderr,
+            flush=True,
+        )
         traceback.print_exc(limit=2)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if writer.storage_error is not None:
         error = writer.storage_error
         where = error.filename or run_dir
-        raise StorageError(f"cannot write {where}: {error.strerror or error}; the {summary.ok + summary.diverged} "
-                           "trial(s) finished before it are kept; free space, then bench run --resume")
+        raise StorageError(
+            f"cannot write {where}: {error.strerror or error}; the {summary.ok + summary.diverged} "
+            "trial(s) finished before it are kept; free space, then bench run --resume"
+        )

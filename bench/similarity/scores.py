@@ -185,9 +185,7 @@ def divergence_from_statistics(stats: Sequence[LayerStatistics], layers: str = "
         kept = list(stats)
     else:
         raise ValueError(f"layers must be 'coarsest' or 'all', got {layers!r}")
-    distances = np.concatenate(
-        [bhattacharyya_distance(s.running_mean, s.running_var, s.mean, s.var) for s in kept]
-    )
+    distances = np.concatenate([bhattacharyya_distance(s.running_mean, s.running_var, s.mean, s.var) for s in kept])
     return float(distances.mean()), len(kept)
 
 
@@ -289,8 +287,7 @@ def record_statistics(
         with BatchNormRecorder(model, groups=2, only=only) as recorder, torch.no_grad():
             for batch in _batches(images, mean, std, max_images=max_images, batch_size=batch_size):
                 if batch.shape[-2:] != (side, side):  # bicubic, as timm's eval transforms for these weights
-                    batch = F.interpolate(batch, size=(side, side), mode="bicubic", antialias=True,
-                                          align_corners=False)
+                    batch = F.interpolate(batch, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
                 batch = batch.to(device).contiguous(memory_format=torch.channels_last)  # as the trials run it
                 for group, offset in enumerate(((seen % 2), 1 - (seen % 2))):  # image i -> half i % 2
                     part = batch[offset::2]
@@ -342,13 +339,22 @@ def bn_divergence(
     if not has_imagenet_statistics(model):
         raise ValueError(f"{type(model).__name__} has no trained BatchNorm statistics to compare with")
     recorded = record_statistics(
-        model, images, mean=mean, std=std, resolution=resolution, max_images=max_images, batch_size=batch_size,
+        model,
+        images,
+        mean=mean,
+        std=std,
+        resolution=resolution,
+        max_images=max_images,
+        batch_size=batch_size,
         coarsest_only=layers == "coarsest",
     )
     if recorded.n_images == 0:
         raise ValueError("no images to measure: the image set is empty")
-    return divergence_corrected(recorded, layers)[0] if bias_correction else \
-        divergence_from_statistics(recorded.layers, layers)[0]
+    return (
+        divergence_corrected(recorded, layers)[0]
+        if bias_correction
+        else divergence_from_statistics(recorded.layers, layers)[0]
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -382,21 +388,39 @@ def source_similarity(
         method, probe, probe_mean, probe_std = "bn_statistics", model, mean, std
     elif reference is not None:
         if not isinstance(images, (np.ndarray, torch.Tensor)):
-            raise ValueError("the reference-network fallback needs raw images (an array or tensor), not batches "
-                             "normalised for another model")
+            raise ValueError(
+                "the reference-network fallback needs raw images (an array or tensor), not batches "
+                "normalised for another model"
+            )
         probe, probe_mean, probe_std = _reference_model(reference)
         method = f"bn_reference:{reference}"
         resolution = None  # the reference's own pretraining size
     else:
-        return SimilarityScores(float("nan"), float("nan"), "unavailable", 0, 0, 0,
-                                "the model has no BatchNorm statistics and no reference network was allowed")
-    recorded = record_statistics(probe, images, mean=probe_mean, std=probe_std, resolution=resolution,
-                                 max_images=max_images, batch_size=batch_size, coarsest_only=True)
+        return SimilarityScores(
+            float("nan"),
+            float("nan"),
+            "unavailable",
+            0,
+            0,
+            0,
+            "the model has no BatchNorm statistics and no reference network was allowed",
+        )
+    recorded = record_statistics(
+        probe,
+        images,
+        mean=probe_mean,
+        std=probe_std,
+        resolution=resolution,
+        max_images=max_images,
+        batch_size=batch_size,
+        coarsest_only=True,
+    )
     seen, side = recorded.n_images, recorded.resolution
     if seen == 0:
         return SimilarityScores(float("nan"), float("nan"), method, 0, 0, side, "no images to measure")
-    divergence, n_layers = divergence_corrected(recorded) if bias_correction else \
-        divergence_from_statistics(recorded.layers)
+    divergence, n_layers = (
+        divergence_corrected(recorded) if bias_correction else divergence_from_statistics(recorded.layers)
+    )
     note = None
     if seen < _MIN_IMAGES_NOTE:
         note = f"only {seen} images: the score is noisy (calibrated with 64 to 256 images)"
@@ -491,8 +515,11 @@ def compute_similarity(
             scores[name] = float("nan")
             notes[name] = "no ImageNet logits given"
     else:
-        logits = source_logits.detach().float().cpu().numpy() if isinstance(source_logits, torch.Tensor) \
+        logits = (
+            source_logits.detach().float().cpu().numpy()
+            if isinstance(source_logits, torch.Tensor)
             else np.asarray(source_logits, dtype=np.float64)
+        )
         scores["max_softmax"] = _safe("max_softmax", max_softmax_score, notes, logits)
         scores["energy"] = _safe("energy", energy_score, notes, logits)
         probs = _softmax_or_none(logits)

@@ -17,8 +17,22 @@ import pandas as pd
 from bench.errors import UserError
 from bench.suite import Suite
 
-COLUMNS = ("dataset", "backbone", "img_size", "similarity_score", "similarity_regime", "bn_divergence",
-           "transferability", "leep", "nce", "h_score", "max_softmax", "energy", "seconds", "error")
+COLUMNS = (
+    "dataset",
+    "backbone",
+    "img_size",
+    "similarity_score",
+    "similarity_regime",
+    "bn_divergence",
+    "transferability",
+    "leep",
+    "nce",
+    "h_score",
+    "max_softmax",
+    "energy",
+    "seconds",
+    "error",
+)
 
 
 def similarity_table(suite: Suite, *, cache_dir: Path | None) -> pd.DataFrame:

@@ -7,6 +7,13 @@ from bench.speedups.fold import BatchNormFolded
 from bench.speedups.prefix import FrozenPrefix, cached_prefix_outputs, split_frozen_prefix
 
 __all__ = [
-    "BatchNormFolded", "FrozenPrefix", "FrozenRows", "cached_prefix_outputs", "compute_features", "frozen_rows",
-    "padded_weight_grad", "split_frozen_prefix", "split_rows",
+    "BatchNormFolded",
+    "FrozenPrefix",
+    "FrozenRows",
+    "cached_prefix_outputs",
+    "compute_features",
+    "frozen_rows",
+    "padded_weight_grad",
+    "split_frozen_prefix",
+    "split_rows",
 ]

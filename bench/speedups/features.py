@@ -54,33 +54,69 @@ STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "evictions": 0}
 BATCH_SIZE = {"cpu": 64, "cuda": 256}
 
 
-def feature_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
-                img_size: int, device_type: str = "cpu") -> str:
+def feature_key(
+    *,
+    arch: str,
+    weights_key: str,
+    dataset_fingerprint: str,
+    mean: tuple,
+    std: tuple,
+    img_size: int,
+    device_type: str = "cpu",
+) -> str:
     """Everything the features depend on; the precision too (bf16 autocast on CUDA, fp32 elsewhere)."""
     # fp32 keys carry no precision entry: keys written before it existed stay valid.
     arithmetic = {"precision": "bf16"} if precision.uses_bf16(torch.device(device_type)) else {}
-    blob = json.dumps({"arch": arch, "weights": weights_key, "dataset": dataset_fingerprint, "mean": list(mean),
-                       "std": list(std), "img_size": img_size, "version": FEATURES_VERSION, **arithmetic},
-                      sort_keys=True)
+    blob = json.dumps(
+        {
+            "arch": arch,
+            "weights": weights_key,
+            "dataset": dataset_fingerprint,
+            "mean": list(mean),
+            "std": list(std),
+            "img_size": img_size,
+            "version": FEATURES_VERSION,
+            **arithmetic,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def rows_key(base: str, split: str, *, batch_size: int, pad: bool, device: torch.device,
-             indices: np.ndarray | None = None) -> str:
+def rows_key(
+    base: str, split: str, *, batch_size: int, pad: bool, device: torch.device, indices: np.ndarray | None = None
+) -> str:
     """The key of one split's rows: ``base`` (what the outputs depend on), and how they were computed: the
     batching, and on a CPU the thread count, which also picks kernels (PyTorch's small-batch 1x1 convolution
     kernel is a one-thread choice); for a subset of a split, such as the validation images, which images in
     which order."""
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    blob = json.dumps({"base": base, "split": split, "batch_size": batch_size, "pad": pad, "threads": threads,
-                       "indices": None if indices is None else hashlib.sha256(
-                           np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "base": base,
+            "split": split,
+            "batch_size": batch_size,
+            "pad": pad,
+            "threads": threads,
+            "indices": None
+            if indices is None
+            else hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
-def compute_features(body: nn.Module, images: np.ndarray | torch.Tensor, normalize: nn.Module, *,
-                     device: torch.device, batch_size: int | None = None, pad: bool = False) -> torch.Tensor:
+def compute_features(
+    body: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    normalize: nn.Module,
+    *,
+    device: torch.device,
+    batch_size: int | None = None,
+    pad: bool = False,
+) -> torch.Tensor:
     """body(normalize(images)) in eval mode, in consecutive batches of ``batch_size``; float32, on the CPU.
 
     ``pad``: the last batch, when short, is filled up to ``batch_size`` with the images before it (repeated
@@ -97,7 +133,7 @@ def compute_features(body: nn.Module, images: np.ndarray | torch.Tensor, normali
         batch = torch.as_tensor(np.array(chunk) if isinstance(chunk, np.ndarray) else chunk).to(device)
         with precision.autocast(device):
             out = body(normalize(batch).contiguous(memory_format=torch.channels_last)).float().cpu()
-        outputs.append(out[-(stop - start):] if window is not None else out)
+        outputs.append(out[-(stop - start) :] if window is not None else out)
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
@@ -121,8 +157,9 @@ def cached_rows(key: str, compute: Callable[[], torch.Tensor], *, cache_dir: str
         if path is not None:
             atomic_write(path, lambda tmp: torch.save({"rows": rows}, tmp))
     _remember(key, rows)
-    log.info("feature cache: key %s, %.1f MB, hits %d, misses %d", key, nbytes(rows) / 2**20, STATS["hits"],
-             STATS["misses"])
+    log.info(
+        "feature cache: key %s, %.1f MB, hits %d, misses %d", key, nbytes(rows) / 2**20, STATS["hits"], STATS["misses"]
+    )
     return rows
 
 
@@ -139,29 +176,65 @@ class FrozenRows:
         return nbytes(self.train) + nbytes(self.val) + nbytes(self.test)
 
 
-def frozen_rows(base: str, body: nn.Module, x_train: np.ndarray, x_test: np.ndarray, val_idx: np.ndarray,
-                normalize: nn.Module, *, device: torch.device, train_batch: int, eval_batch: int,
-                cache_dir: str | None) -> FrozenRows:
+def frozen_rows(
+    base: str,
+    body: nn.Module,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    val_idx: np.ndarray,
+    normalize: nn.Module,
+    *,
+    device: torch.device,
+    train_batch: int,
+    eval_batch: int,
+    cache_dir: str | None,
+) -> FrozenRows:
     """``body(normalize(x))`` for every image a trial trains or evaluates on, each split from memory, disk or
     computed once (``cached_rows``), keyed by ``base`` and the batching."""
-    def rows(split: str, images: np.ndarray, batch_size: int, pad: bool,
-             indices: np.ndarray | None = None) -> torch.Tensor:
-        return split_rows(base, split, body, images, normalize, device=device, batch_size=batch_size, pad=pad,
-                          cache_dir=cache_dir, indices=indices)
 
-    return FrozenRows(train=rows("train", x_train, train_batch, True),
-                      val=rows("val", x_train[val_idx], eval_batch, False, val_idx),
-                      test=rows("test", x_test, eval_batch, False))
+    def rows(
+        split: str, images: np.ndarray, batch_size: int, pad: bool, indices: np.ndarray | None = None
+    ) -> torch.Tensor:
+        return split_rows(
+            base,
+            split,
+            body,
+            images,
+            normalize,
+            device=device,
+            batch_size=batch_size,
+            pad=pad,
+            cache_dir=cache_dir,
+            indices=indices,
+        )
+
+    return FrozenRows(
+        train=rows("train", x_train, train_batch, True),
+        val=rows("val", x_train[val_idx], eval_batch, False, val_idx),
+        test=rows("test", x_test, eval_batch, False),
+    )
 
 
-def split_rows(base: str, split: str, body: nn.Module, images: np.ndarray, normalize: nn.Module, *,
-               device: torch.device, batch_size: int, pad: bool, cache_dir: str | None,
-               indices: np.ndarray | None = None) -> torch.Tensor:
+def split_rows(
+    base: str,
+    split: str,
+    body: nn.Module,
+    images: np.ndarray,
+    normalize: nn.Module,
+    *,
+    device: torch.device,
+    batch_size: int,
+    pad: bool,
+    cache_dir: str | None,
+    indices: np.ndarray | None = None,
+) -> torch.Tensor:
     """``body(normalize(images))`` for one split, batched as given (``compute_features``), from memory, disk
     or computed once (``cached_rows``), keyed by ``base`` and that batching (``rows_key``)."""
-    return cached_rows(rows_key(base, split, batch_size=batch_size, pad=pad, device=device, indices=indices),
-                       lambda: compute_features(body, images, normalize, device=device, batch_size=batch_size,
-                                                pad=pad), cache_dir=cache_dir)
+    return cached_rows(
+        rows_key(base, split, batch_size=batch_size, pad=pad, device=device, indices=indices),
+        lambda: compute_features(body, images, normalize, device=device, batch_size=batch_size, pad=pad),
+        cache_dir=cache_dir,
+    )
 
 
 def nbytes(rows: torch.Tensor) -> int:

@@ -39,8 +39,11 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=tuple(get_notrace_functions()))
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return (isinstance(module, nn.modules.batchnorm._BatchNorm) or is_notrace_module(type(module))
-                or super().is_leaf_module(module, qualified_name))
+        return (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            or is_notrace_module(type(module))
+            or super().is_leaf_module(module, qualified_name)
+        )
 
 
 class BatchNormFolded:
@@ -59,8 +62,12 @@ class BatchNormFolded:
         modules = dict(twin.named_modules())
         for node in list(graph.nodes):
             bn = modules.get(node.target) if node.op == "call_module" else None
-            if type(bn) not in (nn.BatchNorm2d, BatchNormAct2d) or bn.running_mean is None or not node.args \
-                    or node.target in keep:
+            if (
+                type(bn) not in (nn.BatchNorm2d, BatchNormAct2d)
+                or bn.running_mean is None
+                or not node.args
+                or node.target in keep
+            ):
                 continue
             source = node.args[0]
             conv = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
@@ -91,8 +98,9 @@ class BatchNormFolded:
     def current(self) -> nn.Module:
         """The twin with the live model's current weights and statistics folded in, ready for evaluation."""
         for folded, conv, bn in self._pairs:
-            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                                bn.weight, bn.bias)
+            weight, bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+            )
             folded.weight.copy_(weight)
             folded.bias.copy_(bias)
         return self._twin

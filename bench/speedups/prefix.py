@@ -39,9 +39,9 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
+from bench.models.freeze import parameter_groups
 from bench.speedups import features
 from bench.training import precision
-from bench.models.freeze import parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,16 @@ class PooledHead(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # the body as a chain of stages
 
+
 def _children(module: nn.Module, prefix: str) -> list[Stage]:
     return [(f"{prefix}.{name}" if prefix else name, child) for name, child in module.named_children()]
 
 
 def _uses_timm_forward(body: nn.Module, cls: type) -> bool:
     kind = type(body)
-    return isinstance(body, cls) and all(getattr(kind, attr) is getattr(cls, attr)
-                                         for attr in ("forward", "forward_features", "forward_head"))
+    return isinstance(body, cls) and all(
+        getattr(kind, attr) is getattr(cls, attr) for attr in ("forward", "forward_features", "forward_head")
+    )
 
 
 def body_chain(body: nn.Module) -> tuple[list[Stage], nn.Module | None] | None:
@@ -105,12 +107,19 @@ def body_chain(body: nn.Module) -> tuple[list[Stage], nn.Module | None] | None:
     classifier) always runs last and is never split.
     """
     if _uses_timm_forward(body, EfficientNet):
-        stages = [("conv_stem", body.conv_stem), ("bn1", body.bn1), ("blocks", body.blocks),
-                  ("conv_head", body.conv_head), ("bn2", body.bn2)]
+        stages = [
+            ("conv_stem", body.conv_stem),
+            ("bn1", body.bn1),
+            ("blocks", body.blocks),
+            ("conv_head", body.conv_head),
+            ("bn2", body.bn2),
+        ]
         return stages, PooledHead(body.global_pool, body.drop_rate, body.classifier)
     if _uses_timm_forward(body, ResNet):
-        stages = [(name, getattr(body, name)) for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2",
-                                                           "layer3", "layer4")]
+        stages = [
+            (name, getattr(body, name))
+            for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        ]
         return stages, PooledHead(body.global_pool, body.drop_rate, body.fc)
     if type(body) is nn.Sequential:
         return _children(body, ""), None
@@ -153,7 +162,7 @@ def _split_stages(stages: list[Stage], frozen: set[int]) -> tuple[list[Stage], l
             inner = _split_stages(_children(module, name), remaining & ids)
             if inner is None or not remaining <= ids:
                 return None  # frozen parameters also after this stage: not a clean cut
-            return prefix + inner[0], inner[1] + stages[index + 1:]
+            return prefix + inner[0], inner[1] + stages[index + 1 :]
         else:
             return None  # the boundary falls inside a module that is not a chain, or a mode-dependent one
     return prefix, []
@@ -197,42 +206,93 @@ def split_frozen_prefix(body: nn.Module, n_frozen_groups: int) -> tuple[FrozenPr
 # ---------------------------------------------------------------------------------------------------------
 # the cache
 
-def prefix_cache_key(*, arch: str, weights_key: str, dataset_fingerprint: str, mean: tuple, std: tuple,
-                     img_size: int, n_frozen_groups: int, stage_names: Sequence[str],
-                     device_type: str = "cpu") -> str:
+
+def prefix_cache_key(
+    *,
+    arch: str,
+    weights_key: str,
+    dataset_fingerprint: str,
+    mean: tuple,
+    std: tuple,
+    img_size: int,
+    n_frozen_groups: int,
+    stage_names: Sequence[str],
+    device_type: str = "cpu",
+) -> str:
     """Everything a pooled-feature key holds (``bench.speedups.features.feature_key``), plus the freeze boundary (group
     count and the exact stages computed) and the precision (bf16 autocast on CUDA, fp32 elsewhere)."""
-    base = features.feature_key(arch=arch, weights_key=weights_key, dataset_fingerprint=dataset_fingerprint,
-                                mean=mean, std=std, img_size=img_size, device_type=device_type)
+    base = features.feature_key(
+        arch=arch,
+        weights_key=weights_key,
+        dataset_fingerprint=dataset_fingerprint,
+        mean=mean,
+        std=std,
+        img_size=img_size,
+        device_type=device_type,
+    )
     arithmetic = "bf16" if precision.uses_bf16(torch.device(device_type)) else "fp32"  # as keys always spelt it
-    blob = json.dumps({"kind": "frozen_prefix", "features_key": base, "n_frozen_groups": n_frozen_groups,
-                       "stages": list(stage_names), "precision": arithmetic, "version": PREFIX_VERSION},
-                      sort_keys=True)
+    blob = json.dumps(
+        {
+            "kind": "frozen_prefix",
+            "features_key": base,
+            "n_frozen_groups": n_frozen_groups,
+            "stages": list(stage_names),
+            "precision": arithmetic,
+            "version": PREFIX_VERSION,
+        },
+        sort_keys=True,
+    )
     return "prefix-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
-def prefix_output_bytes(prefix: nn.Module, img_size: int, n_images: int, normalize: nn.Module, *,
-                        device: torch.device) -> int:
+def prefix_output_bytes(
+    prefix: nn.Module, img_size: int, n_images: int, normalize: nn.Module, *, device: torch.device
+) -> int:
     """Size of the float32 prefix outputs of ``n_images`` images, from one probe image."""
     probe = np.zeros((1, 3, img_size, img_size), dtype=np.uint8)
     one = features.compute_features(prefix, probe, normalize, device=device)
     return int(one[0].numel()) * 4 * n_images
 
 
-def cached_prefix_outputs(key: str, prefix: nn.Module, x_train: np.ndarray, x_test: np.ndarray,
-                          val_idx: np.ndarray, normalize: nn.Module, *, device: torch.device, train_batch: int,
-                          eval_batch: int, cache_dir: str | None,
-                          max_bytes: int | None = DEFAULT_MAX_BYTES) -> features.FrozenRows | None:
+def cached_prefix_outputs(
+    key: str,
+    prefix: nn.Module,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    val_idx: np.ndarray,
+    normalize: nn.Module,
+    *,
+    device: torch.device,
+    train_batch: int,
+    eval_batch: int,
+    cache_dir: str | None,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> features.FrozenRows | None:
     """``prefix(normalize(x))`` for every image a trial trains or evaluates on, from memory, disk or computed
     once, batched as the plain path batches them (``bench.speedups.features.frozen_rows``); None when they would exceed
     ``max_bytes`` (then train the plain way)."""
     if max_bytes is not None:
-        size = prefix_output_bytes(prefix, int(x_train.shape[-1]), len(x_train) + len(val_idx) + len(x_test),
-                                   normalize, device=device)
+        size = prefix_output_bytes(
+            prefix, int(x_train.shape[-1]), len(x_train) + len(val_idx) + len(x_test), normalize, device=device
+        )
         if size > max_bytes:
-            log.info("frozen prefix %s: outputs would take %.0f MB > %.0f MB; not cached", key, size / 2**20,
-                     max_bytes / 2**20)
+            log.info(
+                "frozen prefix %s: outputs would take %.0f MB > %.0f MB; not cached",
+                key,
+                size / 2**20,
+                max_bytes / 2**20,
+            )
             return None
-    return features.frozen_rows(key, prefix, x_train, x_test, val_idx, normalize, device=device,
-                                train_batch=train_batch, eval_batch=eval_batch, cache_dir=cache_dir)
+    return features.frozen_rows(
+        key,
+        prefix,
+        x_train,
+        x_test,
+        val_idx,
+        normalize,
+        device=device,
+        train_batch=train_batch,
+        eval_batch=eval_batch,
+        cache_dir=cache_dir,
+    )

@@ -13,7 +13,6 @@ from bench.errors import UserError
 from bench.suite.reading import shorten, type_name
 from bench.suite.spec import BackboneSpec, DatasetSpec, SuiteSpec
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Error messages: one line, with the key path
 
@@ -31,11 +30,19 @@ def _bounds(ctx: dict[str, Any]) -> str:
 
 
 _EXPECTED = {
-    "int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
-    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
-    "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a string",
-    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type":
-    "a mapping",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
 }
 
 
@@ -50,23 +57,31 @@ def _describe(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
     if kind == "duplicate":
         value = ctx["value"]
         shown = value.name if isinstance(value, (BackboneSpec, DatasetSpec)) else value
-        return (*loc, ctx["index"]), (f"expected each value once, got {shorten(shown)}, the same as "
-                                       f"{_key_path(loc)}[{ctx['first']}]")
+        return (*loc, ctx["index"]), (
+            f"expected each value once, got {shorten(shown)}, the same as {_key_path(loc)}[{ctx['first']}]"
+        )
     if kind == "lr_missing":
-        return ("train", "lr"), (f"expected an lr for strategy {ctx['strategy']} (freeze {shorten(ctx['freeze'])}) "
-                                 "or a default key, got neither")
+        return ("train", "lr"), (
+            f"expected an lr for strategy {ctx['strategy']} (freeze {shorten(ctx['freeze'])}) "
+            "or a default key, got neither"
+        )
     if kind == "too_short":
         return loc, f"expected a non-empty list, got {shorten(got)}"
     if kind == "string_pattern_mismatch":
-        return loc, ("expected a name of letters, digits, '_', '.' and '-' that starts with a letter or digit "
-                     f"(it names the results folder), got {shorten(got)}")
+        return loc, (
+            "expected a name of letters, digits, '_', '.' and '-' that starts with a letter or digit "
+            f"(it names the results folder), got {shorten(got)}"
+        )
     if kind == "string_too_long":
         return loc, f"expected at most {ctx['max_length']} characters, got {len(got)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return loc, f"expected a number {_bounds(ctx)}, got {shorten(got)}"
     if kind == "literal_error":
-        hint = difflib.get_close_matches(got, re.findall(r"'([^']*)'", ctx["expected"]), n=1) \
-            if isinstance(got, str) else []
+        hint = (
+            difflib.get_close_matches(got, re.findall(r"'([^']*)'", ctx["expected"]), n=1)
+            if isinstance(got, str)
+            else []
+        )
         extra = f" (did you mean {hint[0]}?)" if hint else ""
         return loc, f"expected one of {ctx['expected']}, got {shorten(got)}{extra}"
     if kind == "value_error":
@@ -109,5 +124,3 @@ def validate_suite(label: str, data: dict[str, Any], smoke_block: dict[str, Any]
         more = len(errors.errors()) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise UserError(f"{label}: {where}: {message}{tail}") from None
-
-

@@ -40,12 +40,16 @@ class _SuiteLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(
-                None, None, "anchors and aliases (&name / *name) are not allowed in a suite file; "
-                "write the values out", event.start_mark)
+                None,
+                None,
+                "anchors and aliases (&name / *name) are not allowed in a suite file; write the values out",
+                event.start_mark,
+            )
         self._depth += 1
         if self._depth > MAX_NESTING:
             raise yaml.composer.ComposerError(
-                None, None, f"nested more than {MAX_NESTING} levels deep", event.start_mark)
+                None, None, f"nested more than {MAX_NESTING} levels deep", event.start_mark
+            )
         try:
             return super().compose_node(parent, index)
         finally:
@@ -57,17 +61,22 @@ class _SuiteLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     raise yaml.constructor.ConstructorError(
-                        None, None, "merge keys (<<) are not allowed in a suite file", key_node.start_mark)
+                        None, None, "merge keys (<<) are not allowed in a suite file", key_node.start_mark
+                    )
                 key = self.construct_object(key_node, deep=deep)
                 try:
                     hash(key)
                 except TypeError:
                     raise yaml.constructor.ConstructorError(
-                        None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+                        None, None, "a mapping key must be a plain value", key_node.start_mark
+                    ) from None
                 if key in first_line:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first given on line {first_line[key] + 1})",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first given on line {first_line[key] + 1})",
+                        key_node.start_mark,
+                    )
                 first_line[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -97,14 +106,15 @@ def _read_text(path: Path) -> str:
     except OSError as error:
         raise UserError(f"{label}: cannot read the suite file ({error.strerror or error})") from None
     if len(data) > MAX_FILE_BYTES:
-        raise UserError(f"{label}: larger than {MAX_FILE_BYTES // (1 << 20)} MiB; a suite file is a few kB "
-                        "of YAML")
+        raise UserError(f"{label}: larger than {MAX_FILE_BYTES // (1 << 20)} MiB; a suite file is a few kB of YAML")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise UserError(f"{label}:{line}: not valid UTF-8 text (byte 0x{data[error.start]:02x} at offset "
-                        f"{error.start}); save the suite as UTF-8") from None
+        raise UserError(
+            f"{label}:{line}: not valid UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); save the suite as UTF-8"
+        ) from None
 
 
 def _yaml_error_line(label: str, text: str, error: Exception) -> str:
@@ -135,11 +145,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except (ValueError, OverflowError, RecursionError) as error:  # explicit tags such as !!timestamp
         raise UserError(f"{label}: invalid YAML value ({type(error).__name__}: {error})") from None
     if data is None:
-        raise UserError(f"{label}: the suite file is empty; expected a mapping with name, backbones, "
-                        "datasets, grid and train")
+        raise UserError(
+            f"{label}: the suite file is empty; expected a mapping with name, backbones, datasets, grid and train"
+        )
     if not isinstance(data, dict):
-        raise UserError(f"{label}: expected a mapping (key: value lines) at the top level, got a "
-                        f"{type_name(data)}")
+        raise UserError(f"{label}: expected a mapping (key: value lines) at the top level, got a {type_name(data)}")
     return data
 
 
@@ -159,8 +169,9 @@ def expand_vars(value: str) -> str:
             return found
         if default is not None:
             return default
-        raise ValueError(f"expected environment variable {name} to be set (or write ${{{name}:-default}}), "
-                         f"got it unset in {value!r}")
+        raise ValueError(
+            f"expected environment variable {name} to be set (or write ${{{name}:-default}}), got it unset in {value!r}"
+        )
 
     expanded = _VAR.sub(substitute, value)
     if "${" in _VAR.sub("", value):
@@ -174,12 +185,19 @@ def expand_optional(value: str | None) -> str | None:
 
 def expand_dataset_name(name: str) -> str:
     prefix = "imagefolder:"
-    return prefix + expand_vars(name[len(prefix):]) if name.startswith(prefix) else name
+    return prefix + expand_vars(name[len(prefix) :]) if name.startswith(prefix) else name
 
 
 def type_name(value: Any) -> str:
-    names = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number",
-             type(None): "null"}
+    names = {
+        dict: "mapping",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 

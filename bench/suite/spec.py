@@ -47,9 +47,15 @@ class _Strict(BaseModel):
             for key in data:
                 if key not in cls.model_fields:
                     hint = difflib.get_close_matches(str(key), allowed, n=1)
-                    raise PydanticCustomError("unknown_key", "unknown key", {
-                        "key": shorten(key, 40) if not isinstance(key, str) or len(key) > 40 else key,
-                        "allowed": ", ".join(allowed), "hint": hint[0] if hint else ""})
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key",
+                        {
+                            "key": shorten(key, 40) if not isinstance(key, str) or len(key) > 40 else key,
+                            "allowed": ", ".join(allowed),
+                            "hint": hint[0] if hint else "",
+                        },
+                    )
         return data
 
 
@@ -63,16 +69,16 @@ def _no_duplicates(values: list[Any] | None, keys: list[Any] | None = None) -> l
         keys = values if keys is None else keys
         for index, key in enumerate(keys):
             if key in keys[:index]:
-                raise PydanticCustomError("duplicate", "duplicate", {
-                    "index": index, "first": keys.index(key), "value": values[index]})
+                raise PydanticCustomError(
+                    "duplicate", "duplicate", {"index": index, "first": keys.index(key), "value": values[index]}
+                )
     return values
 
 
 def _freeze_value(value: Any) -> str | float:
     if isinstance(value, str) and value in STRATEGIES:
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-            and 0.0 <= value <= 1.0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value <= 1.0:
         return float(value)
     hint = difflib.get_close_matches(value, STRATEGIES, n=1) if isinstance(value, str) else []
     extra = f" (did you mean {hint[0]}?)" if hint else ""
@@ -82,8 +88,9 @@ def _freeze_value(value: Any) -> str | float:
 def _batch_size_value(value: Any) -> int | str:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
-    raise ValueError(f"expected a positive integer or auto (the largest batch that fits the card), "
-                     f"got {shorten(value)}")
+    raise ValueError(
+        f"expected a positive integer or auto (the largest batch that fits the card), got {shorten(value)}"
+    )
 
 
 def _freeze_key(value: str | float) -> tuple[str, float]:
@@ -118,8 +125,9 @@ class BackboneSpec(_Strict):
         if isinstance(data, str):
             return {"name": data}
         if not isinstance(data, dict):
-            raise ValueError(f"expected a backbone name or a mapping {{name, pretrained, weights}}, "
-                             f"got {shorten(data)}")
+            raise ValueError(
+                f"expected a backbone name or a mapping {{name, pretrained, weights}}, got {shorten(data)}"
+            )
         return data
 
     @field_validator("name")
@@ -141,8 +149,10 @@ class BackboneSpec(_Strict):
     @model_validator(mode="after")
     def _weights_need_pretrained(self) -> BackboneSpec:
         if self.weights is not None and not self.pretrained:
-            raise ValueError("expected no weights with pretrained: false (the from-scratch baseline loads "
-                             f"nothing), got weights {self.weights!r}")
+            raise ValueError(
+                "expected no weights with pretrained: false (the from-scratch baseline loads "
+                f"nothing), got weights {self.weights!r}"
+            )
         return self
 
 
@@ -183,8 +193,9 @@ class DatasetSpec(_Strict):
 class GridSpec(_Strict):
     """The swept axes. `data_fraction` and `shots` values each give their own trials."""
 
-    freeze: Annotated[list[Annotated[Any, AfterValidator(_freeze_value)]], Field(min_length=1),
-                      AfterValidator(_unique_freeze)]
+    freeze: Annotated[
+        list[Annotated[Any, AfterValidator(_freeze_value)]], Field(min_length=1), AfterValidator(_unique_freeze)
+    ]
     data_fraction: _list_of(Annotated[float, Field(gt=0, le=1)]) | None = None
     shots: _list_of(Annotated[int, Field(ge=1)]) | None = None
     seed: _list_of(Annotated[int, Field(ge=0, lt=2**32)]) = [0]
@@ -219,8 +230,9 @@ class LrByStrategy(_Strict):
                 raise ValueError(f"expected a number > 0 or a mapping per strategy, got {shorten(data)}")
             return {"default": data}
         if not isinstance(data, dict):
-            raise ValueError(f"expected a number > 0 or a mapping with keys among {', '.join(_LR_KEYS)}, "
-                             f"got {shorten(data)}")
+            raise ValueError(
+                f"expected a number > 0 or a mapping with keys among {', '.join(_LR_KEYS)}, got {shorten(data)}"
+            )
         return data
 
     def for_strategy(self, strategy: str) -> float | None:
@@ -244,7 +256,9 @@ class TrainSpec(_Strict):
     augment: Literal["none", "flip", "crop_flip"] = _DEFAULTS["augment"]
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = _DEFAULTS["val_fraction"]
     eval_every: Annotated[int, Field(ge=1)] = _DEFAULTS["eval_every"]
-    padded_depthwise_grad: bool = _DEFAULTS["padded_depthwise_grad"]  # false: PyTorch's own backward (bench.speedups.depthwise)
+    padded_depthwise_grad: bool = _DEFAULTS[
+        "padded_depthwise_grad"
+    ]  # false: PyTorch's own backward (bench.speedups.depthwise)
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainSpec:
@@ -289,8 +303,9 @@ class DataRegimesSpec(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> DataRegimesSpec:
         if self.limited >= self.sufficient:
-            raise ValueError(f"expected limited < sufficient, got limited {self.limited} and sufficient "
-                             f"{self.sufficient}")
+            raise ValueError(
+                f"expected limited < sufficient, got limited {self.limited} and sufficient {self.sufficient}"
+            )
         return self
 
 
@@ -330,5 +345,3 @@ class SuiteSpec(_Strict):
                 if self.train.lr.for_strategy(strategy) is None:
                     raise PydanticCustomError("lr_missing", "lr missing", {"strategy": strategy, "freeze": value})
         return self
-
-

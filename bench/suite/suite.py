@@ -15,10 +15,8 @@ from typing import Any
 from bench.config import TrialConfig
 from bench.errors import UserError
 from bench.suite.messages import validate_suite
-from bench.suite.reading import load_yaml
-from bench.suite.reading import shorten, type_name
+from bench.suite.reading import load_yaml, shorten, type_name
 from bench.suite.spec import AnalysisSpec, SuiteSpec, TuneSpec, _freeze_key
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Loading and expanding
@@ -62,10 +60,17 @@ class Suite:
     def trial_count(self) -> int:
         """The number of trials, by arithmetic: instant for any grid."""
         grid = self.spec.grid
-        return math.prod([
-            len(self.spec.datasets), len(self.spec.backbones), len(grid.freeze), len(grid.data_sizes()),
-            len(grid.seed), len(grid.lr or [None]), len(grid.weight_decay or [None]),
-        ])
+        return math.prod(
+            [
+                len(self.spec.datasets),
+                len(self.spec.backbones),
+                len(grid.freeze),
+                len(grid.data_sizes()),
+                len(grid.seed),
+                len(grid.lr or [None]),
+                len(grid.weight_decay or [None]),
+            ]
+        )
 
     def trials(self) -> list[TrialConfig]:
         """The grid, expanded: datasets x backbones x freeze x data size x seed x lr x weight decay."""
@@ -74,8 +79,14 @@ class Suite:
     def _iter_trials(self) -> Iterator[TrialConfig]:
         spec, grid, train = self.spec, self.spec.grid, self.spec.train
         for dataset, backbone, freeze, (fraction, shots), seed, swept_lr, swept_wd in itertools.product(
-                spec.datasets, spec.backbones, grid.freeze, grid.data_sizes(), grid.seed,
-                grid.lr or [None], grid.weight_decay or [None]):
+            spec.datasets,
+            spec.backbones,
+            grid.freeze,
+            grid.data_sizes(),
+            grid.seed,
+            grid.lr or [None],
+            grid.weight_decay or [None],
+        ):
             strategy = _freeze_key(freeze)[0]
             lr = swept_lr if swept_lr is not None else train.lr.for_strategy(strategy)
             assert lr is not None  # guaranteed by SuiteSpec._every_strategy_has_lr
@@ -83,17 +94,34 @@ class Suite:
             if strategy == "lp_ft":
                 probe_lr = train.lr.linear_probe if train.lr.linear_probe is not None else lr
             yield TrialConfig(
-                suite=spec.name, backbone=backbone.name, pretrained=backbone.pretrained,
-                weights=backbone.weights, dataset=dataset.name, dataset_root=dataset.root,
-                download=dataset.download, freeze=freeze, data_fraction=fraction, shots=shots, seed=seed,
-                img_size=train.img_size, epochs=train.epochs, steps=train.steps, batch_size=train.batch_size,
-                optimizer=train.optimizer, lr=lr, probe_lr=probe_lr,
+                suite=spec.name,
+                backbone=backbone.name,
+                pretrained=backbone.pretrained,
+                weights=backbone.weights,
+                dataset=dataset.name,
+                dataset_root=dataset.root,
+                download=dataset.download,
+                freeze=freeze,
+                data_fraction=fraction,
+                shots=shots,
+                seed=seed,
+                img_size=train.img_size,
+                epochs=train.epochs,
+                steps=train.steps,
+                batch_size=train.batch_size,
+                optimizer=train.optimizer,
+                lr=lr,
+                probe_lr=probe_lr,
                 weight_decay=swept_wd if swept_wd is not None else train.weight_decay,
-                momentum=train.momentum, warmup_fraction=train.warmup_fraction,
-                label_smoothing=train.label_smoothing, augment=train.augment,
-                val_fraction=train.val_fraction, eval_every=train.eval_every,
+                momentum=train.momentum,
+                warmup_fraction=train.warmup_fraction,
+                label_smoothing=train.label_smoothing,
+                augment=train.augment,
+                val_fraction=train.val_fraction,
+                eval_every=train.eval_every,
                 padded_depthwise_grad=train.padded_depthwise_grad,
-                similarity=spec.analysis.similarity, similarity_threshold=spec.analysis.similarity_threshold,
+                similarity=spec.analysis.similarity,
+                similarity_threshold=spec.analysis.similarity_threshold,
                 gpu_share=_gpu_share(spec.tune.resources_per_trial.gpu),
             )
 
@@ -118,8 +146,10 @@ def load_suite(path: str | Path, *, smoke: bool = False) -> Suite:
     smoke_block = raw.get("smoke")
     if smoke_block is not None:
         if not isinstance(smoke_block, dict):
-            raise UserError(f"{label}: smoke: expected a mapping (a partial suite merged over the suite with "
-                            f"--smoke), got {type_name(smoke_block)} {shorten(smoke_block)}")
+            raise UserError(
+                f"{label}: smoke: expected a mapping (a partial suite merged over the suite with "
+                f"--smoke), got {type_name(smoke_block)} {shorten(smoke_block)}"
+            )
         if "smoke" in smoke_block:
             raise UserError(f"{label}: smoke.smoke: expected no smoke block inside the smoke block, got one")
         smoke_spec = validate_suite(label, deep_merge(base, smoke_block), smoke_block)

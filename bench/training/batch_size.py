@@ -50,8 +50,9 @@ def largest_power_of_two(limit: int) -> int:
     return 1 << (max(1, limit).bit_length() - 1)
 
 
-def search(fits: Callable[[int], bool], *, start: int = AUTO_START, cap: int = AUTO_CAP,
-           cap_name: str = "cap") -> BatchSearch:
+def search(
+    fits: Callable[[int], bool], *, start: int = AUTO_START, cap: int = AUTO_CAP, cap_name: str = "cap"
+) -> BatchSearch:
     """Double from ``start`` while ``fits(size)`` and the next size is within ``cap`` (rounded down to a power
     of two; ``cap_name`` says what it is); if ``start`` itself does not fit, halve down to 1. Returns the largest
     size that fitted; ``fits`` is called once per size."""
@@ -76,11 +77,10 @@ def _record(tried: list[tuple[int, bool]], size: int, fitted: bool) -> bool:
     return fitted
 
 
-def auto_batch_size(config: TrialConfig, data: PreparedDataset,
-                     device: torch.device) -> BatchSearch:
+def auto_batch_size(config: TrialConfig, data: PreparedDataset, device: torch.device) -> BatchSearch:
     """``batch_size: auto``: probe the trial's model (the plain path, the last phase's freeze: the most memory
-    any phase needs) with one forward and backward pass per power of two. The probe model is built for this alone and the RNG draws it makes do not reach the trial: each attempt seeds itself
-    (``_attempt``)."""
+    any phase needs) with one forward and backward pass per power of two. The probe model is built for this
+    alone and the RNG draws it makes do not reach the trial: each attempt seeds itself."""
     n_train = len(select_indices(data.y_train, config)[0])
     cap, cap_name = min(AUTO_CAP, n_train), "cap" if n_train >= AUTO_CAP else "training set"
     if device.type != "cuda":
@@ -91,8 +91,9 @@ def auto_batch_size(config: TrialConfig, data: PreparedDataset,
     return found
 
 
-def _probe_on_card(config: TrialConfig, data: PreparedDataset, device: torch.device, *, n_train: int,
-                   cap: int, cap_name: str) -> BatchSearch:
+def _probe_on_card(
+    config: TrialConfig, data: PreparedDataset, device: torch.device, *, n_train: int, cap: int, cap_name: str
+) -> BatchSearch:
     """The CUDA search: one bf16 forward and backward pass of a model of its own per batch size, kept within
     ``HEADROOM`` of the trial's share of the card with the optimiser state and the resident split added."""
     backbone = build_backbone(config.backbone, data.n_classes, pretrained=False, head_seed=config.seed)

@@ -21,7 +21,8 @@ def resolve_device(name: str) -> torch.device:
 def out_of_memory(error: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(error, RuntimeError) and "allocate memory" in str(error))
+        isinstance(error, RuntimeError) and "allocate memory" in str(error)
+    )
 
 
 def peak_memory_mb(device: torch.device) -> float:

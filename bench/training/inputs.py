@@ -55,7 +55,7 @@ class Augment:
             pad = max(1, height // 8)
             padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
             offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=self.generator).tolist()
-            batch = torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
+            batch = torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
         flip = (torch.rand(n, generator=self.generator) < 0.5).to(batch.device)
         return torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
 
@@ -75,6 +75,7 @@ def select_indices(y_train: np.ndarray, config: TrialConfig) -> tuple[np.ndarray
     drawn from the rest, stratified, seeded and nested across fractions and shots.
     """
     pool_idx, val_idx = split_train_val(y_train, config.val_fraction)
-    chosen = stratified_subset(y_train[pool_idx], seed=config.seed, data_fraction=config.data_fraction,
-                                        shots=config.shots)
+    chosen = stratified_subset(
+        y_train[pool_idx], seed=config.seed, data_fraction=config.data_fraction, shots=config.shots
+    )
     return pool_idx[chosen], val_idx

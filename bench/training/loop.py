@@ -31,7 +31,6 @@ from bench.training import precision
 from bench.training.inputs import EVAL_BATCH_SIZE, Split
 from bench.training.phases import Phase
 
-
 GPU_RESIDENT_BYTES = 2 * 2**30  # a training split up to this size lives on the card for the whole trial
 
 
@@ -45,9 +44,14 @@ def _stage(split: Split, device: torch.device) -> Split:
     return dataclasses.replace(split, inputs=split.inputs.pin_memory(), labels=split.labels.pin_memory())
 
 
-def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                  label_smoothing: float = 0.0,
-                  kernels: depthwise.padded_weight_grad | None = None) -> torch.Tensor:
+def training_loss(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    label_smoothing: float = 0.0,
+    kernels: depthwise.padded_weight_grad | None = None,
+) -> torch.Tensor:
     """The forward pass of a training step (bf16 autocast on CUDA; on a CPU, through ``kernels``, the padded
     weight gradient of ``bench.speedups.depthwise``) and its cross-entropy, in fp32."""
     with precision.autocast(device), kernels or contextlib.nullcontext():
@@ -95,20 +99,36 @@ class FitOutcome:
     padded_convs: int = 0  # convolutions per step trained through bench.speedups.depthwise's padded weight gradient
 
 
-def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.Tensor, bool], torch.Tensor],
-        phase: Phase, config: TrialConfig, device: torch.device, log: list[dict[str, Any]],
-        evaluator: BatchNormFolded | None = None) -> FitOutcome:
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    *,
+    prepare: Callable[[torch.Tensor, bool], torch.Tensor],
+    phase: Phase,
+    config: TrialConfig,
+    device: torch.device,
+    log: list[dict[str, Any]],
+    evaluator: BatchNormFolded | None = None,
+) -> FitOutcome:
     """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train``; validate
     after every ``config.eval_every`` epochs and the last, on ``evaluator``'s folded twin where given."""
     # timm's factory: no weight decay on biases and norm weights, frozen parameters left out.
-    optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=phase.lr, weight_decay=config.weight_decay,
-                                    momentum=config.momentum)
+    optimizer = create_optimizer_v2(
+        model, opt=config.optimizer, lr=phase.lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )
     warmup = int(config.warmup_fraction * phase.steps)
     # Per-step schedule: linear warm-up from lr/100 (stable start for freshly initialised heads), then cosine
     # decay to zero over the remaining steps.
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, phase.steps - warmup), warmup_t=warmup,
-                                  warmup_lr_init=phase.lr * 0.01, warmup_prefix=True, lr_min=0.0,
-                                  t_in_epochs=False)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, phase.steps - warmup),
+        warmup_t=warmup,
+        warmup_lr_init=phase.lr * 0.01,
+        warmup_prefix=True,
+        lr_min=0.0,
+        t_in_epochs=False,
+    )
     train = _stage(train, device)
     order = torch.Generator().manual_seed(config.seed)  # data order: a function of the seed alone
     steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
@@ -135,8 +155,13 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
             # non-finite loss ends the phase at this step; the update made from it is never evaluated (a
             # diverged trial has no metrics).
             if not losses.last_finite():
-                return FitOutcome(step, seconds + time.perf_counter() - tic, seen, diverged=True,
-                                  padded_convs=kernels.used // (step + 1) if kernels else 0)
+                return FitOutcome(
+                    step,
+                    seconds + time.perf_counter() - tic,
+                    seen,
+                    diverged=True,
+                    padded_convs=kernels.used // (step + 1) if kernels else 0,
+                )
             step += 1
             scheduler.step_update(step)
             seen += len(batch_idx)
@@ -146,12 +171,19 @@ def fit(model: nn.Module, train: Split, val: Split, *, prepare: Callable[[torch.
         if epoch % config.eval_every == 0 or epoch == n_epochs:
             current = evaluator.current() if evaluator else model
             val_metrics = evaluate(current, val, prepare, device) if len(val) else {"top1": None, "nll": None}
-            log.append({"epoch": epoch, "step": step, "phase": phase.name,
-                        "train_loss": losses.mean(), "val_top1": val_metrics["top1"],
-                        "val_nll": val_metrics["nll"], "lr": optimizer.param_groups[0]["lr"],
-                        "elapsed_seconds": seconds})
-    return FitOutcome(step, seconds, seen, diverged=False,
-                      padded_convs=kernels.used // max(1, step) if kernels else 0)
+            log.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "phase": phase.name,
+                    "train_loss": losses.mean(),
+                    "val_top1": val_metrics["top1"],
+                    "val_nll": val_metrics["nll"],
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "elapsed_seconds": seconds,
+                }
+            )
+    return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // max(1, step) if kernels else 0)
 
 
 @torch.no_grad()
@@ -159,7 +191,7 @@ def predict(model: nn.Module, split: Split, prepare: Callable, device: torch.dev
     model.eval()
     outputs = []
     for start in range(0, len(split), EVAL_BATCH_SIZE):
-        inputs = prepare(split.inputs[start:start + EVAL_BATCH_SIZE].to(device), False)
+        inputs = prepare(split.inputs[start : start + EVAL_BATCH_SIZE].to(device), False)
         with precision.autocast(device):
             outputs.append(model(inputs).float().cpu())
     return torch.cat(outputs)

@@ -45,23 +45,46 @@ def plan_phases(config: TrialConfig, *, n_train: int, batch_size: int | None = N
     total = config.steps if config.steps is not None else (config.epochs or 1) * steps_per_epoch
     if config.strategy == "lp_ft":
         probe = max(1, total // 2)
-        return [Phase("probe", 1.0, config.probe_lr or config.lr, probe, batch_size),
-                Phase("finetune", 0.0, config.lr, max(1, total - probe), batch_size)]
+        return [
+            Phase("probe", 1.0, config.probe_lr or config.lr, probe, batch_size),
+            Phase("finetune", 0.0, config.lr, max(1, total - probe), batch_size),
+        ]
     return [Phase("train", config.freeze_fraction, config.lr, total, batch_size)]
 
 
-def trial_feature_key(backbone: Backbone, data: PreparedDataset, config: TrialConfig,
-                 device: torch.device) -> str:
-    return features.feature_key(arch=config.backbone, weights_key=backbone.weights_key,
-                                dataset_fingerprint=data.fingerprint, mean=backbone.mean, std=backbone.std,
-                                img_size=config.img_size, device_type=device.type)
+def trial_feature_key(backbone: Backbone, data: PreparedDataset, config: TrialConfig, device: torch.device) -> str:
+    return features.feature_key(
+        arch=config.backbone,
+        weights_key=backbone.weights_key,
+        dataset_fingerprint=data.fingerprint,
+        mean=backbone.mean,
+        std=backbone.std,
+        img_size=config.img_size,
+        device_type=device.type,
+    )
 
 
-def _features_for(backbone: Backbone, data: PreparedDataset, normalize: Normalize, val_idx: np.ndarray,
-                  config: TrialConfig, device: torch.device, batch_size: int) -> features.FrozenRows:
-    return features.frozen_rows(trial_feature_key(backbone, data, config, device), backbone.body, data.x_train,
-                                data.x_test, val_idx, normalize, device=device, train_batch=batch_size,
-                                eval_batch=EVAL_BATCH_SIZE, cache_dir=config.cache_dir)
+def _features_for(
+    backbone: Backbone,
+    data: PreparedDataset,
+    normalize: Normalize,
+    val_idx: np.ndarray,
+    config: TrialConfig,
+    device: torch.device,
+    batch_size: int,
+) -> features.FrozenRows:
+    return features.frozen_rows(
+        trial_feature_key(backbone, data, config, device),
+        backbone.body,
+        data.x_train,
+        data.x_test,
+        val_idx,
+        normalize,
+        device=device,
+        train_batch=batch_size,
+        eval_batch=EVAL_BATCH_SIZE,
+        cache_dir=config.cache_dir,
+    )
 
 
 @dataclass
@@ -75,9 +98,17 @@ class PhaseSetup:
     frozen_path: str
 
 
-def phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
-                 indices: tuple[np.ndarray, np.ndarray], data: PreparedDataset, normalize: Normalize,
-                 config: TrialConfig, device: torch.device, batch_size: int) -> PhaseSetup:
+def phase_setup(
+    backbone: Backbone,
+    plan: FreezePlan,
+    images: dict[str, Split],
+    indices: tuple[np.ndarray, np.ndarray],
+    data: PreparedDataset,
+    normalize: Normalize,
+    config: TrialConfig,
+    device: torch.device,
+    batch_size: int,
+) -> PhaseSetup:
     """The cached path where it is exact, else the plain one.
 
     ``features``: every group frozen: the head trains on the body's pooled features, computed once per dataset.
@@ -96,28 +127,50 @@ def phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
         reason = "plain (augmentation)"
     if reason is None and plan.n_frozen_groups == plan.n_groups:
         stored = _features_for(backbone, data, normalize, indices[1], config, device, batch_size)
-        return PhaseSetup(backbone.head, _index(stored, images, indices[0], backbone.body, normalize, device),
-                          lambda batch, train: batch, "features")
+        return PhaseSetup(
+            backbone.head,
+            _index(stored, images, indices[0], backbone.body, normalize, device),
+            lambda batch, train: batch,
+            "features",
+        )
     if reason is None:
         split = prefix.split_frozen_prefix(backbone.body, plan.n_frozen_groups)
         if split is None:
             reason = "plain (no prefix split for this architecture)"
         else:
             front, back = split
-            key = prefix.prefix_cache_key(arch=config.backbone, weights_key=backbone.weights_key,
-                                          dataset_fingerprint=data.fingerprint, mean=backbone.mean,
-                                          std=backbone.std, img_size=config.img_size,
-                                          n_frozen_groups=plan.n_frozen_groups, stage_names=front.stage_names,
-                                          device_type=device.type)
-            stored = prefix.cached_prefix_outputs(key, front, data.x_train, data.x_test, indices[1], normalize,
-                                                  device=device, train_batch=batch_size,
-                                                  eval_batch=EVAL_BATCH_SIZE, cache_dir=config.cache_dir)
+            key = prefix.prefix_cache_key(
+                arch=config.backbone,
+                weights_key=backbone.weights_key,
+                dataset_fingerprint=data.fingerprint,
+                mean=backbone.mean,
+                std=backbone.std,
+                img_size=config.img_size,
+                n_frozen_groups=plan.n_frozen_groups,
+                stage_names=front.stage_names,
+                device_type=device.type,
+            )
+            stored = prefix.cached_prefix_outputs(
+                key,
+                front,
+                data.x_train,
+                data.x_test,
+                indices[1],
+                normalize,
+                device=device,
+                train_batch=batch_size,
+                eval_batch=EVAL_BATCH_SIZE,
+                cache_dir=config.cache_dir,
+            )
             if stored is None:
                 reason = "plain (prefix outputs over the memory cap)"
             else:
-                return PhaseSetup(TransferModel(back, backbone.head),
-                                  _index(stored, images, indices[0], front, normalize, device),
-                                  lambda batch, train: channels_last(batch), "prefix")
+                return PhaseSetup(
+                    TransferModel(back, backbone.head),
+                    _index(stored, images, indices[0], front, normalize, device),
+                    lambda batch, train: channels_last(batch),
+                    "prefix",
+                )
     augmenter = Augment(config.augment, seed=config.seed)
 
     def prepare(batch: torch.Tensor, train: bool) -> torch.Tensor:
@@ -129,13 +182,21 @@ def phase_setup(backbone: Backbone, plan: FreezePlan, images: dict[str, Split],
     return PhaseSetup(TransferModel(backbone.body, backbone.head), images, prepare, reason or "plain")
 
 
-def _index(stored: features.FrozenRows, images: dict[str, Split], train_idx: np.ndarray, frozen: nn.Module,
-           normalize: Normalize, device: torch.device) -> dict[str, Split]:
+def _index(
+    stored: features.FrozenRows,
+    images: dict[str, Split],
+    train_idx: np.ndarray,
+    frozen: nn.Module,
+    normalize: Normalize,
+    device: torch.device,
+) -> dict[str, Split]:
     """The cached rows of the trial's splits; a short training batch runs ``frozen`` on its images."""
     short_batch = ShortBatchRows(frozen, images["train"].inputs, normalize, device)
-    return {"train": Split(stored.train[train_idx], images["train"].labels, short_batch),
-            "val": Split(stored.val, images["val"].labels),
-            "test": Split(stored.test, images["test"].labels)}
+    return {
+        "train": Split(stored.train[train_idx], images["train"].labels, short_batch),
+        "val": Split(stored.val, images["val"].labels),
+        "test": Split(stored.test, images["test"].labels),
+    }
 
 
 class ShortBatchRows:
@@ -155,8 +216,9 @@ class ShortBatchRows:
         ids = batch_idx.tolist()
         if all(i in kept for i in ids):
             return torch.stack([kept[i] for i in ids])
-        rows = features.compute_features(self.frozen, self.images[batch_idx], self.normalize, device=self.device,
-                                         batch_size=len(batch_idx))
+        rows = features.compute_features(
+            self.frozen, self.images[batch_idx], self.normalize, device=self.device, batch_size=len(batch_idx)
+        )
         kept.update(zip(ids, rows, strict=True))
         self.computed += 1
         return rows

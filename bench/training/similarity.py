@@ -25,12 +25,12 @@ from bench.training.device import resolve_device
 from bench.training.phases import trial_feature_key
 from bench.utils.atomic import atomic_write_text
 
-
 _SIMILARITY: dict[str, dict[str, Any]] = {}
 
 
-def measure_similarity(config: TrialConfig, data: PreparedDataset, *, backbone: Backbone | None = None,
-                       device: torch.device | None = None) -> dict[str, Any]:
+def measure_similarity(
+    config: TrialConfig, data: PreparedDataset, *, backbone: Backbone | None = None, device: torch.device | None = None
+) -> dict[str, Any]:
     """Similarity of the dataset to ImageNet and transferability of the frozen features (``bench.similarity.scores``).
 
     Measured with the *pretrained* weights of the trial's architecture, once per (weights, dataset, image size),
@@ -48,8 +48,9 @@ def measure_similarity(config: TrialConfig, data: PreparedDataset, *, backbone: 
         return _measure_similarity(config, data, backbone=backbone, device=device)
 
 
-def _measure_similarity(config: TrialConfig, data: PreparedDataset, *, backbone: Backbone | None,
-                        device: torch.device | None) -> dict[str, Any]:
+def _measure_similarity(
+    config: TrialConfig, data: PreparedDataset, *, backbone: Backbone | None, device: torch.device | None
+) -> dict[str, Any]:
     device = device or resolve_device(config.device)
     if backbone is None or not backbone.pretrained:
         try:
@@ -68,27 +69,42 @@ def _measure_similarity(config: TrialConfig, data: PreparedDataset, *, backbone:
         if backbone.source_head is not None:
             with torch.no_grad():
                 source_logits = backbone.source_head(pooled)
-        scores = similarity.compute_similarity(pooled, data.y_train, source_logits=source_logits,
-                                               model=backbone.body, images=data.x_train, mean=backbone.mean,
-                                               std=backbone.std)
+        scores = similarity.compute_similarity(
+            pooled,
+            data.y_train,
+            source_logits=source_logits,
+            model=backbone.body,
+            images=data.x_train,
+            mean=backbone.mean,
+            std=backbone.std,
+        )
         backbone.body.to(memory_format=torch.channels_last)  # the BN recorder may have run it contiguous
         _SIMILARITY[key] = {name: _finite_or_none(scores[name]) for name in SIMILARITY_COLUMNS}
         if path is not None:
             atomic_write_text(json.dumps(_SIMILARITY[key], sort_keys=True), path)
     measured = dict(_SIMILARITY[key])
     if measured["similarity_score"] is not None:
-        measured["similarity_regime"] = similarity.similarity_regime(measured["similarity_score"],
-                                                                     config.similarity_threshold)
+        measured["similarity_regime"] = similarity.similarity_regime(
+            measured["similarity_score"], config.similarity_threshold
+        )
     return measured
 
 
-def _pooled_train_features(backbone: Backbone, data: PreparedDataset, config: TrialConfig,
-                           device: torch.device) -> torch.Tensor:
+def _pooled_train_features(
+    backbone: Backbone, data: PreparedDataset, config: TrialConfig, device: torch.device
+) -> torch.Tensor:
     """The pooled features of every training image, batched the same way whatever trial asks first."""
-    return features.split_rows(trial_feature_key(backbone, data, config, device), "train", backbone.body, data.x_train,
-                               Normalize(backbone.mean, backbone.std).to(device), device=device,
-                               batch_size=features.BATCH_SIZE.get(device.type, 256), pad=True,
-                               cache_dir=config.cache_dir)
+    return features.split_rows(
+        trial_feature_key(backbone, data, config, device),
+        "train",
+        backbone.body,
+        data.x_train,
+        Normalize(backbone.mean, backbone.std).to(device),
+        device=device,
+        batch_size=features.BATCH_SIZE.get(device.type, 256),
+        pad=True,
+        cache_dir=config.cache_dir,
+    )
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -45,8 +45,7 @@ class TrialResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # one epochs.parquet row per evaluation
 
 
-def run_trial(config: TrialConfig, *, run_id: str = "",
-              data: PreparedDataset | None = None) -> TrialResult:
+def run_trial(config: TrialConfig, *, run_id: str = "", data: PreparedDataset | None = None) -> TrialResult:
     """Run one trial and return its result row and evaluation rows.
 
     ``data`` is the prepared dataset when the caller already holds it (the Ray layer shares one copy per
@@ -68,11 +67,15 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
         except Exception as error:
             if not out_of_memory(error) or batch_size == 1:
                 raise
-            log.warning("trial %s: out of memory at batch size %d; retrying at %d", config.trial_id, batch_size,
-                        batch_size // 2)
+            log.warning(
+                "trial %s: out of memory at batch size %d; retrying at %d", config.trial_id, batch_size, batch_size // 2
+            )
         else:
-            result.row.update(batch_size_used=batch_size, oom_halvings=halvings,
-                              batch_size_search=search.describe() if search else None)
+            result.row.update(
+                batch_size_used=batch_size,
+                oom_halvings=halvings,
+                batch_size_search=search.describe() if search else None,
+            )
             return result
         # Out of memory: with the traceback gone, the failed attempt's tensors can be freed; start again at half
         # the batch. hp_batch_size and trial_id stay the suite's; the row records what was used.
@@ -82,18 +85,20 @@ def run_trial(config: TrialConfig, *, run_id: str = "",
         batch_size, halvings = batch_size // 2, halvings + 1
 
 
-def _attempt(config: TrialConfig, data: PreparedDataset, device: torch.device, *, batch_size: int,
-             run_id: str, started_at: str) -> TrialResult:
+def _attempt(
+    config: TrialConfig, data: PreparedDataset, device: torch.device, *, batch_size: int, run_id: str, started_at: str
+) -> TrialResult:
     """One try at the trial with mini-batches of ``batch_size``."""
     train_idx, val_idx = select_indices(data.y_train, config)
 
     torch.manual_seed(config.seed)  # the scratch baseline's random init, and anything else drawing from it
-    backbone = build_backbone(config.backbone, data.n_classes, pretrained=config.pretrained,
-                              weights=config.weights, head_seed=config.seed)
+    backbone = build_backbone(
+        config.backbone, data.n_classes, pretrained=config.pretrained, weights=config.weights, head_seed=config.seed
+    )
     normalize = Normalize(backbone.mean, backbone.std).to(device)
     backbone.body.to(device)
     backbone.head.to(device)
-    # channels_last: faster convolutions on CUDA and on CPU alike (about 3x for depthwise convs on CPU here).
+    # channels_last: faster convolutions on CUDA and on CPU alike (depthwise convolutions above all).
     backbone.body.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -112,15 +117,25 @@ def _attempt(config: TrialConfig, data: PreparedDataset, device: torch.device, *
     frozen_paths: list[str] = []
     for phase in phases:
         plan = apply_freeze(backbone.body, phase.freeze)
-        setup = phase_setup(backbone, plan, images, (train_idx, val_idx), data, normalize, config, device,
-                             phase.batch_size)
+        setup = phase_setup(
+            backbone, plan, images, (train_idx, val_idx), data, normalize, config, device, phase.batch_size
+        )
         frozen_paths.append(setup.frozen_path)
         # One trace per phase. fp32 evaluation only: under bf16 autocast the folded weights round differently
         # from conv-then-BN, so the "same function up to float rounding" promise would not hold.
         fold = config.fold_batchnorm and not precision.uses_bf16(device)
         evaluator = BatchNormFolded(setup.model) if fold else None
-        outcome = fit(setup.model, setup.splits["train"], setup.splits["val"], prepare=setup.prepare, phase=phase,
-                      config=config, device=device, log=epoch_rows, evaluator=evaluator)
+        outcome = fit(
+            setup.model,
+            setup.splits["train"],
+            setup.splits["val"],
+            prepare=setup.prepare,
+            phase=phase,
+            config=config,
+            device=device,
+            log=epoch_rows,
+            evaluator=evaluator,
+        )
         train_seconds += outcome.seconds
         images_seen += outcome.images_seen
         padded_convs = max(padded_convs, outcome.padded_convs)
@@ -134,13 +149,30 @@ def _attempt(config: TrialConfig, data: PreparedDataset, device: torch.device, *
         metrics = evaluate(model, setup.splits["test"], setup.prepare, device)
         # fit() always validates after its last step: the last epoch row is this model on the validation split.
         metrics["val_top1"] = epoch_rows[-1]["val_top1"]
-    row = _result_row(config, run_id=run_id, status=status, error=error, backbone=backbone, data=data, plan=plan,
-                      n_train=len(train_idx), n_val=len(val_idx), metrics=metrics, epoch_rows=epoch_rows,
-                      phases=phases, train_seconds=train_seconds, images_seen=images_seen, device=device,
-                      frozen_paths=[f"{p.name}: {path}" for p, path in zip(phases, frozen_paths, strict=False)]
-                      if len(phases) > 1 else frozen_paths, started_at=started_at, scores=scores,
-                      eval_folded_bn=evaluator.n_folded if evaluator else 0,  # how the last phase was evaluated
-                      padded_depthwise_grad=padded_convs)  # convolutions per step trained through depthwise
+    row = _result_row(
+        config,
+        run_id=run_id,
+        status=status,
+        error=error,
+        backbone=backbone,
+        data=data,
+        plan=plan,
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        metrics=metrics,
+        epoch_rows=epoch_rows,
+        phases=phases,
+        train_seconds=train_seconds,
+        images_seen=images_seen,
+        device=device,
+        frozen_paths=[f"{p.name}: {path}" for p, path in zip(phases, frozen_paths, strict=False)]
+        if len(phases) > 1
+        else frozen_paths,
+        started_at=started_at,
+        scores=scores,
+        eval_folded_bn=evaluator.n_folded if evaluator else 0,  # how the last phase was evaluated
+        padded_depthwise_grad=padded_convs,
+    )  # convolutions per step trained through depthwise
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)
@@ -153,8 +185,13 @@ def load_dataset(config: TrialConfig) -> PreparedDataset:
     """The prepared dataset, decoded once per process (and once per cache folder across processes)."""
     key = (config.dataset, config.img_size, config.dataset_root, config.cache_dir)
     if key not in _DATASETS:
-        _DATASETS[key] = prepare_dataset(config.dataset, config.img_size, root=config.dataset_root,
-                                                  download=config.download, cache_dir=config.cache_dir)
+        _DATASETS[key] = prepare_dataset(
+            config.dataset,
+            config.img_size,
+            root=config.dataset_root,
+            download=config.download,
+            cache_dir=config.cache_dir,
+        )
     return _DATASETS[key]
 
 
@@ -165,16 +202,37 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _result_row(config: TrialConfig, *, run_id: str, status: str, error: str | None, backbone: Backbone,
-                data: PreparedDataset, plan: FreezePlan, n_train: int, n_val: int,
-                metrics: dict[str, Any], epoch_rows: list[dict[str, Any]], phases: list[Phase],
-                train_seconds: float, images_seen: int, device: torch.device, frozen_paths: list[str],
-                started_at: str, scores: dict[str, Any], eval_folded_bn: int,
-                padded_depthwise_grad: int) -> dict[str, Any]:
+def _result_row(
+    config: TrialConfig,
+    *,
+    run_id: str,
+    status: str,
+    error: str | None,
+    backbone: Backbone,
+    data: PreparedDataset,
+    plan: FreezePlan,
+    n_train: int,
+    n_val: int,
+    metrics: dict[str, Any],
+    epoch_rows: list[dict[str, Any]],
+    phases: list[Phase],
+    train_seconds: float,
+    images_seen: int,
+    device: torch.device,
+    frozen_paths: list[str],
+    started_at: str,
+    scores: dict[str, Any],
+    eval_folded_bn: int,
+    padded_depthwise_grad: int,
+) -> dict[str, Any]:
     head_params = sum(p.numel() for p in backbone.head.parameters())
     val_scores = [r["val_top1"] for r in epoch_rows if r["val_top1"] is not None]
     return trial_row(
-        config, run_id=run_id, status=status, error=error, started_at=started_at,
+        config,
+        run_id=run_id,
+        status=status,
+        error=error,
+        started_at=started_at,
         weights=backbone.weights,
         weights_sha256=backbone.weights_sha256,
         dataset_group=data.group,

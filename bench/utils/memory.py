@@ -13,6 +13,7 @@ so a Ray worker that runs trial after trial reports each one's own peak.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import gc
@@ -103,6 +104,7 @@ class PeakMemory:
 # ---------------------------------------------------------------------------------------------------------
 # one process
 
+
 def reset_peak_rss() -> bool:
     """Start a new peak: Linux resets the peak resident set size (VmHWM) to the current one. False elsewhere."""
     try:
@@ -142,7 +144,5 @@ def release_freed_memory() -> None:
     Ray worker runs each trial in a new thread: without this a reused worker's footprint climbs trial by
     trial (to 5 GiB on the smoke suite, against 1.1 GiB after a trim)."""
     gc.collect()  # the trial's reference cycles (cheap after freeze_imported_objects)
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc
