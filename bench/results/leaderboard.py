@@ -1,17 +1,12 @@
-"""Ranked, seed-aggregated leaderboards and the measured regime matrix.
+"""Ranked, seed-aggregated leaderboards, the overall ranking and the measured regime matrix.
 
-Why this module exists: a benchmark's numbers mislead in three familiar ways - a ranking built on one seed's
-noise, a hyperparameter chosen by looking at test accuracy, and a single average that hides how the answer
-changes with the data size. So every number here is a mean over seeds with a Student-t 95% interval; entries
-whose interval overlaps the leader's share its rank ("=1") instead of getting an invented order; where a suite
-swept a hyperparameter (several `hp_lr`, ...), the value is chosen per cell on validation top-1 and only the
-chosen one's test metric is reported (VTAB, Kornblith et al. 2019); and tables are split by cell.
-
-Vocabulary of this module (also in README "Results API"):
-- entry: what is ranked - (backbone, pretrained, strategy), e.g. "efficientnet_lite0 / linear_probe" or
-  "efficientnet_lite0 scratch / full"; a fractional freeze is the strategy "freeze 0.5".
-- cell: (dataset, data size), the data size being a fraction ("10%") or shots per class ("5-shot").
-- regime cell: (similarity regime high|low, data regime scarce|limited|sufficient).
+``leaderboard``, ``overall_ranking`` and ``regime_matrix`` take trial rows (``ok`` rows with a test top-1 count,
+see ``prepare``) and return DataFrames that ``bench leaderboard``, ``bench report`` and the Python API share. Every
+number is a mean over seeds with a Student-t 95% interval, so no ranking rests on one seed's noise: entries whose
+interval overlaps the leader's share its rank ("=1"). Where a suite swept a hyperparameter, the setting is chosen
+per cell on validation top-1 and only its test metric is reported (``select_hparams``). An *entry* is (backbone,
+pretrained, strategy), a *cell* (dataset, data size), a *regime cell* (similarity regime, data regime).
+(docs/design.md, "Vocabulary"; "Leaderboards and the report")
 """
 
 from __future__ import annotations
@@ -38,7 +33,8 @@ DECLARED_SIMILARITY = {"natural": "high", "specialized": "low", "structured": "l
 LOGIT_CLIP = 1e-3  # accuracies are clipped to [0.1%, 99.9%] before the logit, so 0% or 100% stay finite
 
 
-# The textbook matrix (docs/design.md): advice text and the strategies that count as following it.
+# The textbook matrix (docs/design.md, "What it answers"): advice text and the strategies that count as
+# following it.
 _FINE_TUNE = {"full", "lp_ft"}
 
 

@@ -1,20 +1,12 @@
 """The run folder's tables: one Parquet schema, written atomically, read forgivingly.
 
-Why this module exists: a benchmark of thousands of trials is only as good as its result tables. Writers
-(`bench.runner.tune`) must never lose a finished trial, even when a node dies mid-write or a resumed run reports a
-trial twice, so every write goes to a temporary file in the same folder, is fsynced and then renamed over the
-old file (`os.replace` is atomic on POSIX), and a row with status "ok" is never replaced. Readers
-(leaderboard, report, notebooks) must survive whatever a user points them at - several runs of one suite,
-runs of different suites, a truncated file, a foreign Parquet file - so `load_runs` merges runs by `trial_id`
-without double counting and turns each bad file into one line in `RunData.problems` instead of a traceback.
-
-Choices documented in results/README.md:
-- timestamps (`started_at`, `finished_at`) are ISO 8601 strings in UTC (`2025-01-31T12:00:00.123456+00:00`):
-  they sort as text, survive every Parquet reader and need no timezone handling downstream;
-- `freeze` is the numeric freeze depth in [0, 1]; a named strategy given instead ("linear_probe", "full",
-  "lp_ft") is stored as its depth and, when the row has no `strategy` column, named there;
-- columns beyond the contract are kept with their types inferred; a column whose type differs between an old
-  and a new row is widened (int -> float) or, failing that, stored as text.
+Writers (``bench.runner.tune``): ``upsert_trials`` and ``replace_epochs`` write each table through a temporary file
+in the same folder, fsynced and renamed over the old one, under a lock, so a finished trial is never lost and a
+stored ``ok`` row is never replaced. Readers (leaderboard, report, notebooks): ``load_runs`` merges run folders by
+``trial_id`` without double counting and turns each unreadable file, missing column or empty run into one line of
+``RunData.problems`` instead of a traceback. Columns beyond the contract keep their inferred types; a column whose
+type differs between two rows is widened (int -> float) or stored as text. Timestamps are ISO 8601 strings in UTC
+and ``freeze`` is the numeric depth (results/README.md). (docs/design.md, "Run folder and tables")
 """
 
 from __future__ import annotations

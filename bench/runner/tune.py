@@ -1,16 +1,12 @@
 """Ray Tune runs a suite: the only module that imports Ray.
 
-The driver expands the suite into trial configs, prepares each dataset once (decoded, resized) and puts it in
-Ray's object store, then hands the trials to ``tune.Tuner`` as a grid. Each trial calls the shared core,
-``bench.training.trial.run_trial``, in a worker, and reports its result row back to the driver. A driver-side callback
-writes every finished row at once (atomically) into the run folder's Parquet tables, whichever node ran the
-trial: workers never need to see the run folder.
-
-Failures: a trial whose input is wrong (``UserError``: a missing dataset root, corrupt weights) becomes a
-``failed`` row at once, since a retry would fail the same way. Any other exception (out of memory, a lost
-worker node) is retried by Tune up to ``max_failures`` times; if it still fails, its row says why. A trial
-that runs past ``tune.trial_timeout_s`` is stopped inside its worker and becomes a ``failed`` row (no retry).
-Resume is ours, not Tune's: the run folder's rows say which trials are done, and only the rest run again.
+``run_suite`` expands a suite into trial configs, prepares each dataset once and shares it through Ray's object
+store, and hands the trials to ``tune.Tuner`` as a grid (in ``schedule_order``). Each worker calls the core,
+``bench.training.trial.run_trial``, and reports its row back; the driver writes every row as it arrives, atomically,
+into the run folder's Parquet tables, so workers never need to see the run folder. A ``UserError`` or a timeout
+(``tune.trial_timeout_s``) becomes a ``failed`` row at once; any other exception is retried up to
+``tune.max_failures`` times, then its row says why. Resume is bench's, not Tune's: the run folder's rows say which
+trials are done. (docs/design.md, "Layout of the package")
 """
 
 from __future__ import annotations

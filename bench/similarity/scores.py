@@ -1,46 +1,13 @@
-"""Domain similarity and transferability, measured: the numbers behind `similarity_regime`.
+"""Source-domain similarity to ImageNet, measured: the numbers behind ``similarity_regime``.
 
-Why this measure. "How similar are these images to ImageNet?" is usually answered with the ImageNet head's
-confidence (mean max-softmax, energy). On the bundled backbones that answer is wrong: blood-cell microscopy,
-CT phantoms and histology crops get more confident predictions than CIFAR-10 photographs, and the ranking
-flips with the image size (docs/figures/similarity_obvious.png). A network with BatchNorm carries a better
-record of ImageNet: every BN layer stores the per-channel mean and variance of its input over ImageNet
-(`running_mean`, `running_var`). We pass the target images through the pretrained network (eval mode, no
-grad), record the same moments at the same layers, and measure how far the target's per-channel Gaussians lie
-from ImageNet's. No ImageNet image is needed.
-
-Choices, each checked on the calibration sets (scripts/calibrate_similarity.py, the table in the README):
-
-- Per channel, the Bhattacharyya distance between N(mu_imagenet, var_imagenet) and N(mu_target, var_target):
-  symmetric, finite for any variances, and it grows only logarithmically with a variance ratio, so a few dead
-  or saturated channels cannot dominate the mean (symmetric KL does: on the same natural sets its mean
-  spread over a factor of 6 in the last stage, 40 over all layers at the trial size).
-- Only the layers at the network's coarsest resolution (its last stage). Early layers see edges and colour
-  blobs, which histology or retina crops share with photographs; the last stage holds the semantic
-  features, and far domains leave most of them unexcited (their variance collapses below ImageNet's).
-- Measured at the resolution the statistics were recorded at: images are resized to the model's pretraining
-  input size first. Fed at 64 px the same photos drift far from ImageNet's statistics in the last stage
-  (2x2 feature maps, mostly padding), so a threshold could not hold from 64 to 224 px; resized to the
-  pretraining size, a dataset's score changes by a few percent between 64 and 224 px.
-- Few images read farther from ImageNet than many (less variety, noisier means): a bias of about 0.3/N in
-  the mean distance. A split-half jackknife (two interleaved halves, recorded in the same pass) removes it.
-- The score is exp(-mean distance): without the jackknife, the geometric mean of the per-channel
-  Bhattacharyya coefficients. In (0, 1], 1 = identical statistics, higher = more ImageNet-like.
-
-Networks without BatchNorm statistics (ViT, ConvNeXt with LayerNorm, or a randomly initialised net whose BN
-buffers are still 0/1) have no such record. The head-only scores we could check on the bundled nets (mean
-max-softmax, energy, cosine to the nearest class weight) misrank the domains, and one that nearly works
-(the share of the features' variance in the head's top singular directions) has no scale that carries from
-one head to another. So they get the same measurement through a reference network: the bundled ImageNet
-`efficientnet_lite0`. That
-measures the images' similarity to ImageNet (a property of the data, which is what the regime axis means for an
-ImageNet-pretrained backbone) on the calibrated scale; `method` records which way a score was made. For a
-backbone pretrained on other data (IN-21k, LAION) it still measures similarity to ImageNet-1k.
-
-The label-aware transferability estimates (LogME, LEEP, NCE, H-score) live in `bench.similarity.transferability`
-and are re-exported here. `compute_similarity` gathers everything for one (backbone, weights, dataset, image
-size) from arrays the caller already has, and never raises on odd data: a score that cannot be computed is
-NaN, with the reason in `notes`.
+``source_similarity`` passes target images through the pretrained network (eval mode, resized to its pretraining
+resolution) and compares their BatchNorm input moments with the ImageNet moments each BN layer stores:
+``bn_divergence`` is the mean per-channel Bhattacharyya distance over the coarsest-resolution layers, less a
+split-half jackknife's small-sample bias; ``similarity_score = exp(-bn_divergence)``, in (0, 1], higher = more
+ImageNet-like. A network without BN statistics is measured through ``REFERENCE_BACKBONE``. ``similarity_regime``
+cuts the score at ``DEFAULT_SIMILARITY_THRESHOLD`` (0.903). ``compute_similarity`` gathers it with the scores of
+``bench.similarity.transferability`` for one (backbone, weights, dataset, image size) and never raises on odd
+data (NaN, with the reason in ``notes``). Method and calibration: docs/similarity.md.
 """
 
 from __future__ import annotations
@@ -87,11 +54,9 @@ __all__ = [
 
 SIMILARITY_VERSION = 1  # bump when a score's definition or its defaults change (cache keys carry it)
 
-# Calibrated with scripts/calibrate_similarity.py (table and figures in the README): 3 backbones x 4 image
-# sizes (64, 96, 160, 224 px) x 14 labelled image sets, 168 cases. Natural photographs scored >= 0.914 (CIFAR-10,
-# 32 px photos, lowest); microscopy, retina, histology, documents, digits, CT phantom, astronomy, synthetic
-# shapes and noise <= 0.892 (immunohistochemistry, highest). The threshold is the midpoint of the two in
-# divergence (geometric mean of 0.090 and 0.114), the same margin (x1.13) on both sides. Override per call.
+# Calibrated with scripts/calibrate_similarity.py on 168 labelled cases (3 backbones x 4 image sizes x 14 image
+# sets): the midpoint, in divergence, between the lowest natural set (0.914) and the highest far domain (0.892)
+# (docs/similarity.md, "Calibration and the regime threshold"). Override per call.
 DEFAULT_SIMILARITY_THRESHOLD = 0.903
 REFERENCE_BACKBONE = "efficientnet_lite0"
 DEFAULT_MAX_IMAGES = 256  # a few hundred images pin the last-stage moments to ~1%; more only costs time
@@ -267,10 +232,9 @@ def record_statistics(
 
     Alternate images go to two halves, recorded apart, so `divergence_corrected` can remove the small-sample
     bias. The model's train/eval mode is restored afterwards. `coarsest_only` records only the layers that
-    `layers="coarsest"` reads (`coarsest_layers`), and runs the images through a twin of the model with every
-    other BatchNorm folded into its convolution (`bench.speedups.fold`: the same function up to float rounding). Small
-    batches (default 8, 4 per half) keep a CPU's caches warm at 224 px: the two together make efficientnet_lite0's
-    pass 1.8x faster on a CPU (13 against 24 ms an image).
+    `layers="coarsest"` reads (`coarsest_layers`), and, for speed, runs the images through a twin of the model
+    with every other BatchNorm folded into its convolution (`bench.speedups.fold`: the same function up to float
+    rounding). Small batches (default 8, 4 per half) keep a CPU's caches warm at 224 px.
     """
     side = resolution or pretraining_resolution(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -377,7 +341,7 @@ def source_similarity(
     reference: str | None = REFERENCE_BACKBONE,
     bias_correction: bool = True,
 ) -> SimilarityScores:
-    """How ImageNet-like `images` look, the best way the architecture allows (see the module docstring).
+    """How ImageNet-like `images` look, the best way the architecture allows (docs/similarity.md).
 
     With trained BatchNorm statistics: the model's own BN divergence. Without (ViT, LayerNorm nets, random
     init, or `model=None`): the same measure through the `reference` network (its own preprocessing is used,

@@ -1,21 +1,12 @@
 """Label-aware transferability estimates from frozen features or source-head outputs (pure numpy).
 
-These answer "how well will these pretrained features serve *these labels*?" without training anything, and
-are what the transferability literature correlates with measured accuracy:
-
-- LogME (You et al., ICML 2021): the log marginal likelihood (evidence) of a Bayesian linear model from the
-  features to each one-hot label column, maximised over the prior and noise precisions, averaged over classes,
-  per image. One spectral decomposition of the features (a thin SVD, or the Gram matrix's eigenvectors when
-  N > D) serves every class and every fixed-point iteration.
-- LEEP (Nguyen et al., ICML 2020): the mean log-likelihood of a classifier that maps the source head's soft
-  ImageNet predictions to target labels through their empirical conditional P(y | z). Always <= 0.
-- NCE (Tran et al., ICCV 2019): minus the conditional entropy H(Y | Z) of target labels given the source
-  head's hard predictions. Always <= 0.
-- H-score (Bao et al., ICIP 2019): tr(cov(f)^-1 cov(E[f | y])), the features' class separability. With a
-  Ledoit-Wolf shrinkage covariance (Ibrahim et al., 2022), which keeps it stable when D is near or above N.
-
-Input checks are strict here (a `ValueError` that says what is wrong); `bench.similarity.scores.compute_similarity`
-turns such errors into NaN with a reason, so one odd dataset never crashes a sweep.
+They answer "how well will these pretrained features serve *these labels*?" without training anything: ``logme``
+(You et al., ICML 2021), ``leep`` (Nguyen et al., ICML 2020), ``nce`` (Tran et al., ICCV 2019) and ``h_score``
+(Bao et al., ICIP 2019; with a Ledoit-Wolf shrinkage covariance, as Ibrahim et al. 2022, so it stays stable when D
+is near or above N). Each function's docstring gives its formula. Input checks are strict (a ``ValueError`` that
+says what is wrong); ``bench.similarity.scores.compute_similarity`` turns such errors into NaN with a reason, so
+one odd dataset never crashes a sweep. How the report uses them: (docs/similarity.md, "Label-aware
+transferability").
 """
 
 from __future__ import annotations
@@ -167,7 +158,7 @@ def h_score(features: np.ndarray, labels: np.ndarray, *, shrinkage: bool = True)
     if shrinkage:
         from sklearn.covariance import LedoitWolf  # deferred: sklearn is slow to import
 
-        # store_precision=False: the precision matrix (a pseudo-inverse by eigendecomposition, ~1 s at D=1280)
+        # store_precision=False: the precision matrix (a pseudo-inverse by eigendecomposition, costly at large D)
         # is never read; the covariance is the same either way.
         cov = LedoitWolf(assume_centered=True, store_precision=False).fit(f).covariance_
     else:

@@ -1,29 +1,13 @@
-"""CPU training of depthwise convolutions whose kernel is larger than their input: the weight gradient from an
-explicitly padded input.
+"""CPU training of grouped (depthwise) convolutions whose kernel is larger than their input: the weight gradient
+from an explicitly padded input.
 
-Late in an EfficientNet at small image sizes a 5x5 depthwise convolution sees a 2x2 or 3x3 map (48 px input:
-``conv_dw`` of blocks 4-6). On a CPU, PyTorch's oneDNN backward computes that layer's *weight* gradient on a
-path 20-100x slower than the layer's forward (about 25 ms for 32 images of 1152 channels at 2x2, against
-0.2 ms forward, on an AVX2 EPYC): those few layers took over half of efficientnet_lite0's training step at
-48 px. The same gradient of the same convolution, written with the zero padding materialised (``F.pad``) and
-``padding=0``, over only the kernel taps that ever touch the input, takes oneDNN's ordinary path, 4-18x faster
-(1.7 ms for that 2x2 layer). Mathematically it is the same sum; in float it is summed in another order, so it
-differs from the slow path by float rounding (2-6e-7 relative to a float64 reference, where the slow path is
-1-3e-7).
-
-What changes and what does not:
-
-- Only the weight gradient of a grouped convolution (depthwise included) on a CPU tensor, only where the
-  kernel is larger than the input in a dimension (the shapes that take the slow path), only in training
-  (gradients enabled and the weight trainable). The forward pass, the input gradient and the bias gradient
-  are PyTorch's own calls, bit for bit; CUDA is never touched.
-- It is one of the core's kernel choices, like channels_last: the plain and the cached paths of ``bench perf``
-  both train through it, so they stay equal bit for bit. The row's ``padded_depthwise_grad`` column counts the
-  convolutions that trained through it; ``TrialConfig(padded_depthwise_grad=False)`` (a suite's
-  ``train.padded_depthwise_grad: false``) keeps PyTorch's own backward.
-
-``padded_weight_grad()`` is a ``TorchFunctionMode``: inside it every such ``conv2d`` call goes through
-``PaddedWeightGrad``; the training step runs its forward pass inside it (``bench.training.trial.training_loss``).
+``padded_weight_grad()`` is a ``TorchFunctionMode``: inside it, every ``conv2d`` call that ``takes_slow_path`` (a
+CPU grouped convolution in training, its weight trainable, its kernel larger than its input in a dimension) goes
+through ``PaddedWeightGrad``, whose weight gradient is the same sum in another order (equal up to float rounding)
+on oneDNN's ordinary path. The forward pass and the input and bias gradients are PyTorch's own calls, bit for bit;
+CUDA is never touched. The training step runs its forward pass inside the mode (``bench.training.loop``), the row's
+``padded_depthwise_grad`` column counts the convolutions it served, and ``TrialConfig(padded_depthwise_grad=False)``
+keeps PyTorch's backward. Why, and the error bound: (docs/design.md, "The padded depthwise weight gradient (CPU)").
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
-"""Frozen features, computed once and shared.
+"""Frozen features, computed once and shared: the rows a frozen module gives every image of a prepared dataset.
 
-When a backbone's body is frozen and sees no random augmentation, its output on an image is the same for every
-trial that shares (weights, dataset, image size, preprocessing), whatever the data fraction, seed or learning
-rate. So the pooled features of *every* image of a dataset are computed once, kept in memory (and, with a
-cache folder, on disk next to the prepared dataset), and a linear probe trains its head on them: one forward
-pass per dataset instead of one per image per epoch per trial.
-
-The cache key holds everything the features depend on -- the weights' hash, the architecture, the dataset's
-fingerprint (name, root, size, preprocessing version), mean/std, the precision (bf16 on CUDA) and this
-module's version -- so a stale hit is impossible: change any of them and the key changes.
-
-*Bit for bit the plain path's numbers.* A convolution library picks its kernel by the shapes it is given, the
-batch size among them (on one CPU thread PyTorch sends 1x1 convolutions of fewer than 16 images to another
-kernel than oneDNN's), and two kernels can round differently. So rows are computed in batches of the size the
-plain path computes them in, and ``rows_key`` holds that batching (and the CPU thread count): training rows
-(``pad=True``) every image in a full batch of the trial's training batch size, the last batch of the dataset
-filled up with images before it; evaluation rows in the consecutive chunks evaluation runs (``pad=False``, the
-last one short, as there). A training batch shorter than the batch size is computed on the spot, or read back
-from an earlier batch of its size (``bench.training.trial.ShortBatchRows``).
-
-Memory holds at most ``BENCH_FEATURE_MEMORY_GB`` (default 4) of rows per process, least recently used dropped
-first; the disk copy in the cache folder stays.
+A body that is frozen and sees no random augmentation gives each image the same output in every trial that shares
+(weights, dataset, image size, preprocessing), whatever the data fraction, seed or learning rate. ``frozen_rows``
+computes those rows once per dataset, split by split, and keeps them in memory (least recently used dropped beyond
+``BENCH_FEATURE_MEMORY_GB``, default 4, per process) and under ``<cache_dir>/features/``. ``feature_key`` holds
+everything the outputs depend on; ``rows_key`` adds the batching and the CPU thread count, because each row is
+computed in a batch of the size the plain path computes it in (training rows padded to full batches, evaluation
+rows in evaluation's chunks), which keeps the cached path's numbers bit for bit the plain path's. Why that
+batching, and what the key holds: (docs/design.md, "The cached paths, and why they are exact").
 """
 
 from __future__ import annotations
@@ -43,14 +30,14 @@ from bench.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-FEATURES_VERSION = 2  # bump when the way features are computed changes (2: batched as the plain path batches)
+FEATURES_VERSION = 2  # bump when the way features are computed changes (cache keys carry it)
 MEMORY_BUDGET_BYTES = int(float(os.environ.get("BENCH_FEATURE_MEMORY_GB", "4")) * 2**30)
 _MEMORY: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
 STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "evictions": 0}
 
 # Images per forward pass where nothing else fixes the batching (the similarity pass, the size probe). On a CPU
-# the activations of 64 small images stay in the caches, where 256 spill to memory: 1.3-1.5x faster on 48 px
-# images here. A card wants large batches.
+# the activations of 64 small images stay in the processor's caches, where 256 spill to memory; a card wants large
+# batches.
 BATCH_SIZE = {"cpu": 64, "cuda": 256}
 
 
@@ -65,7 +52,7 @@ def feature_key(
     device_type: str = "cpu",
 ) -> str:
     """Everything the features depend on; the precision too (bf16 autocast on CUDA, fp32 elsewhere)."""
-    # fp32 keys carry no precision entry: keys written before it existed stay valid.
+    # fp32, the default, adds no entry to the key; bf16 does, so bf16 and fp32 rows never share a key.
     arithmetic = {"precision": "bf16"} if precision.uses_bf16(torch.device(device_type)) else {}
     blob = json.dumps(
         {

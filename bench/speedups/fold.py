@@ -1,20 +1,13 @@
 """Evaluation with each BatchNorm folded into the convolution before it: the same function, less memory traffic.
 
-In eval mode a BatchNorm layer is a fixed per-channel affine map, so ``conv -> BN`` is one convolution with
-rescaled weights and a bias (``torch.nn.utils.fusion.fuse_conv_bn_weights``, what every deployment tool does).
-On a CPU that removes about a quarter of an EfficientNet's inference time at small image sizes, where
-BatchNorm is a memory-bound pass of its own over every activation map.
-
-``BatchNormFolded(model)`` traces the model once with ``torch.fx`` (timm's leaf modules and functions, so
-``BatchNormAct2d`` stays one node) and builds a graph module over the *live* model: every module that is not
-folded is shared with it, and ``current()`` recomputes the folded weights from the live convolution and
-BatchNorm (a few small element-wise ops), so one trace serves every validation pass of a training phase.
-Folded: a ``Conv2d`` whose output goes only to a ``BatchNorm2d`` (or timm's ``BatchNormAct2d``, whose
-dropout and activation stay as they were) with running statistics. Anything else is left alone; a model
-that cannot be traced, or has nothing to fold, is evaluated as it is.
-
-The outputs equal the unfolded model's up to float rounding (about 1e-6 relative), so a prediction changes
-only where two logits tie to that precision. Training never sees the folded model.
+``BatchNormFolded(model)`` traces ``model`` once with ``torch.fx`` (timm's leaf modules and functions, so
+``BatchNormAct2d`` stays one node) into an eval-only twin that shares every unfolded module with the live model;
+``current()`` recomputes the folded weights from the live layers, so one trace serves every validation and test
+pass of a training phase. Folded: a ``Conv2d`` whose output goes only to a ``BatchNorm2d`` (or timm's
+``BatchNormAct2d``, whose dropout and activation stay as they were) with running statistics. A model that cannot
+be traced, or has nothing to fold, is evaluated as it is. Outputs equal the unfolded model's up to float rounding
+(about 1e-6 relative); training never sees the twin. Why, and where it is used: (docs/design.md, "BatchNorm
+folding for evaluation").
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
-"""Frozen prefix, computed once: split a partially frozen body where its frozen groups end.
+"""Frozen prefix, computed once: a partially frozen body cut where its frozen groups end.
 
-A half-frozen trial (``freeze: 0.5``) pushes every image through the same frozen early layers at every step,
-and those layers are the expensive ones (full resolution). Frozen modules run in eval mode (``bench.models.freeze``)
-and, with ``augment: none``, see the same input every time, so their output per image is a fixed function of
-(weights, dataset, image size, preprocessing, freeze depth): whatever the data fraction, seed or learning rate.
-``split_frozen_prefix`` cuts the body into ``prefix`` (exactly the frozen groups) and ``suffix`` (the rest)
-with ``suffix(prefix(x)) == body(x)``; ``cached_prefix_outputs`` computes ``prefix`` once per dataset and
-keeps it exactly as ``bench.speedups.features`` keeps pooled features (same memory dict, same atomic disk cache, same
-batching as the plain path's, so the same numbers bit for bit), and a trial trains ``head(suffix(.))`` on
-stored activations.
-
-The split needs to know the body's forward as a chain of modules. It is known for timm's ``EfficientNet``
-(efficientnet_lite*, efficientnet_b*, mnasnet, mixnet, ...) and ``ResNet`` (resnet*, resnext*, seresnet*,
-...) classes whose forward is timm's own, and for a body that is a plain ``nn.Sequential``. Anything else
-gives ``None``: the core keeps the plain path and says so in the row.
-
-Train-mode semantics are kept, not only eval-mode values: in the plain path ``set_train_mode`` puts the
-largest fully frozen submodules in eval mode and leaves everything else (parameterless activations, pooling,
-the pooled-feature dropout of timm's ``forward_head``) in train mode. So a parameterless module joins the
-prefix only when it behaves the same in both modes (no dropout / drop-path, no buffers such as running
-statistics); a boundary that would need one inside the prefix gives ``None``. When every group is frozen the
-whole body is the prefix (the plain path then runs the whole body in eval mode) and the suffix is the
-identity: the prefix outputs are then the pooled features of ``bench.speedups.features``.
+``split_frozen_prefix`` cuts the body into ``prefix`` (exactly the frozen groups, plus parameterless modules that
+behave the same in train and eval mode) and ``suffix`` (the rest), sharing the body's modules, with
+``suffix(prefix(x)) == body(x)``. ``cached_prefix_outputs`` computes the prefix's output per image once per
+dataset, kept as ``bench.speedups.features`` keeps pooled features (same memory, disk cache and batching), and a
+trial trains ``head(suffix(.))`` on them. The cut is known for timm's ``EfficientNet`` and ``ResNet`` classes whose
+forward is timm's own, and for a plain ``nn.Sequential`` body; anything else, or a cut that would change train-mode
+behaviour, gives ``None`` (the plain path). With every group frozen the prefix is the whole body and its outputs
+are the pooled features. Why the outputs are exact: (docs/design.md, "The cached paths, and why they are exact").
 """
 
 from __future__ import annotations
@@ -45,7 +31,7 @@ from bench.training import precision
 
 log = logging.getLogger(__name__)
 
-PREFIX_VERSION = 2  # bump when the split or the way prefix outputs are computed changes (2: batching)
+PREFIX_VERSION = 2  # bump when the split or the way prefix outputs are computed changes (cache keys carry it)
 DEFAULT_MAX_BYTES = 1 << 30  # prefix outputs of one dataset larger than this are not cached (early boundaries
 # at full resolution: e.g. 32 x 112 x 112 floats per image at 224 px)
 
@@ -230,7 +216,7 @@ def prefix_cache_key(
         img_size=img_size,
         device_type=device_type,
     )
-    arithmetic = "bf16" if precision.uses_bf16(torch.device(device_type)) else "fp32"  # as keys always spelt it
+    arithmetic = "bf16" if precision.uses_bf16(torch.device(device_type)) else "fp32"  # the key's own fixed spelling
     blob = json.dumps(
         {
             "kind": "frozen_prefix",

@@ -1,14 +1,11 @@
 """Memory, measured: the peak of a whole run on this machine, and the peak of one trial in its process.
 
-A run's peak: the driver and every process it started (a local Ray's GCS, raylet and workers), sampled in a
-background thread; `bench run` prints it at the end.
-
-Memory is the proportional set size (PSS, from ``/proc/<pid>/smaps_rollup``): a page shared by several
-processes (Ray's object store in ``/dev/shm``, the shared libraries of torch) counts once in the sum, where
-the resident set size would count it in every worker. Linux only; elsewhere the sampler reports nothing.
-
-A trial's peak (the ``peak_memory_mb`` column on CPU) is the process's peak RSS, reset at the trial's start,
-so a Ray worker that runs trial after trial reports each one's own peak.
+A run's peak (``PeakMemory``, printed by ``bench run``): the proportional set size (PSS, from
+``/proc/<pid>/smaps_rollup``) of the driver and every process it started (a local Ray's GCS, raylet and workers),
+sampled in a background thread. PSS counts a page shared by several processes (Ray's object store in
+``/dev/shm``, torch's shared libraries) once in the sum, where RSS would count it in every worker. Linux only;
+elsewhere the sampler reports nothing. A trial's peak (``peak_memory_mb`` on CPU) is its process's peak RSS, reset
+at the trial's start, so a Ray worker that runs trial after trial reports each one's own peak.
 """
 
 from __future__ import annotations
@@ -66,10 +63,9 @@ class PeakMemory:
     """``with PeakMemory() as peak: ...`` then ``peak.gib``: the largest sampled tree PSS while inside.
 
     Samples every ``interval_s`` seconds, or less often where a sample is dear: reading PSS makes the kernel
-    walk every page table of the tree (about 0.1 s of CPU per sample with two 1.5 GiB Ray workers), and the
-    sampler never takes more than ``max_cpu_share`` of one core from the trials it measures: 2%, a sample about
-    every 5 s on ``suites/regimes_cpu.yaml`` (two workers on two cores), whose memory is a plateau of long-lived
-    workers; each trial's own peak is measured apart, exactly (``peak_rss_mb``).
+    walk every page table of the tree, and the sampler never takes more than ``max_cpu_share`` (default 2%) of
+    one core from the trials it measures. A run's memory is mostly a plateau of long-lived workers, so sparse
+    samples find its peak; each trial's own peak is measured apart, exactly (``peak_rss_mb``).
     """
 
     def __init__(self, interval_s: float = 1.0, max_cpu_share: float = 0.02) -> None:
@@ -132,9 +128,9 @@ def peak_rss_mb() -> float:
 def freeze_imported_objects() -> None:
     """The first call moves every object alive now (in a worker that has imported torch, timm and scikit-learn:
     about half a million functions, types and dicts) out of the garbage collector's sight for good. They live as
-    long as the process anyway; without this every full collection walks all of them (0.24 s per
-    ``gc.collect()`` here, once per trial in ``release_freed_memory`` and again in the automatic ones).
-    ``gc.freeze`` is CPython's tool for exactly this. Later calls do nothing."""
+    long as the process anyway; without this every full collection walks all of them (once per trial in
+    ``release_freed_memory`` and again in the automatic ones). ``gc.freeze`` is CPython's tool for exactly this.
+    Later calls do nothing."""
     gc.collect()
     gc.freeze()
 
@@ -142,7 +138,7 @@ def freeze_imported_objects() -> None:
 def release_freed_memory() -> None:
     """Hand memory freed by the last trial back to the OS. glibc keeps freed heap in per-thread arenas, and a
     Ray worker runs each trial in a new thread: without this a reused worker's footprint climbs trial by
-    trial (to 5 GiB on the smoke suite, against 1.1 GiB after a trim)."""
+    trial."""
     gc.collect()  # the trial's reference cycles (cheap after freeze_imported_objects)
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
