@@ -125,8 +125,9 @@ def test_digits_shapes_split_and_speed() -> None:
     assert data.classes == [str(d) for d in range(10)] and data.n_classes == 10
     assert data.x_train.dtype == np.uint8 and data.x_train.shape[1:] == (3, 64, 64)
     assert data.y_train.dtype == np.int64 and data.x_train.shape[0] == len(data.y_train)
-    assert len(data.y_train) + len(data.y_test) == 1797
-    assert 0.24 < len(data.y_test) / 1797 < 0.26
+    total = len(sklearn.datasets.load_digits().target)  # every image of scikit-learn's digits, none lost
+    assert len(data.y_train) + len(data.y_test) == total
+    assert 0.24 < len(data.y_test) / total < 0.26
     assert (data.x_train[:, 0] == data.x_train[:, 2]).all()  # grayscale replicated into RGB
     assert data.x_train.max() > 200  # 0..16 rescaled to 0..255
     for label in range(10):  # stratified: every class a quarter in test
