@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -21,35 +20,38 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import BAD_SUITES, REPO, TESTS, bench, bench_env
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-BAD_SUITES = sorted((TESTS / "bad_suites").glob("*.yaml"))
 SHIPPED = sorted((REPO / "suites").glob("*.yaml"))
-UNSET = "BENCH_TEST_SURELY_UNSET_VAR"  # the bad corpus refers to it
 MAX_STDERR_LINES = 3
 
 # A sample run through genuine `python -m bench.cli` processes: one of each way a suite goes wrong.
 # (most fail while parsing, before torch is imported; the last two need the backbone registry: 5-8 s each).
-REAL_PROCESS_SAMPLE = ["alias_bomb", "invalid_utf8", "python_object_tag", "tabs", "top_level_list", "empty",
-                       "duplicate_key", "nul_character", "unknown_backbone", "name_parent_dir"]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != UNSET and not k.startswith("RAY_")}
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def bench(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=clean_env())
+REAL_PROCESS_SAMPLE = [
+    "alias_bomb",
+    "invalid_utf8",
+    "python_object_tag",
+    "tabs",
+    "top_level_list",
+    "empty",
+    "duplicate_key",
+    "nul_character",
+    "unknown_backbone",
+    "name_parent_dir",
+]
 
 
 def forked(jobs: list[dict]) -> list[dict]:
     """Run each {"argv", "cwd"} as a `bench` process forked from one pre-imported interpreter."""
-    done = subprocess.run([sys.executable, str(TESTS / "faults" / "cli_fork.py")], input=json.dumps(jobs),
-                          capture_output=True, text=True, timeout=600, env=clean_env(), cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "faults" / "cli_fork.py")],
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=bench_env(),
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
     assert len(results) == len(jobs)
@@ -88,20 +90,53 @@ def check_refusal(result: dict | subprocess.CompletedProcess, path: Path, what: 
 def test_corpus_is_big_enough_and_covers_the_issues_list() -> None:
     names = {p.stem for p in BAD_SUITES}
     assert len(names) >= 40
-    for needed in ("alias_bomb", "invalid_utf8", "python_object_tag", "tabs", "top_level_list", "empty",
-                   "name_with_slash", "name_parent_dir", "unknown_backbone", "unknown_dataset", "epochs_and_steps",
-                   "missing_name", "data_fraction_above_one", "freeze_above_one", "shots_zero", "freeze_empty"):
+    for needed in (
+        "alias_bomb",
+        "invalid_utf8",
+        "python_object_tag",
+        "tabs",
+        "top_level_list",
+        "empty",
+        "name_with_slash",
+        "name_parent_dir",
+        "unknown_backbone",
+        "unknown_dataset",
+        "epochs_and_steps",
+        "missing_name",
+        "data_fraction_above_one",
+        "freeze_above_one",
+        "shots_zero",
+        "freeze_empty",
+    ):
         assert needed in names, needed
 
 
-NAMES_OUTSIDE = ["../evil", "..", "sub/../../evil", "/tmp/bench-evil", "a/b", "a\\..\\b", ".hidden", "~",
-                 "evil\u2215slash", "-rf", "e" * 101]
+NAMES_OUTSIDE = [
+    "../evil",
+    "..",
+    "sub/../../evil",
+    "/tmp/bench-evil",
+    "a/b",
+    "a\\..\\b",
+    ".hidden",
+    "~",
+    "evil\u2215slash",
+    "-rf",
+    "e" * 101,
+]
 BAD_DATASET_NAMES = ["imagefolder:data?group=../../evil", "imagefolder:", "../../etc", "imagefolder:?group=natural"]
 
 
 def _suite_text(name: str = "ok_name", dataset: str = "digits") -> str:
-    return yaml.safe_dump({"name": name, "backbones": ["efficientnet_lite0"], "datasets": [dataset],
-                           "grid": {"freeze": ["linear_probe"], "data_fraction": [1.0]}, "train": {"epochs": 1}})
+    return yaml.safe_dump(
+        {
+            "name": name,
+            "backbones": ["efficientnet_lite0"],
+            "datasets": [dataset],
+            "grid": {"freeze": ["linear_probe"], "data_fraction": [1.0]},
+            "train": {"epochs": 1},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +161,11 @@ def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict:
     jobs, labels = [], []
     for index, (kind, path) in enumerate(cases):
         out = str(outs / f"out{index}")
-        for command in (["validate", str(path)], ["run", str(path), "--out", out],
-                        ["run", str(path), "--out", out, "--resume"]):
+        for command in (
+            ["validate", str(path)],
+            ["run", str(path), "--out", out],
+            ["run", str(path), "--out", out, "--resume"],
+        ):
             if kind == "corpus" and "--resume" in command:
                 continue
             jobs.append({"argv": command, "cwd": str(cwd)})
@@ -183,9 +221,14 @@ def test_a_sample_of_the_corpus_through_genuine_processes_answers_the_same(tmp_p
     sample = [TESTS / "bad_suites" / f"{name}.yaml" for name in REAL_PROCESS_SAMPLE]
     jobs = [("validate", path) for path in sample] + [("run", path) for path in sample]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        real = list(pool.map(lambda job: bench(job[0], str(job[1]), *(["--out", str(tmp_path / "out")]
-                                                                       if job[0] == "run" else []), cwd=tmp_path),
-                             jobs))
+        real = list(
+            pool.map(
+                lambda job: bench(
+                    job[0], str(job[1]), *(["--out", str(tmp_path / "out")] if job[0] == "run" else []), cwd=tmp_path
+                ),
+                jobs,
+            )
+        )
     for (command, path), genuine in zip(jobs, real):
         check_refusal(genuine, path, f"python -m bench.cli {command} {path.name}")
         assert genuine.stderr == forked_stderr[(command, path)], f"{command} {path.name}: harness differs"
@@ -201,9 +244,17 @@ def _count_from_yaml(path: Path) -> int:
     data = yaml.safe_load(path.read_text())
     grid = data["grid"]
     sizes = len(grid.get("data_fraction") or []) + len(grid.get("shots") or [])
-    return math.prod([len(data["datasets"]), len(data["backbones"]), len(grid["freeze"]), sizes,
-                      len(grid.get("seed") or [0]), len(grid.get("lr") or [None]),
-                      len(grid.get("weight_decay") or [None])])
+    return math.prod(
+        [
+            len(data["datasets"]),
+            len(data["backbones"]),
+            len(grid["freeze"]),
+            sizes,
+            len(grid.get("seed") or [0]),
+            len(grid.get("lr") or [None]),
+            len(grid.get("weight_decay") or [None]),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -241,15 +292,27 @@ def test_list_shows_both_registries_with_offline_availability() -> None:
 
 def test_output_into_a_closed_pipe_prints_no_traceback() -> None:
     """`bench list datasets | head -1` on a long listing: the reader is gone before bench writes."""
-    piped = subprocess.run(f"'{sys.executable}' -m bench.cli list datasets | true", shell=True,
-                           capture_output=True, text=True, timeout=60, env=clean_env())
+    piped = subprocess.run(
+        f"'{sys.executable}' -m bench.cli list datasets | true",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=bench_env(),
+    )
     assert piped.returncode == 0
     assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, piped.stderr
 
 
 def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
-    for argv in (["frobnicate"], ["list", "weights"], ["leaderboard"], ["validate"],
-                 ["validate", str(tmp_path / "missing.yaml")], ["validate", str(tmp_path)]):
+    for argv in (
+        ["frobnicate"],
+        ["list", "weights"],
+        ["leaderboard"],
+        ["validate"],
+        ["validate", str(tmp_path / "missing.yaml")],
+        ["validate", str(tmp_path)],
+    ):
         result = bench(*argv, cwd=tmp_path)
         assert result.returncode == 2, (argv, result.stderr)
         assert "Traceback" not in result.stderr
@@ -259,10 +322,13 @@ def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_validate_of_a_bundled_backbone_suite_does_not_import_torch() -> None:
-    code = ("import sys; from bench.cli import main; rc = main(['validate', 'suites/smoke.yaml']); "
-            "print('torch' in sys.modules, 'ray' in sys.modules); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env=clean_env())
+    code = (
+        "import sys; from bench.cli import main; rc = main(['validate', 'suites/smoke.yaml']); "
+        "print('torch' in sys.modules, 'ray' in sys.modules); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO, env=bench_env()
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False False"
 
@@ -281,16 +347,18 @@ train: {img_size: 32, steps: 3, lr: 1.0e-2}
     first = bench("similarity", str(suite), "--cache-dir", str(cache), "--format", "csv", timeout=600)
     assert first.returncode == 1, first.stderr[-2000:]  # the missing folder is one failed row, the rest is there
     rows = list(csv.DictReader(first.stdout.splitlines()))
-    assert [(r["dataset"], r["backbone"]) for r in rows] == [("digits", "efficientnet_lite0"),
-                                                            ("imagefolder:/surely/missing/folder",
-                                                             "efficientnet_lite0")]
+    assert [(r["dataset"], r["backbone"]) for r in rows] == [
+        ("digits", "efficientnet_lite0"),
+        ("imagefolder:/surely/missing/folder", "efficientnet_lite0"),
+    ]
     digits, missing = rows
     assert digits["similarity_regime"] == "low" and 0.6 < float(digits["similarity_score"]) < 0.85
     assert math.isfinite(float(digits["transferability"])) and math.isfinite(float(digits["leep"]))
     assert digits["error"] == "" and "does not exist" in missing["error"]
     stored = list((cache / "similarity").glob("*.json"))
     assert len(stored) == 1 and json.loads(stored[0].read_text())["similarity_score"] == pytest.approx(
-        float(digits["similarity_score"]))
+        float(digits["similarity_score"])
+    )
     written = stored[0].stat().st_mtime_ns
     again = bench("similarity", str(suite), "--cache-dir", str(cache), "--format", "csv", timeout=600)
     assert list(csv.DictReader(again.stdout.splitlines()))[0]["similarity_score"] == digits["similarity_score"]

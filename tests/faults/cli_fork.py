@@ -22,9 +22,9 @@ import sys
 import tempfile
 import time
 
-import bench.models.build  # noqa: F401  (torch, timm: what validating a backbone name imports)
 import bench.cli
 import bench.data.prepare  # noqa: F401
+import bench.models.build  # noqa: F401  (torch, timm: what validating a backbone name imports)
 import bench.suite.spec  # noqa: F401
 
 TIMEOUT_S = 30.0
@@ -80,8 +80,13 @@ def run_one(argv: list[str], cwd: str, scratch: str) -> dict[str, object]:
             break
         time.sleep(0.005)
     with open(paths[0]) as out, open(paths[1]) as err, open(paths[2]) as flag:
-        return {"rc": rc, "stdout": out.read(), "stderr": err.read(), "ray_imported": flag.read() == "1",
-                "seconds": round(time.monotonic() - started, 3)}
+        return {
+            "rc": rc,
+            "stdout": out.read(),
+            "stderr": err.read(),
+            "ray_imported": flag.read() == "1",
+            "seconds": round(time.monotonic() - started, 3),
+        }
 
 
 def main() -> None:

@@ -16,24 +16,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_suite
 
 from bench.results import store as results
-from tiny_suites import write_suite
+from bench.results.schema import TRIAL_COLUMNS
 
 pytestmark = pytest.mark.slow
 
-CONTRACT = ["schema_version", "suite", "run_id", "trial_id", "status", "error", "backbone", "pretrained", "weights",
-            "dataset", "dataset_group", "n_classes", "similarity_score", "transferability", "similarity_regime",
-            "freeze", "frozen_param_fraction", "trainable_params", "total_params", "data_fraction", "shots",
-            "n_train", "data_regime", "seed", "hp_lr", "hp_epochs", "hp_steps", "hp_batch_size", "hp_optimizer",
-            "hp_img_size", "hp_augment", "metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1",
-            "train_seconds", "images_per_second", "peak_memory_mb", "device", "node", "torch_version",
-            "timm_version", "ray_version", "started_at", "finished_at"]
-
 
 def bench(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def run_dir(out: Path, suite: str = "tiny") -> Path:
@@ -65,7 +63,7 @@ def test_local_run_writes_one_ok_row_per_trial_with_the_contract_columns(tmp_pat
     table = trials(tmp_path / "out")
     assert len(table) == total and table["trial_id"].is_unique
     assert set(table["status"]) == {"ok"}
-    assert not [c for c in CONTRACT if c not in table.columns]
+    assert not [c for c in TRIAL_COLUMNS if c not in table.columns]
     assert table["metric_top1"].between(0, 100).all()
     epochs = results.read_table(run_dir(tmp_path / "out") / results.EPOCHS_FILE)
     assert set(epochs["trial_id"]) == set(table["trial_id"])
@@ -117,8 +115,12 @@ sys.exit(code)
 
 def test_datasets_decode_only_after_torch_is_fully_imported(tmp_path):
     suite = write_suite(tmp_path, freeze="[linear_probe]", sizes="data_fraction: [0.05]", seeds="[0]")
-    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, "run", str(suite), "--out", str(tmp_path / "out"),
-                           "--num-cpus", "1"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, "run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "torch when the decoders started importing: ['complete']" in done.stdout, done.stdout[-1000:]
 
@@ -126,9 +128,12 @@ def test_datasets_decode_only_after_torch_is_fully_imported(tmp_path):
 def test_kill_minus_nine_of_the_driver_then_resume_completes_without_losing_a_row(tmp_path):
     suite = write_suite(tmp_path, concurrent=1, steps=6)
     out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out),
-                               "--num-cpus", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--num-cpus", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         folder = next((p for p in (out / "tiny").glob("*") if p.is_dir()), None) if (out / "tiny").exists() else None
@@ -222,9 +227,23 @@ def test_losing_the_worker_node_part_way_still_completes_the_suite(tmp_path, two
     # so the trial on the worker node is still training when the node goes.
     suite = write_suite(tmp_path, freeze="[full]", steps=40, max_failures=2)
     out, probe = tmp_path / "out", tmp_path / "probe.jsonl"
-    driver = subprocess.Popen([sys.executable, "-c", _RETRY_PROBE, str(probe), "run", str(suite), "--out", str(out),
-                               "--address", cluster.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _RETRY_PROBE,
+            str(probe),
+            "run",
+            str(suite),
+            "--out",
+            str(out),
+            "--address",
+            cluster.address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def events() -> list[dict]:
         return [json.loads(line) for line in probe.read_text().splitlines()] if probe.exists() else []

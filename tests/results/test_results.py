@@ -10,9 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_row, write_run
 
-from bench.results import store as results
 from bench.errors import UserError
+from bench.results import store as results
 from bench.results.schema import EPOCH_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS
 from bench.results.store import (
     TRIAL_TYPES,
@@ -21,7 +22,6 @@ from bench.results.store import (
     replace_epochs,
     upsert_trials,
 )
-from result_rows import make_row, write_run
 
 
 def test_contract_columns_match_design_order() -> None:
@@ -59,7 +59,9 @@ def test_upsert_writes_contract_schema_and_keeps_extras(tmp_path: Path) -> None:
 
 def test_named_freeze_and_datetimes_are_normalised(tmp_path: Path) -> None:
     path = tmp_path / "trials.parquet"
-    row = make_row(freeze="lp_ft", finished_at=dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))))
+    row = make_row(
+        freeze="lp_ft", finished_at=dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    )
     del row["strategy"]
     upsert_trials(path, [row])
     back = pq.read_table(path).to_pylist()[0]
@@ -148,9 +150,7 @@ def test_upsert_stays_fast_with_20000_rows(tmp_path: Path) -> None:
 
 def test_concurrent_upserts_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "trials.parquet"
-    threads = [
-        threading.Thread(target=upsert_trials, args=(path, [make_row(trial_id=f"t{i}")])) for i in range(8)
-    ]
+    threads = [threading.Thread(target=upsert_trials, args=(path, [make_row(trial_id=f"t{i}")])) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -213,8 +213,9 @@ def test_load_runs_reports_bad_folders_and_loads_the_rest(tmp_path: Path) -> Non
     data_bytes = (truncated / "trials.parquet").read_bytes()
     (truncated / "trials.parquet").write_bytes(data_bytes[: len(data_bytes) // 2])
     no_metric = write_run(tmp_path / "no_metric", [make_row(trial_id="m1")], epochs=False)
-    pq.write_table(pq.read_table(no_metric / "trials.parquet").drop_columns(["metric_top1"]),
-                   no_metric / "trials.parquet")
+    pq.write_table(
+        pq.read_table(no_metric / "trials.parquet").drop_columns(["metric_top1"]), no_metric / "trials.parquet"
+    )
     no_node = write_run(tmp_path / "no_node", [make_row(trial_id="n1")])
     pq.write_table(pq.read_table(no_node / "trials.parquet").drop_columns(["node"]), no_node / "trials.parquet")
     empty = tmp_path / "empty"

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR, DATA, require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench.data import prepare as datasets
-from bench.data.decode import resize_center_crop
-from bench.data.sources import PATCH_TRAIN_WIDTH_SHARE, PHOTO_CLASSES, _photo_loaders, photo_patch_boxes
 from bench.data import (
     GROUPS,
     PreparedDataset,
@@ -33,25 +31,40 @@ from bench.data import (
     split_train_val,
     stratified_subset,
 )
+from bench.data import prepare as datasets
+from bench.data.decode import resize_center_crop
+from bench.data.sources import PATCH_TRAIN_WIDTH_SHARE, PHOTO_CLASSES, _photo_loaders, photo_patch_boxes
 from bench.errors import UserError
 
-DATA = Path(os.environ.get("BENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CIFAR = DATA / "cifar10"
 PBC = DATA / "pbc_blood_cells"
 
 
 def needs_data(folder: Path = CIFAR / "train") -> None:
-    """Go on where the shared test images are; else skip, or fail under CI=true (tests/prerequisites.py)."""
+    """Go on where the shared test images are; else skip, or fail under CI=true (conftest.require)."""
     __tracebackhide__ = True
-    from prerequisites import require
 
     require(folder.is_dir(), f"test images not found at {folder} (BENCH_DATA={DATA})")
 
 
-TORCHVISION_NAMES = (
-    "cifar10 cifar100 svhn dtd flowers102 oxford_pets eurosat pcam fgvc_aircraft stanford_cars food101 "
-    "caltech101 gtsrb fashion_mnist mnist stl10 country211"
-).split()
+TORCHVISION_NAMES = [
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "dtd",
+    "flowers102",
+    "oxford_pets",
+    "eurosat",
+    "pcam",
+    "fgvc_aircraft",
+    "stanford_cars",
+    "food101",
+    "caltech101",
+    "gtsrb",
+    "fashion_mnist",
+    "mnist",
+    "stl10",
+    "country211",
+]
 
 
 def rgb(path: Path) -> np.ndarray:
@@ -163,7 +176,7 @@ def test_photo_patches_classes_shapes_and_disjoint_regions() -> None:
         height, width = photo.shape[:2]
         train_boxes, test_boxes = photo_patch_boxes(name, width, height)
         boundary = int(width * PATCH_TRAIN_WIDTH_SHARE)
-        assert all(0 <= left and right <= boundary and bottom <= height for left, _, right, bottom in train_boxes)
+        assert all(left >= 0 and right <= boundary and bottom <= height for left, _, right, bottom in train_boxes)
         assert all(boundary <= left and right <= width and bottom <= height for left, _, right, bottom in test_boxes)
         assert len({right - left for left, _, right, _ in train_boxes}) > 10  # varied scales
         # the prepared pixels really are those boxes: recompute the first crop of each split
@@ -276,7 +289,11 @@ def test_cache_writes_once_then_memory_maps_without_decoding(tmp_path: Path) -> 
         first = prepare_dataset(name, 24, cache_dir=tmp_path / "cache")
     folder = tmp_path / "cache" / "datasets" / first.fingerprint
     assert sorted(p.name for p in folder.iterdir()) == [
-        "meta.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"
+        "meta.json",
+        "x_test.npy",
+        "x_train.npy",
+        "y_test.npy",
+        "y_train.npy",
     ]
     # one folder, no temporary left; beside it the pointer a root-less cache hit follows
     assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir() if p.is_dir()] == [first.fingerprint]
@@ -423,8 +440,14 @@ def test_stratified_subset_counts_and_arguments() -> None:
     assert np.bincount(y[stratified_subset(y, seed=0, shots=5)]).tolist() == [3, 5, 5]  # a class gives what it has
     assert len(stratified_subset(y, seed=0, data_fraction=1.0)) == len(y)
     assert not np.array_equal(stratified_subset(y, seed=0, shots=5), stratified_subset(y, seed=1, shots=5))
-    for bad in ({}, {"data_fraction": 0.5, "shots": 2}, {"data_fraction": 0.0}, {"data_fraction": 1.5},
-                {"shots": 0}, {"shots": 2.5}):
+    for bad in (
+        {},
+        {"data_fraction": 0.5, "shots": 2},
+        {"data_fraction": 0.0},
+        {"data_fraction": 1.5},
+        {"shots": 0},
+        {"shots": 2.5},
+    ):
         with pytest.raises(ValueError):
             stratified_subset(y, seed=0, **bad)
 
@@ -433,8 +456,14 @@ labels_strategy = st.lists(st.integers(0, 5), min_size=1, max_size=300).map(lamb
 
 
 @settings(max_examples=60, deadline=None)
-@given(y=labels_strategy, seed=st.integers(0, 2**40), f1=st.floats(0.01, 1.0), f2=st.floats(0.01, 1.0),
-       s1=st.integers(1, 30), s2=st.integers(1, 30))
+@given(
+    y=labels_strategy,
+    seed=st.integers(0, 2**40),
+    f1=st.floats(0.01, 1.0),
+    f2=st.floats(0.01, 1.0),
+    s1=st.integers(1, 30),
+    s2=st.integers(1, 30),
+)
 def test_subsets_are_stratified_nested_and_reproducible(y, seed, f1, f2, s1, s2) -> None:
     (f_small, f_big), (s_small, s_big) = sorted((f1, f2)), sorted((s1, s2))
     small, big = (stratified_subset(y, seed=seed, data_fraction=f) for f in (f_small, f_big))

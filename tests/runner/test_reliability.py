@@ -9,6 +9,7 @@ CIFAR-10 JPEGs, a few optimiser steps) so the time goes into the faults, not the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -16,7 +17,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,35 +26,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import CIFAR, bench, make_row, require, start_bench, write_run, write_suite
 from PIL import Image
 
 from bench.results import store as results
-from tiny_suites import write_suite
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-CIFAR = Path(os.environ.get("BENCH_DATA", REPO.parent / "shared" / "data")) / "cifar10"  # CI sets BENCH_DATA
 FAULT_SEED = int(os.environ.get("BENCH_FAULT_SEED", "7"))  # random kill moments: reproducible, changeable
 
 
 # ---------------------------------------------------------------------------------------------------------
-# helpers (the style of tests/test_tune.py: tiny suites at 32 px, a few steps)
-
-
-def env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "PYTHONPATH": str(REPO)}
-
-
-def bench(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env())
-
-
-def start_bench(*args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """A `bench` process in its own session, so it and the Ray it starts can be killed together."""
-    handle = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", *map(str, args)], stdout=handle,
-                            stderr=subprocess.STDOUT, cwd=cwd, env=env(), start_new_session=True)
+# helpers (the style of tests/runner/test_tune.py: tiny suites at 32 px, a few steps)
 
 
 def kill_session(sid: int) -> None:
@@ -67,10 +48,8 @@ def kill_session(sid: int) -> None:
         except OSError:
             continue
         if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def run_dirs(out: Path, suite: str) -> list[Path]:
@@ -155,8 +134,8 @@ def test_weights_that_would_run_code_are_refused_and_never_run(tmp_path: Path) -
     import torch
 
     from bench.config import TrialConfig
-    from bench.training import run_trial
     from bench.errors import UserError
+    from bench.training import run_trial
 
     torch.set_num_threads(1)
     # The payload is live: unpickled the unsafe way, it creates its marker (else this test could not fail).
@@ -168,8 +147,16 @@ def test_weights_that_would_run_code_are_refused_and_never_run(tmp_path: Path) -
 
     marker = tmp_path / "PWNED"
     for path in _malicious_files(tmp_path, marker):
-        config = TrialConfig(backbone="efficientnet_lite0", dataset="digits", weights=str(path), img_size=32,
-                             epochs=None, steps=1, batch_size=16, data_fraction=0.05)
+        config = TrialConfig(
+            backbone="efficientnet_lite0",
+            dataset="digits",
+            weights=str(path),
+            img_size=32,
+            epochs=None,
+            steps=1,
+            batch_size=16,
+            data_fraction=0.05,
+        )
         with pytest.raises(UserError) as caught:
             run_trial(config)
         assert str(path) in str(caught.value) and "\n" not in str(caught.value)
@@ -178,8 +165,8 @@ def test_weights_that_would_run_code_are_refused_and_never_run(tmp_path: Path) -
 
 def test_run_folders_never_leave_the_output_folder(tmp_path: Path) -> None:
     """The last line of defence behind suite-name validation (bench.runner.run_dir.suite_folder)."""
-    from bench.runner import run_dir as runs
     from bench.errors import UserError
+    from bench.runner import run_dir as runs
 
     out = tmp_path / "out"
     for name in ("..", "../evil", "a/../../evil", str(tmp_path / "elsewhere"), "/"):
@@ -206,13 +193,15 @@ def faulty_image_folder(root: Path) -> Path:
     train/bird: 2 RGB (fewer than the 5 shots asked). train/cat: no image at all (only a text file).
     """
     source = {name: sorted((CIFAR / "train" / name).glob("*.jpg")) for name in ("airplane", "automobile", "bird")}
-    for split, counts in (("train", {"airplane": 8, "automobile": 10, "bird": 2}),
-                          ("test", {"airplane": 3, "automobile": 3, "bird": 3})):
+    for split, counts in (
+        ("train", {"airplane": 8, "automobile": 10, "bird": 2}),
+        ("test", {"airplane": 3, "automobile": 3, "bird": 3}),
+    ):
         for name, count in counts.items():
             folder = root / split / name
             folder.mkdir(parents=True)
             offset = 0 if split == "train" else 20
-            for index, path in enumerate(source[name][offset:offset + count]):
+            for index, path in enumerate(source[name][offset : offset + count]):
                 shutil.copy(path, folder / f"{index:04d}.jpg")
     airplane = root / "train" / "airplane"
     extra = sorted((CIFAR / "train" / "airplane").glob("*.jpg"))[40:43]
@@ -235,9 +224,8 @@ BROKEN_FILES = ("garbage.jpg", "truncated.jpg", "zero.jpg")
 
 
 def needs_cifar() -> None:
-    """Go on where the shared CIFAR-10 images are; else skip, or fail under CI=true (tests/prerequisites.py)."""
+    """Go on where the shared CIFAR-10 images are; else skip, or fail under CI=true (conftest.require)."""
     __tracebackhide__ = True
-    from prerequisites import require
 
     require(CIFAR.is_dir(), f"needs the shared CIFAR-10 images at {CIFAR} (BENCH_DATA)")
 
@@ -278,9 +266,14 @@ def test_data_faults_fail_or_degrade_per_trial_and_the_run_goes_on(tmp_path: Pat
     (tmp_path / "data" / "sub").mkdir()
     via_dotdot = tmp_path / "data" / "sub" / ".." / "faulty"
     missing = tmp_path / "data" / "nowhere"
-    suite = write_suite(tmp_path, name="datafaults", concurrent=1,
-                        datasets=f"['imagefolder:{via_dotdot}', 'imagefolder:{missing}']",
-                        sizes="shots: [5]", seeds="[0]")
+    suite = write_suite(
+        tmp_path,
+        name="datafaults",
+        concurrent=1,
+        datasets=f"['imagefolder:{via_dotdot}', 'imagefolder:{missing}']",
+        sizes="shots: [5]",
+        seeds="[0]",
+    )
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     before = {p for p in tmp_path.rglob("*")}
@@ -319,21 +312,32 @@ def explode_race(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two `bench run --resume` processes started together on one run folder of a suite whose lr 1e12 trial
     (SGD, full fine-tune) must diverge beside an lr 1e-3 trial that must not."""
     root = tmp_path_factory.mktemp("explode")
-    suite = write_suite(root, name="explode", concurrent=1, freeze="[full]", sizes="data_fraction: [0.1]",
-                        seeds="[0]", extra_grid="  lr: [1.0e12, 1.0e-3]", optimizer="sgd")
+    suite = write_suite(
+        root,
+        name="explode",
+        concurrent=1,
+        freeze="[full]",
+        sizes="data_fraction: [0.1]",
+        seeds="[0]",
+        extra_grid="  lr: [1.0e12, 1.0e-3]",
+        optimizer="sgd",
+    )
     folder = root / "out" / "explode" / "20000101T000000Z"
     folder.mkdir(parents=True)
     logs = [root / f"driver{i}.log" for i in range(2)]
-    drivers = [start_bench("run", suite, "--out", root / "out", "--resume", "--num-cpus", "1", log=log)
-               for log in logs]
+    drivers = [start_bench("run", suite, "--out", root / "out", "--resume", "--num-cpus", "1", log=log) for log in logs]
     try:
         for driver in drivers:
             driver.wait(timeout=500)
     finally:
         for driver in drivers:
             kill_session(driver.pid)
-    return {"suite": suite, "folder": folder, "codes": [d.returncode for d in drivers],
-            "logs": [log.read_text() for log in logs]}
+    return {
+        "suite": suite,
+        "folder": folder,
+        "codes": [d.returncode for d in drivers],
+        "logs": [log.read_text() for log in logs],
+    }
 
 
 @pytest.mark.slow
@@ -383,7 +387,7 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
                 assert wait_for(lambda: bool(run_dirs(out, "killed")), 120, driver)
                 delay = rng.uniform(0, 8)
             elif mode == "after a row":
-                wait_for(lambda: row_count(out, "killed") > rows_at_start, 240, driver)
+                wait_for(lambda start=rows_at_start: row_count(out, "killed") > start, 240, driver)
                 delay = rng.uniform(0, 1.5)
             else:
                 delay = rng.uniform(2, 12)
@@ -425,12 +429,12 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
 
 
 def _mount_tmpfs(folder: Path, size: str) -> None:
-    from prerequisites import require
 
     folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    # Needs root (CI runs as root): elsewhere a skip, under CI=true a failure (tests/prerequisites.py).
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    # Needs root (CI runs as root): elsewhere a skip, under CI=true a failure (conftest.require).
     require(mounted.returncode == 0, f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
 
 
@@ -464,8 +468,9 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory):
     driver = None
     try:
         suite = write_suite(root, name="full", concurrent=1)  # 8 trials, one at a time
-        driver = start_bench("run", suite, "--out", small, "--cache-dir", root / "cache", "--num-cpus", "1",
-                             log=root / "full.log")
+        driver = start_bench(
+            "run", suite, "--out", small, "--cache-dir", root / "cache", "--num-cpus", "1", log=root / "full.log"
+        )
         assert wait_for(lambda: row_count(small, "full") >= 1, 300, driver), (root / "full.log").read_text()[-2000:]
         running_when_filled = driver.poll() is None
         _fill(small)
@@ -478,9 +483,17 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory):
         big = root / "big"
         shutil.copytree(small, big, ignore=shutil.ignore_patterns("ballast*"))
         resumed = bench("run", suite, "--out", big, "--resume", "--cache-dir", root / "cache", "--num-cpus", "2")
-        yield {"suite": suite, "rc": driver.returncode, "log": log, "kept": kept, "after": after,
-               "leftovers": leftovers, "running_when_filled": running_when_filled, "resumed": resumed,
-               "big": big}
+        yield {
+            "suite": suite,
+            "rc": driver.returncode,
+            "log": log,
+            "kept": kept,
+            "after": after,
+            "leftovers": leftovers,
+            "running_when_filled": running_when_filled,
+            "resumed": resumed,
+            "big": big,
+        }
     finally:
         if driver is not None:
             kill_session(driver.pid)
@@ -534,10 +547,12 @@ def test_an_output_folder_on_a_full_disk_is_one_line_and_no_traceback(tmp_path: 
 
 
 def _good_rows(run_id: str) -> list[dict]:
-    from result_rows import make_row
 
-    return [make_row(run_id=run_id, backbone=backbone, seed=seed, metric_top1=70.0 + 5 * index + seed)
-            for index, backbone in enumerate(["efficientnet_lite0", "efficientnet_lite1"]) for seed in (0, 1)]
+    return [
+        make_row(run_id=run_id, backbone=backbone, seed=seed, metric_top1=70.0 + 5 * index + seed)
+        for index, backbone in enumerate(["efficientnet_lite0", "efficientnet_lite1"])
+        for seed in (0, 1)
+    ]
 
 
 def _break(path: Path, how: str) -> None:
@@ -552,13 +567,12 @@ def _break(path: Path, how: str) -> None:
 
 @pytest.fixture(scope="module", params=["truncated", "foreign"])
 def broken_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from result_rows import make_row, write_run
 
     root = tmp_path_factory.mktemp(f"results_{request.param}")
     good = write_run(root / "good", _good_rows("run-good"))
     bad = write_run(root / "bad", [make_row(run_id="run-bad", backbone="efficientnet_lite2", metric_top1=99.0)])
     _break(bad / results.TRIALS_FILE, request.param)
-    with pytest.raises(Exception):
+    with pytest.raises((pa.ArrowException, OSError)):
         pq.read_table(bad / results.TRIALS_FILE).column("trial_id")  # the fault is real
     board = bench("leaderboard", good, bad)
     report = bench("report", good, bad)

@@ -56,8 +56,14 @@ def logme_reference(features: np.ndarray, labels: np.ndarray) -> float:
                 break
         a = alpha * np.eye(d) + beta * f.T @ f
         m = beta * np.linalg.solve(a, f.T @ y)
-        evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi)
-                    - beta / 2 * np.sum((f @ m - y) ** 2) - alpha / 2 * m @ m - 0.5 * np.linalg.slogdet(a)[1])
+        evidence = (
+            n / 2 * np.log(beta)
+            + d / 2 * np.log(alpha)
+            - n / 2 * np.log(2 * np.pi)
+            - beta / 2 * np.sum((f @ m - y) ** 2)
+            - alpha / 2 * m @ m
+            - 0.5 * np.linalg.slogdet(a)[1]
+        )
         evidences.append(evidence / n)
     return float(np.mean(evidences))
 
@@ -69,7 +75,8 @@ def test_logme_matches_the_papers_algorithm(n: int, d: int, classes: int) -> Non
     labels = np.arange(n) % classes
     features[:, 0] += 2.0 * labels
     assert logme(features, labels, tol=1e-12, max_iter=1000) == pytest.approx(
-        logme_reference(features, labels), abs=1e-8)
+        logme_reference(features, labels), abs=1e-8
+    )
 
 
 def test_logme_matches_the_papers_algorithm_on_rank_deficient_features() -> None:
@@ -77,7 +84,8 @@ def test_logme_matches_the_papers_algorithm_on_rank_deficient_features() -> None
     features[:, :3] = np.random.default_rng(0).normal(size=(50, 3))  # five dead feature dimensions
     labels = np.arange(50) % 2
     assert logme(features, labels, tol=1e-12, max_iter=1000) == pytest.approx(
-        logme_reference(features, labels), abs=1e-10)
+        logme_reference(features, labels), abs=1e-10
+    )
 
 
 def _clustered(n: int = 200, d: int = 16, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -197,9 +205,14 @@ def test_bhattacharyya_distance_known_values() -> None:
 def _toy_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
 
 
@@ -240,8 +253,9 @@ def test_recorder_moments_equal_numpy_over_batches_and_groups() -> None:
     # A batch's moments are taken in float32, batches merged in float64: float32 rounding, no more.
     np.testing.assert_allclose(first.mean, values.mean(axis=(0, 2, 3)), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(first.var, values.var(axis=(0, 2, 3)), rtol=1e-6)
-    np.testing.assert_allclose(recorder.statistics(group=0)[0].mean, values[:3].mean(axis=(0, 2, 3)), rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        recorder.statistics(group=0)[0].mean, values[:3].mean(axis=(0, 2, 3)), rtol=1e-6, atol=1e-7
+    )
     assert [s.spatial for s in recorder.statistics()] == [(12, 12), (6, 6)]
 
 
@@ -267,8 +281,9 @@ def test_recording_only_the_coarsest_layers_keeps_exactly_their_moments() -> Non
     np.testing.assert_array_equal(coarse[0].mean, full[1].mean)
     np.testing.assert_array_equal(coarse[0].var, full[1].var)
     for group in (0, 1):
-        np.testing.assert_array_equal(recorders[False].statistics(group=group)[0].var,
-                                      recorders[True].statistics(group=group)[1].var)
+        np.testing.assert_array_equal(
+            recorders[False].statistics(group=group)[0].var, recorders[True].statistics(group=group)[1].var
+        )
 
 
 def test_folding_the_unrecorded_layers_changes_the_recorded_moments_by_rounding_only() -> None:
@@ -286,14 +301,17 @@ def test_folding_the_unrecorded_layers_changes_the_recorded_moments_by_rounding_
 
 def test_bn_divergence_near_zero_on_the_source_and_growing_with_shift() -> None:
     model = _trained_toy_net()
-    divergences = [bn_divergence(model, _source_images(256, shift=shift, seed=7), resolution=16)
-                   for shift in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    divergences = [
+        bn_divergence(model, _source_images(256, shift=shift, seed=7), resolution=16)
+        for shift in (0.0, 0.25, 0.5, 1.0, 2.0)
+    ]
     assert divergences[0] < 0.01
     assert divergences == sorted(divergences)
     assert divergences[-1] > 20 * max(divergences[0], 1e-4)
     # the coarsest layer alone and all layers agree on the order
-    assert bn_divergence(model, _source_images(256, 0.0), resolution=16, layers="all") < \
-        bn_divergence(model, _source_images(256, 1.0), resolution=16, layers="all")
+    assert bn_divergence(model, _source_images(256, 0.0), resolution=16, layers="all") < bn_divergence(
+        model, _source_images(256, 1.0), resolution=16, layers="all"
+    )
 
 
 def test_bias_correction_brings_few_images_closer_to_many() -> None:
@@ -303,8 +321,10 @@ def test_bias_correction_brings_few_images_closer_to_many() -> None:
     for seed in range(6):
         recorded = record_statistics(model, _source_images(12, shift=0.5, seed=seed), resolution=16)
         corrected_errors.append(divergence_corrected(recorded)[0] - target)
-        raw_errors.append(bn_divergence(model, _source_images(12, shift=0.5, seed=seed), resolution=16,
-                                        bias_correction=False) - target)
+        raw_errors.append(
+            bn_divergence(model, _source_images(12, shift=0.5, seed=seed), resolution=16, bias_correction=False)
+            - target
+        )
     assert np.mean(raw_errors) > 0  # few images read too far from the source ...
     assert abs(np.mean(corrected_errors)) < np.mean(raw_errors)  # ... and the jackknife removes most of it
 
@@ -356,8 +376,7 @@ def test_compute_similarity_all_scores_from_arrays() -> None:
     pixels = (torch.sigmoid(_source_images(64)) * 255).to(torch.uint8).numpy()
     from bench.similarity.scores import source_similarity as measure
 
-    out = compute_similarity(features, labels, source_logits=logits,
-                             source=measure(model, pixels, resolution=16))
+    out = compute_similarity(features, labels, source_logits=logits, source=measure(model, pixels, resolution=16))
     assert out["similarity_regime"] in ("high", "low")
     assert out["transferability"] == out["logme"]
     for key in ("similarity_score", "logme", "leep", "nce", "h_score", "max_softmax", "energy"):
@@ -407,7 +426,7 @@ def _photos(size: int, n: int) -> np.ndarray:
         photo = photos[i % len(photos)]
         side = int(min(photo.shape[:2]) * rng.uniform(0.5, 0.9))
         top, left = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
-        crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BICUBIC)
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size), Image.BICUBIC)
         out.append(np.asarray(crop).transpose(2, 0, 1))
     return np.stack(out)
 
@@ -417,8 +436,16 @@ def _digits(size: int, n: int) -> np.ndarray:
     from PIL import Image
 
     images = sklearn.datasets.load_digits().images[:n]
-    return np.stack([np.asarray(Image.fromarray((im * 16).clip(0, 255).astype(np.uint8)).convert("RGB")
-                                .resize((size, size), Image.BICUBIC)).transpose(2, 0, 1) for im in images])
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray((im * 16).clip(0, 255).astype(np.uint8))
+                .convert("RGB")
+                .resize((size, size), Image.BICUBIC)
+            ).transpose(2, 0, 1)
+            for im in images
+        ]
+    )
 
 
 @pytest.mark.slow

@@ -11,19 +11,37 @@ from torch import nn
 from bench.speedups.depthwise import padded_weight_grad, takes_slow_path, weight_grad
 
 
-def _reference(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: int, padding: tuple[int, int],
-               groups: int) -> torch.Tensor:
-    return torch.ops.aten.convolution_backward(grad.double(), x.double(), weight.double(), None, [stride] * 2,
-                                               list(padding), [1, 1], False, [0, 0], groups,
-                                               [False, True, False])[1]
+def _reference(
+    x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: int, padding: tuple[int, int], groups: int
+) -> torch.Tensor:
+    return torch.ops.aten.convolution_backward(
+        grad.double(),
+        x.double(),
+        weight.double(),
+        None,
+        [stride] * 2,
+        list(padding),
+        [1, 1],
+        False,
+        [0, 0],
+        groups,
+        [False, True, False],
+    )[1]
 
 
 # (batch, channels, input h, input w, kernel h, kernel w, stride, groups): the late 5x5 and 3x3 depthwise layers
 # of an EfficientNet at 48 px (2x2 and 3x3 maps, stride 1 and 2), a non-square kernel and map, a grouped
 # (not depthwise) convolution, and a kernel that fits its input (where PyTorch's path is already fast).
-SHAPES = [(32, 1152, 2, 2, 5, 5, 1, 1152), (32, 672, 3, 3, 5, 5, 1, 672), (32, 672, 3, 3, 5, 5, 2, 672),
-          (32, 1152, 2, 2, 3, 3, 1, 1152), (8, 64, 2, 3, 5, 3, 1, 64), (4, 32, 1, 1, 3, 3, 1, 32),
-          (8, 48, 3, 3, 5, 5, 1, 12), (16, 96, 12, 12, 3, 3, 2, 96)]
+SHAPES = [
+    (32, 1152, 2, 2, 5, 5, 1, 1152),
+    (32, 672, 3, 3, 5, 5, 1, 672),
+    (32, 672, 3, 3, 5, 5, 2, 672),
+    (32, 1152, 2, 2, 3, 3, 1, 1152),
+    (8, 64, 2, 3, 5, 3, 1, 64),
+    (4, 32, 1, 1, 3, 3, 1, 32),
+    (8, 48, 3, 3, 5, 5, 1, 12),
+    (16, 96, 12, 12, 3, 3, 2, 96),
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -39,8 +57,9 @@ def test_the_padded_weight_gradient_is_the_convolutions_weight_gradient(shape, c
         x, grad = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad))
     reference = _reference(x, grad, weight, stride, padding, groups)
     ours = weight_grad(grad, x, weight, [stride] * 2, list(padding), [1, 1], groups)
-    pytorchs = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, list(padding), [1, 1], False,
-                                                   [0, 0], groups, [False, True, False])[1]
+    pytorchs = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [stride] * 2, list(padding), [1, 1], False, [0, 0], groups, [False, True, False]
+    )[1]
     scale = reference.abs().max()
     assert ours.shape == weight.shape and ours.dtype == torch.float32
     # float32 rounding of a sum of n*h*w products: as close to the float64 value as PyTorch's own path is

@@ -11,11 +11,10 @@ import timm
 import torch
 from torch import nn
 
-from bench.speedups import features
-from bench.speedups import prefix
-from bench.models.build import TransferModel, build_backbone, new_head
 from bench.models import Normalize
+from bench.models.build import TransferModel, build_backbone, new_head
 from bench.models.freeze import apply_freeze, parameter_groups, set_train_mode
+from bench.speedups import features, prefix
 
 
 @pytest.fixture(autouse=True)
@@ -126,9 +125,15 @@ def test_training_on_the_suffix_matches_training_the_partially_frozen_body():
 
 def test_plain_sequential_bodies_split_between_children():
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU()), nn.Conv2d(4, 6, 1),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    body = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU()),
+        nn.Conv2d(4, 6, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
     x = _images(2, 12)
     n_groups = len(parameter_groups(body))
     with torch.no_grad():
@@ -151,16 +156,33 @@ def test_unsupported_bodies_and_impossible_cuts_give_none():
 
 
 def test_cache_key_changes_with_every_part():
-    base = dict(arch="efficientnet_lite0", weights_key="a" * 64, dataset_fingerprint="digits-fp", mean=(0.5,) * 3,
-                std=(0.25,) * 3, img_size=64, n_frozen_groups=8, stage_names=("conv_stem", "bn1", "blocks.3.1"))
+    base = dict(
+        arch="efficientnet_lite0",
+        weights_key="a" * 64,
+        dataset_fingerprint="digits-fp",
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        img_size=64,
+        n_frozen_groups=8,
+        stage_names=("conv_stem", "bn1", "blocks.3.1"),
+    )
     key = prefix.prefix_cache_key(**base)
     assert key == prefix.prefix_cache_key(**base)
-    changes = dict(weights_key="b" * 64, img_size=32, n_frozen_groups=9, dataset_fingerprint="other",
-                   mean=(0.4,) * 3, arch="efficientnet_lite1", stage_names=("conv_stem", "bn1"), device_type="cuda")
+    changes = dict(
+        weights_key="b" * 64,
+        img_size=32,
+        n_frozen_groups=9,
+        dataset_fingerprint="other",
+        mean=(0.4,) * 3,
+        arch="efficientnet_lite1",
+        stage_names=("conv_stem", "bn1"),
+        device_type="cuda",
+    )
     keys = {prefix.prefix_cache_key(**{**base, name: value}) for name, value in changes.items()}
     assert key not in keys and len(keys) == len(changes)
-    pooled = features.feature_key(**{k: base[k] for k in ("arch", "weights_key", "dataset_fingerprint", "mean",
-                                                           "std", "img_size")})
+    pooled = features.feature_key(
+        **{k: base[k] for k in ("arch", "weights_key", "dataset_fingerprint", "mean", "std", "img_size")}
+    )
     assert key != pooled
 
 
@@ -172,15 +194,31 @@ def test_cached_prefix_outputs_equal_a_direct_pass_from_memory_and_disk(tmp_path
     x_test = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
     val_idx = np.array([4, 1])
     front, _ = prefix.split_frozen_prefix(body, 8)
-    key = prefix.prefix_cache_key(arch="efficientnet_lite0", weights_key="random", dataset_fingerprint="fp",
-                                  mean=normalize.mean.flatten().tolist(), std=normalize.std.flatten().tolist(),
-                                  img_size=32, n_frozen_groups=8, stage_names=front.stage_names)
+    key = prefix.prefix_cache_key(
+        arch="efficientnet_lite0",
+        weights_key="random",
+        dataset_fingerprint="fp",
+        mean=normalize.mean.flatten().tolist(),
+        std=normalize.std.flatten().tolist(),
+        img_size=32,
+        n_frozen_groups=8,
+        stage_names=front.stage_names,
+    )
     device = torch.device("cpu")
     batching = dict(train_batch=4, eval_batch=2)
 
     def cached(**changes):
-        return prefix.cached_prefix_outputs(key, front, x_train, x_test, val_idx, normalize, device=device,
-                                            cache_dir=str(tmp_path), **{**batching, **changes})
+        return prefix.cached_prefix_outputs(
+            key,
+            front,
+            x_train,
+            x_test,
+            val_idx,
+            normalize,
+            device=device,
+            cache_dir=str(tmp_path),
+            **{**batching, **changes},
+        )
 
     computed = cached()
     with torch.no_grad():
@@ -206,8 +244,21 @@ def test_cached_prefix_outputs_equal_a_direct_pass_from_memory_and_disk(tmp_path
     assert features.STATS["misses"] == 4
     size = prefix.prefix_output_bytes(front, 32, 5 + 2 + 3, normalize, device=device)
     assert size == computed.nbytes
-    assert prefix.cached_prefix_outputs("other", front, x_train, x_test, val_idx, normalize, device=device,
-                                        cache_dir=None, max_bytes=size - 1, **batching) is None
+    assert (
+        prefix.cached_prefix_outputs(
+            "other",
+            front,
+            x_train,
+            x_test,
+            val_idx,
+            normalize,
+            device=device,
+            cache_dir=None,
+            max_bytes=size - 1,
+            **batching,
+        )
+        is None
+    )
 
 
 def test_padded_rows_are_computed_in_full_batches_bit_for_bit(lite0):
@@ -219,13 +270,17 @@ def test_padded_rows_are_computed_in_full_batches_bit_for_bit(lite0):
     device = torch.device("cpu")
     rows = features.compute_features(front, images, normalize, device=device, batch_size=32, pad=True)
     assert rows.shape[0] == 34
-    in_full_batches = torch.cat([
-        features.compute_features(front, images[:32], normalize, device=device, batch_size=32),
-        features.compute_features(front, images[2:], normalize, device=device, batch_size=32)[-2:]])
+    in_full_batches = torch.cat(
+        [
+            features.compute_features(front, images[:32], normalize, device=device, batch_size=32),
+            features.compute_features(front, images[2:], normalize, device=device, batch_size=32)[-2:],
+        ]
+    )
     assert torch.equal(rows, in_full_batches)
     few = features.compute_features(front, images[:5], normalize, device=device, batch_size=8, pad=True)
-    repeated = features.compute_features(front, images[[2, 3, 4, 0, 1, 2, 3, 4]], normalize, device=device,
-                                         batch_size=8)
+    repeated = features.compute_features(
+        front, images[[2, 3, 4, 0, 1, 2, 3, 4]], normalize, device=device, batch_size=8
+    )
     assert torch.equal(few, repeated[-5:])
 
 

@@ -11,18 +11,26 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from bench.models import build as backbones
 from bench import training as core
-from bench.speedups import features
-from bench.models.build import build_backbone, bundled_weights_path, load_state_dict
 from bench.config import TrialConfig
 from bench.errors import UserError
+from bench.models import build as backbones
+from bench.models.build import build_backbone, bundled_weights_path, load_state_dict
 from bench.models.freeze import apply_freeze, set_train_mode
+from bench.results.schema import TRIAL_COLUMNS
+from bench.speedups import features
 
 pytestmark = pytest.mark.slow
 
-BASE = TrialConfig(backbone="efficientnet_lite0", dataset="digits", img_size=64, epochs=4, batch_size=64,
-                   lr=1e-2, freeze="linear_probe")
+BASE = TrialConfig(
+    backbone="efficientnet_lite0",
+    dataset="digits",
+    img_size=64,
+    epochs=4,
+    batch_size=64,
+    lr=1e-2,
+    freeze="linear_probe",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -42,13 +50,7 @@ def probe_pretrained() -> core.TrialResult:
 
 def test_row_has_the_contract_columns_and_sane_values(probe_pretrained):
     row = probe_pretrained.row
-    for column in ("schema_version", "trial_id", "status", "backbone", "pretrained", "weights", "dataset",
-                   "dataset_group", "n_classes", "freeze", "frozen_param_fraction", "trainable_params",
-                   "total_params", "data_fraction", "shots", "n_train", "data_regime", "seed", "hp_lr",
-                   "hp_epochs", "hp_steps", "hp_batch_size", "hp_optimizer", "hp_img_size", "hp_augment",
-                   "metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1", "train_seconds",
-                   "images_per_second", "peak_memory_mb", "device", "node", "torch_version", "timm_version",
-                   "started_at", "finished_at"):
+    for column in TRIAL_COLUMNS:
         assert column in row, column
     assert row["status"] == "ok"
     assert row["n_classes"] == 10
@@ -68,15 +70,19 @@ def test_pretrained_probe_beats_scratch_probe_by_a_wide_margin_on_natural_photos
     # as well as ImageNet's do, which is the kind of finding this benchmark exists to surface.
     pretrained = _trial(dataset="photo_patches", epochs=10)
     scratch = _trial(dataset="photo_patches", epochs=10, pretrained=False)
-    assert pretrained.row["metric_top1"] > scratch.row["metric_top1"] + 12, (pretrained.row["metric_top1"],
-                                                                            scratch.row["metric_top1"])
+    assert pretrained.row["metric_top1"] > scratch.row["metric_top1"] + 12, (
+        pretrained.row["metric_top1"],
+        scratch.row["metric_top1"],
+    )
 
 
 def test_finetuning_beats_the_linear_probe_on_digits():
     probe = _trial(epochs=30)
     finetune = _trial(freeze="full", lr=1e-3, epochs=3)
-    assert finetune.row["metric_top1"] > probe.row["metric_top1"], (finetune.row["metric_top1"],
-                                                                    probe.row["metric_top1"])
+    assert finetune.row["metric_top1"] > probe.row["metric_top1"], (
+        finetune.row["metric_top1"],
+        probe.row["metric_top1"],
+    )
 
 
 def test_linear_probe_agrees_with_logistic_regression_on_the_same_features(probe_pretrained):
@@ -101,8 +107,17 @@ def test_the_cached_paths_give_the_plain_paths_numbers_bit_for_bit(freeze):
     batch of 2 (which, before the rows were batched as the plain path batches them, made up to 3 points of
     difference in `bench perf --suite`). Evaluation unfolded on both sides: folding rounds on its own (below)."""
     torch.set_num_threads(1)
-    changes = dict(freeze=freeze, img_size=32, epochs=None, steps=12, batch_size=32, data_fraction=0.03,
-                   lr=1e-2 if freeze == "linear_probe" else 1e-3, fold_batchnorm=False, similarity=False)
+    changes = dict(
+        freeze=freeze,
+        img_size=32,
+        epochs=None,
+        steps=12,
+        batch_size=32,
+        data_fraction=0.03,
+        lr=1e-2 if freeze == "linear_probe" else 1e-3,
+        fold_batchnorm=False,
+        similarity=False,
+    )
     cached, plain = _trial(**changes), _trial(feature_cache=False, **changes)
     assert cached.row["frozen_prefix"] == ("features" if freeze == "linear_probe" else "prefix")
     assert plain.row["frozen_prefix"] == "plain (feature_cache off)" and plain.row["feature_cache"] is False
@@ -110,8 +125,11 @@ def test_the_cached_paths_give_the_plain_paths_numbers_bit_for_bit(freeze):
     assert cached.row["trainable_params"] == plain.row["trainable_params"]
     # both train the late depthwise layers (kernel larger than their 2x2 or 1x1 map at 32 px) through
     # bench.speedups.depthwise
-    assert cached.row["padded_depthwise_grad"] == plain.row["padded_depthwise_grad"] == \
-        (0 if freeze == "linear_probe" else 9)
+    assert (
+        cached.row["padded_depthwise_grad"]
+        == plain.row["padded_depthwise_grad"]
+        == (0 if freeze == "linear_probe" else 9)
+    )
     for column in ("train_loss", "val_top1", "val_nll"):
         assert [e[column] for e in cached.epochs] == [e[column] for e in plain.epochs], column
     for metric in ("metric_top1", "metric_macro_f1", "metric_nll", "metric_val_top1"):
@@ -141,9 +159,11 @@ def test_folding_batchnorm_for_evaluation_changes_no_training_and_no_metric():
 
 def test_pytorchs_own_depthwise_backward_is_one_switch_away():
     """Full fine-tuning at 32 px trains 11 depthwise layers whose kernel is larger than their map through
-    bench.speedups.depthwise; switched off, none. One step: the same forward pass and loss, weights apart by rounding."""
-    changes = dict(freeze="full", img_size=32, epochs=None, steps=1, batch_size=32, data_fraction=0.05, lr=1e-3,
-                   similarity=False)
+    bench.speedups.depthwise; switched off, none. One step: the same forward pass and loss, weights apart by
+    rounding."""
+    changes = dict(
+        freeze="full", img_size=32, epochs=None, steps=1, batch_size=32, data_fraction=0.05, lr=1e-3, similarity=False
+    )
     padded, stock = _trial(**changes), _trial(padded_depthwise_grad=False, **changes)
     assert padded.row["padded_depthwise_grad"] == 11 and stock.row["padded_depthwise_grad"] == 0
     assert padded.row["trial_id"] == stock.row["trial_id"]
@@ -179,8 +199,11 @@ def test_frozen_parameters_do_not_change_and_frozen_batchnorm_stays_in_eval():
     backbone = build_backbone("efficientnet_lite0", 10)
     plan = apply_freeze(backbone.body, 0.5)
     frozen = {n: p.detach().clone() for n, p in backbone.body.named_parameters() if not p.requires_grad}
-    frozen_bn = {n: b.clone() for n, b in backbone.body.named_buffers() if "running" in n
-                 and not backbone.body.get_parameter(n.rsplit(".", 1)[0] + ".weight").requires_grad}
+    frozen_bn = {
+        n: b.clone()
+        for n, b in backbone.body.named_buffers()
+        if "running" in n and not backbone.body.get_parameter(n.rsplit(".", 1)[0] + ".weight").requires_grad
+    }
     assert plan.n_frozen_groups == round(0.5 * plan.n_groups)
     assert sum(p.numel() for p in frozen.values()) == plan.frozen_params
     model = core.phases.TransferModel(backbone.body, backbone.head)
@@ -262,8 +285,10 @@ def test_out_of_memory_halves_the_batch_and_is_recorded(monkeypatch):
     result = _trial(freeze="full", epochs=1, data_fraction=0.2, lr=1e-3, batch_size=64)
     row = result.row
     assert row["status"] == "ok" and row["batch_size_used"] == 16 and row["oom_halvings"] == 2
-    assert row["hp_batch_size"] == 64 and row["trial_id"] == dataclasses.replace(BASE, freeze="full", epochs=1,
-                                                                                data_fraction=0.2, lr=1e-3).trial_id
+    assert (
+        row["hp_batch_size"] == 64
+        and row["trial_id"] == dataclasses.replace(BASE, freeze="full", epochs=1, data_fraction=0.2, lr=1e-3).trial_id
+    )
     assert row["hp_total_steps"] == math.ceil(row["n_train"] / 16)  # one epoch at the batch that fits
 
 
@@ -343,8 +368,13 @@ def test_a_rewritten_weights_file_is_never_served_from_an_old_template(tmp_path)
 
 
 def test_data_regime_thresholds():
-    assert [core.trial.DEFAULT_THRESHOLDS.regime(n) for n in (1, 9.9, 10, 99, 100)] == ["scarce", "scarce", "limited", "limited",
-                                                                      "sufficient"]
+    assert [core.trial.DEFAULT_THRESHOLDS.regime(n) for n in (1, 9.9, 10, 99, 100)] == [
+        "scarce",
+        "scarce",
+        "limited",
+        "limited",
+        "sufficient",
+    ]
 
 
 def test_subset_of_training_pool_never_touches_val_or_test():

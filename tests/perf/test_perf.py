@@ -18,16 +18,17 @@ from bench.results.leaderboard import markdown_table, parse_table
 def test_markdown_table_round_trips():
     rows = [["a trial", "1.0", "yes"], ["another", "22.5", "NO"]]
     text = "before\n" + markdown_table(("trial", "plain_s", "ok"), rows) + "\nafter\n"
-    assert parse_table(text) == [{"trial": "a trial", "plain_s": "1.0", "ok": "yes"},
-                                      {"trial": "another", "plain_s": "22.5", "ok": "NO"}]
+    assert parse_table(text) == [
+        {"trial": "a trial", "plain_s": "1.0", "ok": "yes"},
+        {"trial": "another", "plain_s": "22.5", "ok": "NO"},
+    ]
     assert parse_table("no table here") == []
 
 
 def test_training_flops_count_grouped_convolution_gradients_once_per_group():
     torch.set_num_threads(1)
     channels, size, batch = 8, 6, 2
-    depthwise = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-                              nn.Flatten())
+    depthwise = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False), nn.Flatten())
     inputs = torch.randn(batch, channels, size, size, requires_grad=True)
     forward = 2 * batch * size * size * channels * 9  # one multiply-add per weight per output position
     # backward: the input gradient and the weight gradient, each one forward's worth
@@ -45,9 +46,13 @@ def test_matmul_rate_is_positive_and_finite():
 @pytest.mark.slow
 def test_quick_run_prints_a_table_where_plain_and_optimised_metrics_agree(tmp_path):
     out = tmp_path / "perf.json"
-    finished = subprocess.run([sys.executable, "-m", "bench.perf", "--quick", "--json", str(out),
-                               "--cache-dir", str(tmp_path / "cache")],
-                              capture_output=True, text=True, timeout=900, check=False)
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.perf", "--quick", "--json", str(out), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     rows = parse_table(finished.stdout)
     assert [row["trial"] for row in rows] == [t.name for t in trials.default_trials(quick=True)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_row, write_run
 
 from bench.errors import UserError
 from bench.results.leaderboard import (
@@ -22,7 +23,6 @@ from bench.results.leaderboard import (
     run_summary,
     seed_stats,
 )
-from result_rows import make_row, write_run
 
 T_975_DF2 = 4.302652729749464  # Student t, 97.5th percentile, 2 degrees of freedom (printed tables: 4.303)
 
@@ -30,8 +30,10 @@ T_975_DF2 = 4.302652729749464  # Student t, 97.5th percentile, 2 degrees of free
 def seeds(values: list[float], **fields) -> list[dict]:
     """One row per seed with the given test top-1 values (and val top-1 equal to them unless given)."""
     val = fields.pop("val", None)
-    return [make_row(seed=i, metric_top1=v, metric_val_top1=v if val is None else val, **fields)
-            for i, v in enumerate(values)]
+    return [
+        make_row(seed=i, metric_top1=v, metric_val_top1=v if val is None else val, **fields)
+        for i, v in enumerate(values)
+    ]
 
 
 def frame(*groups: list[dict]) -> pd.DataFrame:
@@ -112,8 +114,10 @@ def test_cells_split_by_fraction_and_shots() -> None:
 def test_failed_and_diverged_trials_are_excluded_and_listed() -> None:
     df = frame(
         seeds([80.0, 90.0]),
-        [make_row(seed=7, status="failed", error="OOM", metric_top1=None),
-         make_row(seed=8, status="diverged", error="loss is nan", metric_top1=10.0)],
+        [
+            make_row(seed=7, status="failed", error="OOM", metric_top1=None),
+            make_row(seed=8, status="diverged", error="loss is nan", metric_top1=10.0),
+        ],
     )
     board = leaderboard(df)
     assert board.loc[0, "n_seeds"] == 2 and board.loc[0, "mean"] == pytest.approx(85.0)
@@ -139,9 +143,11 @@ def test_merged_runs_count_each_seed_once(tmp_path: Path) -> None:
 
 def test_overall_ranking_mean_rank_and_logit_mean() -> None:
     df = frame(
-        seeds([90.0], dataset="d1", strategy="linear_probe"), seeds([80.0], dataset="d1", strategy="full"),
+        seeds([90.0], dataset="d1", strategy="linear_probe"),
+        seeds([80.0], dataset="d1", strategy="full"),
         seeds([70.0], dataset="d1", strategy="lp_ft"),
-        seeds([60.0], dataset="d2", strategy="linear_probe"), seeds([70.0], dataset="d2", strategy="full"),
+        seeds([60.0], dataset="d2", strategy="linear_probe"),
+        seeds([70.0], dataset="d2", strategy="full"),
         seeds([50.0], dataset="d2", strategy="lp_ft"),
     )
     overall = overall_ranking(df).set_index("strategy")
@@ -155,12 +161,22 @@ def test_overall_ranking_mean_rank_and_logit_mean() -> None:
     assert list(overall["n_datasets"]) == [2, 2, 2]
 
 
-def _regime_rows(dataset: str, group: str, measured: str | None, per_class: int, results: dict[str, list[float]]) -> list[dict]:
+def _regime_rows(
+    dataset: str, group: str, measured: str | None, per_class: int, results: dict[str, list[float]]
+) -> list[dict]:
     rows = []
     for strategy, values in results.items():
         pretrained = not strategy.endswith("scratch")
-        rows += seeds(values, dataset=dataset, dataset_group=group, similarity_regime=measured,
-                      n_train=per_class * 10, n_classes=10, strategy=strategy.split()[0], pretrained=pretrained)
+        rows += seeds(
+            values,
+            dataset=dataset,
+            dataset_group=group,
+            similarity_regime=measured,
+            n_train=per_class * 10,
+            n_classes=10,
+            strategy=strategy.split()[0],
+            pretrained=pretrained,
+        )
     return rows
 
 
@@ -169,10 +185,17 @@ def test_regime_matrix_verdicts() -> None:
         # high (declared: natural) + sufficient: linear probe clearly best -> agrees
         _regime_rows("nat", "natural", None, 200, {"linear_probe": [90.0, 91.0, 92.0], "full": [70.0, 71.0, 72.0]}),
         # high (measured) + limited: overlap -> no clear winner
-        _regime_rows("nat2", "specialized", "high", 20, {"linear_probe": [60.0, 62.0, 64.0], "full": [61.0, 63.0, 65.0]}),
+        _regime_rows(
+            "nat2", "specialized", "high", 20, {"linear_probe": [60.0, 62.0, 64.0], "full": [61.0, 63.0, 65.0]}
+        ),
         # low (measured) + sufficient: linear probe clearly beats full -> disagrees
-        _regime_rows("sat", "natural", "low", 150, {"linear_probe": [90.0, 91.0, 92.0], "full": [80.0, 81.0, 82.0],
-                                                    "full scratch": [50.0, 50.0, 51.0]}),
+        _regime_rows(
+            "sat",
+            "natural",
+            "low",
+            150,
+            {"linear_probe": [90.0, 91.0, 92.0], "full": [80.0, 81.0, 82.0], "full scratch": [50.0, 50.0, 51.0]},
+        ),
         # low + scarce: overlap -> agrees with "no safe recipe"
         _regime_rows("pcam", "specialized", None, 5, {"linear_probe": [55.0, 60.0, 65.0], "full": [50.0, 58.0, 66.0]}),
         # low + limited: a clear winner -> disagrees with "no safe recipe"

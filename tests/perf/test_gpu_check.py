@@ -6,20 +6,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from bench.results.leaderboard import parse_table
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "gpu_check.py"
+SCRIPT = REPO / "scripts" / "gpu_check.py"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=900, check=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+        check=False,
+    )
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
@@ -57,11 +63,20 @@ def test_skip_packing_needs_no_ray_and_tables_run_in_the_order_asked():
     # Tables 1 to 3 on a machine with torch and timm but no Ray (the GPU image): Ray is made unimportable.
     # --tables 3,4,1: table 3 first, the packing table dropped by --skip-packing, table 2 not asked for.
     finished = subprocess.run(
-        [sys.executable, "-c", "import runpy, sys; sys.modules['ray'] = sys.modules['pydantic'] = None; "
-         "sys.argv = ['gpu_check', '--quick', '--skip-packing', '--tables', '3,4,1']; "
-         f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
+        [
+            sys.executable,
+            "-c",
+            "import runpy, sys; sys.modules['ray'] = sys.modules['pydantic'] = None; "
+            "sys.argv = ['gpu_check', '--quick', '--skip-packing', '--tables', '3,4,1']; "
+            f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     out = finished.stdout
     assert "4. packed" not in out and "2. batch_size" not in out

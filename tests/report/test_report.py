@@ -11,17 +11,23 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_row, require, write_run
 
 from bench.report import figures as figs
-from bench.results.leaderboard import prepare, select_hparams
 from bench.report.build import pretraining_gain, rank_correlations, report_command, transferability_points, write_report
-from result_rows import make_row, write_run
+from bench.results.leaderboard import prepare, select_hparams
 
 T_975_DF2 = 4.302652729749464
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-SECTIONS = ["1. The regime matrix, measured", "2. Learning curves over data size", "3. What pretraining buys",
-            "4. Freeze-depth profile", "5. Backbone leaderboard and cost",
-            "6. Transferability estimates against outcomes", "7. Suite, environment and failed trials"]
+SECTIONS = [
+    "1. The regime matrix, measured",
+    "2. Learning curves over data size",
+    "3. What pretraining buys",
+    "4. Freeze-depth profile",
+    "5. Backbone leaderboard and cost",
+    "6. Transferability estimates against outcomes",
+    "7. Suite, environment and failed trials",
+]
 
 
 def study_rows(measured: bool = False) -> list[dict]:
@@ -34,16 +40,27 @@ def study_rows(measured: bool = False) -> list[dict]:
                     for fraction, n_train in ((0.1, 50), (1.0, 500)):
                         for seed in (0, 1):
                             top1 = 50 + 20 * pretrained + 10 * (fraction == 1.0) + quality + seed
-                            rows.append(make_row(
-                                dataset=dataset, dataset_group=group, backbone=backbone, pretrained=pretrained,
-                                strategy=strategy, frozen_param_fraction=frozen, data_fraction=fraction,
-                                n_train=n_train, seed=seed, metric_top1=top1, metric_val_top1=top1,
-                                train_seconds=2.0 if strategy == "linear_probe" else 20.0 + quality,
-                                transferability=(1.0 + quality / 10) if measured else None,
-                                similarity_score=(0.9 if group == "natural" else 0.2) if measured else None,
-                            ))
-    rows.append(make_row(trial_id="broken-trial", status="failed", error="RuntimeError: CUDA out of memory",
-                         metric_top1=None))
+                            rows.append(
+                                make_row(
+                                    dataset=dataset,
+                                    dataset_group=group,
+                                    backbone=backbone,
+                                    pretrained=pretrained,
+                                    strategy=strategy,
+                                    frozen_param_fraction=frozen,
+                                    data_fraction=fraction,
+                                    n_train=n_train,
+                                    seed=seed,
+                                    metric_top1=top1,
+                                    metric_val_top1=top1,
+                                    train_seconds=2.0 if strategy == "linear_probe" else 20.0 + quality,
+                                    transferability=(1.0 + quality / 10) if measured else None,
+                                    similarity_score=(0.9 if group == "natural" else 0.2) if measured else None,
+                                )
+                            )
+    rows.append(
+        make_row(trial_id="broken-trial", status="failed", error="RuntimeError: CUDA out of memory", metric_top1=None)
+    )
     return rows
 
 
@@ -60,8 +77,13 @@ def test_report_files_sections_and_figures(report_dir: Path) -> None:
     html = (report_dir / "report.html").read_text()
     md = (report_dir / "report.md").read_text()
     pngs = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
-    assert pngs == ["cost.png", "freeze_profile.png", "learning_curves.png", "pretraining_gain.png",
-                    "regime_matrix.png"]
+    assert pngs == [
+        "cost.png",
+        "freeze_profile.png",
+        "learning_curves.png",
+        "pretraining_gain.png",
+        "regime_matrix.png",
+    ]
     for section in SECTIONS:
         assert f"## {section}" in md
         assert section in html
@@ -92,24 +114,32 @@ def test_report_numbers_come_from_the_leaderboard(report_dir: Path) -> None:
     # mean and the half-width t(0.975, n-1) * sd / sqrt(n); the leaderboard must agree, and so must the report's
     # row of that entry in the per-dataset table (the only row with these keys).
     rows = pd.DataFrame(study_rows())
-    seeds = rows[(rows["dataset"] == "pbc") & (rows["data_fraction"] == 1.0) & (rows["backbone"] == "resnet18")
-                 & ~rows["pretrained"].astype(bool) & (rows["strategy"] == "full") & (rows["status"] == "ok")]
+    seeds = rows[
+        (rows["dataset"] == "pbc")
+        & (rows["data_fraction"] == 1.0)
+        & (rows["backbone"] == "resnet18")
+        & ~rows["pretrained"].astype(bool)
+        & (rows["strategy"] == "full")
+        & (rows["status"] == "ok")
+    ]
     n, mean, sd = len(seeds), seeds["metric_top1"].mean(), seeds["metric_top1"].std(ddof=1)
     board = leaderboard(rows, by="dataset")
-    (entry,) = board[(board["dataset"] == "pbc") & (board["data"] == "100%")
-                     & (board["entry"] == "resnet18 scratch / full")].itertuples()
+    (entry,) = board[
+        (board["dataset"] == "pbc") & (board["data"] == "100%") & (board["entry"] == "resnet18 scratch / full")
+    ].itertuples()
     assert n == 2 and entry.n_seeds == n and entry.mean == pytest.approx(mean)
     assert entry.ci95 == pytest.approx(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
     keys = "| pbc | 100% | "
     lines = [line for line in md.splitlines() if line.startswith(keys) and "| resnet18 scratch / full |" in line]
-    assert lines == [f"{keys}{entry.rank} | resnet18 scratch / full | {entry.mean:.1f} ± {entry.ci95:.1f} | "
-                     f"{entry.macro_f1_mean:.1f} ± {entry.macro_f1_ci95:.1f} | {n} |  | "
-                     f"{entry.train_seconds_mean:.1f} |"], lines
+    assert lines == [
+        f"{keys}{entry.rank} | resnet18 scratch / full | {entry.mean:.1f} ± {entry.ci95:.1f} | "
+        f"{entry.macro_f1_mean:.1f} ± {entry.macro_f1_ci95:.1f} | {n} |  | "
+        f"{entry.train_seconds_mean:.1f} |"
+    ], lines
 
 
 @pytest.mark.slow
 def test_report_opens_in_headless_chromium_with_every_figure_loaded(report_dir: Path, tmp_path: Path) -> None:
-    from prerequisites import require
 
     require(CHROMIUM is not None, "chromium not installed (apt-get install -y chromium)")  # fails under CI=true
     page = (report_dir / "report.html").read_text()
@@ -135,10 +165,23 @@ def _chromium_image_count(page: str, folder: Path) -> tuple[int, int]:
     copy = folder / "report.html"
     copy.write_text(page.replace("</body>", probe + "</body>"))
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={folder / 'profile'}",
-         "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={folder / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            copy.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     body = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-loaded="(\d+)"', result.stdout)
     assert body, f"chromium gave no DOM (rc {result.returncode}): {result.stderr[-500:]}"
@@ -153,8 +196,10 @@ def test_report_with_transferability_measured(tmp_path: Path) -> None:
     assert "were not measured" not in md
     assert (html.parent / "figures" / "transferability.png").exists()
     assert (html.parent / "figures" / "similarity_gain.png").exists()
-    points = transferability_points(prepare(pd.read_parquet(run / "trials.parquet")),
-                                    select_hparams(prepare(pd.read_parquet(run / "trials.parquet"))))
+    points = transferability_points(
+        prepare(pd.read_parquet(run / "trials.parquet")),
+        select_hparams(prepare(pd.read_parquet(run / "trials.parquet"))),
+    )
     correlations = rank_correlations(points).set_index(["estimate", "outcome", "scope"])
     # Transferability follows backbone quality exactly, and so does accuracy: tau = rho = 1 on each dataset.
     assert correlations.loc[("transferability", "best_top1", "digits"), "kendall tau"] == 1.0

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from bench import training as core
-from bench.training.batch_size import BatchSearch, largest_power_of_two, search
 from bench.config import TrialConfig
 from bench.suite import load_suite
+from bench.training.batch_size import BatchSearch, largest_power_of_two, search
 
 
 def card(fits_up_to: int):
@@ -29,8 +29,9 @@ def card(fits_up_to: int):
 def test_doubles_until_the_card_is_full() -> None:
     fits, asked = card(300)
     found = search(fits, start=16, cap=1024)
-    assert found == BatchSearch(256, ((16, True), (32, True), (64, True), (128, True), (256, True), (512, False)),
-                                "memory")
+    assert found == BatchSearch(
+        256, ((16, True), (32, True), (64, True), (128, True), (256, True), (512, False)), "memory"
+    )
     assert asked == [16, 32, 64, 128, 256, 512]  # each size probed once
     assert found.describe() == "auto 256 (memory; tried 16 32 64 128 256 512x)"
 
@@ -58,8 +59,17 @@ def test_largest_power_of_two() -> None:
 def test_auto_on_cpu_is_64_and_changes_nothing_else() -> None:
     """On CPU ``auto`` means 64 images: the same numbers as a fixed 64, recorded as auto."""
     torch.set_num_threads(2)
-    base = TrialConfig(backbone="efficientnet_lite0", dataset="digits", img_size=32, epochs=None, steps=4,
-                       data_fraction=0.3, freeze=0.5, lr=1e-3, similarity=False)
+    base = TrialConfig(
+        backbone="efficientnet_lite0",
+        dataset="digits",
+        img_size=32,
+        epochs=None,
+        steps=4,
+        data_fraction=0.3,
+        freeze=0.5,
+        lr=1e-3,
+        similarity=False,
+    )
     auto = core.run_trial(dataclasses.replace(base, batch_size="auto")).row
     fixed = core.run_trial(dataclasses.replace(base, batch_size=64)).row
     assert auto["batch_size_used"] == 64 and auto["batch_size_search"] == "auto 64 (cpu)"
@@ -72,12 +82,18 @@ def test_auto_on_cpu_is_64_and_changes_nothing_else() -> None:
 
 def test_suite_accepts_auto_and_passes_the_gpu_share(tmp_path: Path) -> None:
     path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "auto", "backbones": ["efficientnet_lite0"], "datasets": ["digits"],
-        "grid": {"freeze": ["full"], "data_fraction": [1.0]},
-        "train": {"epochs": 1, "batch_size": "auto"},
-        "tune": {"resources_per_trial": {"cpu": 1, "gpu": 0.25}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "auto",
+                "backbones": ["efficientnet_lite0"],
+                "datasets": ["digits"],
+                "grid": {"freeze": ["full"], "data_fraction": [1.0]},
+                "train": {"epochs": 1, "batch_size": "auto"},
+                "tune": {"resources_per_trial": {"cpu": 1, "gpu": 0.25}},
+            }
+        )
+    )
     (trial,) = load_suite(path).trials()
     assert trial.batch_size == "auto" and trial.fixed_batch_size is None and trial.gpu_share == 0.25
     whole = dataclasses.replace(trial, gpu_share=1.0)
