@@ -148,9 +148,11 @@ def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
 def h_score(features: np.ndarray, labels: np.ndarray, *, shrinkage: bool = True) -> float:
     """H-score (Bao et al. 2019): tr(cov(f)^-1 cov(E[f | y])). Higher is better; >= 0.
 
-    The feature covariance is the Ledoit-Wolf shrinkage estimate when `shrinkage` (default), which keeps the
-    inverse well conditioned for D close to or above N; with `shrinkage=False` the plain sample covariance
-    and a pseudo-inverse give the paper's formula.
+    With `shrinkage` (default) the regularised H-score of Ibrahim et al. (2022):
+    tr(cov_alpha(f)^-1 (1 - alpha) cov(E[f | y])), where cov_alpha is the Ledoit-Wolf estimate shrunk by
+    alpha, which keeps the inverse well conditioned for D close to or above N; the between-class covariance is
+    shrunk by the same (1 - alpha), so features whose covariance is mostly noise (alpha near 1) score near 0.
+    With `shrinkage=False` the plain sample covariance and a pseudo-inverse give Bao et al.'s formula.
     """
     f = check_features(features)
     codes, n_classes = encode_labels(labels, f.shape[0])
@@ -160,13 +162,14 @@ def h_score(features: np.ndarray, labels: np.ndarray, *, shrinkage: bool = True)
 
         # store_precision=False: the precision matrix (a pseudo-inverse by eigendecomposition, costly at large D)
         # is never read; the covariance is the same either way.
-        cov = LedoitWolf(assume_centered=True, store_precision=False).fit(f).covariance_
+        estimate = LedoitWolf(assume_centered=True, store_precision=False).fit(f)
+        cov, kept = estimate.covariance_, 1.0 - estimate.shrinkage_
     else:
-        cov = f.T @ f / f.shape[0]
+        cov, kept = f.T @ f / f.shape[0], 1.0
     class_means = np.zeros((n_classes, f.shape[1]))
     np.add.at(class_means, codes, f)
     class_means /= np.bincount(codes, minlength=n_classes)[:, None]
     g = class_means[codes]  # every sample replaced by its class mean
-    cov_g = g.T @ g / f.shape[0]
+    cov_g = kept * (g.T @ g) / f.shape[0]
     solved = np.linalg.solve(cov, cov_g) if shrinkage else np.linalg.pinv(cov) @ cov_g
     return float(np.trace(solved))

@@ -172,6 +172,33 @@ def test_h_score_hand_computed_without_shrinkage() -> None:
     assert h_score(features, labels, shrinkage=False) == pytest.approx(0.8, abs=1e-12)
 
 
+def _regularised_h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """Ibrahim et al. (2022), written out: the Ledoit-Wolf target mu*I and weight alpha from their closed form
+    (sklearn's ledoit_wolf_shrinkage), then tr(((1 - a) S + a mu I)^-1 (1 - a) cov(E[f | y]))."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    f = features - features.mean(0)
+    n, d = f.shape
+    sample = f.T @ f / n
+    alpha = ledoit_wolf_shrinkage(f, assume_centered=True)
+    shrunk = (1 - alpha) * sample + alpha * np.trace(sample) / d * np.eye(d)
+    means = np.stack([f[labels == c].mean(0) for c in np.unique(labels)])
+    g = means[np.searchsorted(np.unique(labels), labels)]
+    return float(np.trace(np.linalg.inv(shrunk) @ ((1 - alpha) * g.T @ g / n)))
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "classes", "separation"),
+    [(200, 16, 4, 2.0), (60, 64, 5, 1.0), (40, 128, 10, 0.0), (10, 32, 10, 0.5)],
+)
+def test_h_score_is_the_regularised_h_score_of_ibrahim_et_al(n: int, d: int, classes: int, separation: float) -> None:
+    rng = np.random.default_rng(n + d)
+    labels = np.arange(n) % classes
+    features = rng.normal(size=(n, d)) + separation * rng.normal(size=(classes, d))[labels]
+    assert h_score(features, labels) == pytest.approx(_regularised_h_score(features, labels), rel=1e-9)
+    # the unregularised between-class term would be larger by 1 / (1 - alpha): the test tells them apart
+
+
 def test_h_score_higher_for_separable_labels() -> None:
     features, labels = _clustered(d=32)
     shuffled = np.random.default_rng(0).permutation(labels)
