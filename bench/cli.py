@@ -36,8 +36,9 @@ def _run(args: argparse.Namespace) -> int:
             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         )
     _print_leaderboard(summary.run_dir)
+    stopped = f"{summary.stopped} stopped early, " if summary.stopped else ""
     print(
-        f"bench: {summary.ok} ok, {summary.diverged} diverged, {summary.failed} failed, "
+        f"bench: {summary.ok} ok, {summary.diverged} diverged, {summary.failed} failed, {stopped}"
         f"{summary.skipped} already done; {summary.seconds:.0f} s; nodes: {', '.join(sorted(summary.nodes)) or '-'}"
     )
     if peak.peak_bytes:

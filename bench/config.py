@@ -35,6 +35,20 @@ _PLACEMENT_FIELDS = (
 )
 
 
+# Training hyperparameters a suite's `search:` block may search: everything else identifies the trial's cell.
+SEARCHABLE = (
+    "lr",
+    "probe_lr",
+    "weight_decay",
+    "momentum",
+    "warmup_fraction",
+    "label_smoothing",
+    "optimizer",
+    "augment",
+    "batch_size",
+)
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Every knob of one trial. Defaults are the smoke suite's (suites/smoke.yaml)."""
@@ -109,8 +123,16 @@ class TrialConfig:
 
     @property
     def trial_id(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _digest(self.identity())
+
+    @property
+    def cell_id(self) -> str:
+        """The trial's cell: everything but the searchable hyperparameters (backbone, weights, strategy,
+        dataset, data size, seed, schedule). Samples of a hyperparameter search are compared within a cell."""
+        identity = self.identity()
+        for name in SEARCHABLE:
+            identity.pop(name)
+        return _digest(identity)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,3 +140,8 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
         return cls(**values)
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

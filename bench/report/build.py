@@ -39,6 +39,7 @@ from bench.results.leaderboard import (
     seed_stats,
     select_hparams,
 )
+from bench.results.schema import STATUSES
 from bench.results.store import RunData, load_runs
 
 TITLE = "Transfer-learning benchmark report"
@@ -106,7 +107,7 @@ def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS)
 def _overview(doc: Document, data: RunData, prepared: pd.DataFrame, thresholds: DataThresholds) -> None:
     trials = data.trials
     counts = trials["status"].value_counts()
-    status = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "diverged"))
+    status = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if s != "stopped" or counts.get(s, 0))
     doc.para(
         f"{len(trials)} trials ({status}) from {len(data.run_dirs)} run folder(s): "
         + ", ".join(f"`{d}`" for d in data.run_dirs)

@@ -18,7 +18,7 @@ import numpy as np
 from bench.config import TrialConfig
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "diverged")
+STATUSES = ("ok", "failed", "diverged", "stopped")  # stopped: ended early by a search's scheduler
 
 # The contract columns of trials.parquet, in contract order, with their Arrow type names.
 TRIAL_COLUMNS: dict[str, str] = {
@@ -108,6 +108,7 @@ ROW_COLUMNS = (
     "suite",
     "run_id",
     "trial_id",
+    "cell_id",
     "status",
     "error",
     "backbone",
@@ -138,11 +139,15 @@ ROW_COLUMNS = (
     "hp_epochs",
     "hp_steps",
     "hp_total_steps",
+    "steps_run",
     "hp_batch_size",
     "hp_optimizer",
     "hp_weight_decay",
     "hp_img_size",
     "hp_augment",
+    "hp_momentum",
+    "hp_warmup_fraction",
+    "hp_label_smoothing",
     "metric_top1",
     "metric_macro_f1",
     "metric_nll",
@@ -215,6 +220,7 @@ def trial_row(
         "suite": config.suite,
         "run_id": run_id,
         "trial_id": config.trial_id,
+        "cell_id": config.cell_id,
         "status": status,
         "error": error,
         "backbone": config.backbone,
@@ -235,6 +241,9 @@ def trial_row(
         "hp_weight_decay": config.weight_decay,
         "hp_img_size": config.img_size,
         "hp_augment": config.augment,
+        "hp_momentum": config.momentum,
+        "hp_warmup_fraction": config.warmup_fraction,
+        "hp_label_smoothing": config.label_smoothing,
         "started_at": started_at,
         "finished_at": finished_at or utc_now(),
         "schema_version": SCHEMA_VERSION,

@@ -38,6 +38,7 @@ from bench.errors import StorageError, UserError
 from bench.results import store as results
 from bench.results.schema import trial_row, utc_now
 from bench.runner import run_dir as runs
+from bench.runner.schedulers import PerCellScheduler, scheduler_factory
 from bench.suite import Suite
 from bench.utils import memory
 
@@ -52,6 +53,7 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     diverged: int = 0
+    stopped: int = 0  # ended early by the search's scheduler
     seconds: float = 0.0
     nodes: set[str] = field(default_factory=set)
 
@@ -94,16 +96,27 @@ def _deadline(seconds: float | None) -> Iterator[None]:
         timer.cancel()
 
 
-def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None) -> None:
-    """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows."""
+def _trainable(
+    params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None, report_evaluations: bool
+) -> None:
+    """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows. With
+    ``report_evaluations`` (a search with a scheduler) each evaluation is reported too, and the scheduler may end
+    the trial at one of them (Tune then exits this thread)."""
     from bench import training  # torch and timm: in the workers; the driver never needs them
 
     memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
     config = TrialConfig.from_dict(params["trial"])
     data = ray.get(datasets[_dataset_key(config)])
+    started_at = utc_now()
+
+    def report_evaluation(epochs: list[dict[str, Any]]) -> None:
+        tune.report(_evaluation_report(epochs, started_at=started_at, final=False))
+
     try:
         with _deadline(timeout_s):
-            result = training.run_trial(config, run_id=run_id, data=data)
+            result = training.run_trial(
+                config, run_id=run_id, data=data, on_evaluation=report_evaluation if report_evaluations else None
+            )
         row, epochs = result.row, result.epochs
     except UserError as error:  # the same input would fail again: a failed row, no retry
         row, epochs = _failed_row(config, run_id, str(error)), []
@@ -113,12 +126,41 @@ def _trainable(params: dict[str, Any], datasets: dict[str, Any], run_id: str, ti
         memory.release_freed_memory()  # a reused worker starts the next trial as lean as the first
     row["ray_node_id"] = ray.get_runtime_context().get_node_id()
     tune.report(
-        {
-            "status": row["status"],
-            "row_json": json.dumps(row, default=str),
-            "epochs_json": json.dumps(epochs, default=str),
-        }
+        {**_evaluation_report(epochs, started_at=started_at, final=True), "row_json": json.dumps(row, default=str)}
     )
+
+
+def _evaluation_report(epochs: list[dict[str, Any]], *, started_at: str, final: bool) -> dict[str, Any]:
+    """What a trial reports to Tune: its validation top-1 after ``evaluation`` evaluations (the schedulers'
+    metric and time), and its evaluation rows so far (a stopped trial's row is built from them)."""
+    last = epochs[-1]["val_top1"] if epochs else None
+    return {
+        "final": final,
+        "evaluation": len(epochs),
+        "val_top1": float("nan") if last is None else float(last),
+        "started_at": started_at,
+        "epochs_json": json.dumps(epochs, default=str),
+    }
+
+
+def _stopped_row(config: TrialConfig, run_id: str, result: dict[str, Any]) -> tuple[dict[str, Any], list]:
+    """The row of a trial a scheduler ended early: its validation metrics at the stop and how far it ran;
+    no test metrics (a stopped sample is never a result, but its cost counts)."""
+    epochs = json.loads(result["epochs_json"])
+    last_per_phase = {row["phase"]: row for row in epochs}.values()
+    val = [row["val_top1"] for row in epochs if row["val_top1"] is not None]
+    row = trial_row(
+        config,
+        run_id=run_id,
+        status="stopped",
+        error=f"stopped by the search's scheduler after {len(epochs)} evaluation(s)",
+        started_at=result.get("started_at") or utc_now(),
+        metric_val_top1=val[-1] if val else None,
+        metric_best_val_top1=max(val) if val else None,
+        steps_run=sum(row["step"] for row in last_per_phase),
+        train_seconds=sum(row["elapsed_seconds"] for row in last_per_phase),
+    )
+    return row, epochs
 
 
 def _dataset_key(config: TrialConfig) -> str:
@@ -140,13 +182,28 @@ class _RowWriter(tune.Callback):
         self.started = time.monotonic()
         self.running = 0
         self.storage_error: OSError | None = None
+        self.reported: set[str] = set()  # Tune trial ids whose row is written
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running = sum(1 for t in trials if t.status == "RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if not result.get("final"):
+            return  # an evaluation of a running trial: for the scheduler
         row = json.loads(result["row_json"])
         epochs = json.loads(result["epochs_json"])
+        self.reported.add(trial.trial_id)
+        if self._write([row], {row["trial_id"]: epochs}):
+            self._count(row, trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial that ended without its final report was stopped by the scheduler."""
+        result = trial.last_result or {}
+        if trial.trial_id in self.reported or "epochs_json" not in result:
+            return
+        config = TrialConfig.from_dict(trial.config["trial"])
+        row, epochs = _stopped_row(config, self.run_id, result)
+        self.reported.add(trial.trial_id)
         if self._write([row], {row["trial_id"]: epochs}):
             self._count(row, trials)
 
@@ -174,7 +231,7 @@ class _RowWriter(tune.Callback):
         if row.get("node"):
             self.summary.nodes.add(row["node"])
         self.running = sum(1 for t in trials if t.status == "RUNNING")
-        done = self.summary.ok + self.summary.failed + self.summary.diverged
+        done = self.summary.ok + self.summary.failed + self.summary.diverged + self.summary.stopped
         elapsed = time.monotonic() - self.started
         eta = elapsed / done * (self.pending - done) if done else float("nan")
         label = (
@@ -184,6 +241,8 @@ class _RowWriter(tune.Callback):
             f"seed={row['seed']}"
         )
         outcome = f"top1={row['metric_top1']:.1f}" if row.get("metric_top1") is not None else status.upper()
+        if status == "stopped" and row.get("metric_val_top1") is not None:
+            outcome += f" (val_top1={row['metric_val_top1']:.1f})"
         print(
             f"[{_clock(elapsed)}] {done}/{self.pending} done, {self.summary.failed} failed, "
             f"{max(0, self.running - 1)} running, eta {_clock(eta)} | {label}: {outcome}",
@@ -388,10 +447,30 @@ def schedule_order(trials: list[TrialConfig]) -> list[TrialConfig]:
     return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
 
 
+def _scheduler(suite: Suite) -> PerCellScheduler | None:
+    """The search's early stopping, one scheduler per cell; None without a search or with ``kind: none``."""
+    search = suite.spec.search
+    if search is None or search.scheduler.kind == "none":
+        return None
+    make = scheduler_factory(
+        search.scheduler.kind,
+        grace_evaluations=search.scheduler.grace_evaluations,
+        reduction_factor=search.scheduler.reduction_factor,
+    )
+    return PerCellScheduler(make)
+
+
 def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path, summary: RunSummary) -> None:
+    scheduler = _scheduler(suite)
     resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, datasets=refs, run_id=run_dir.name, timeout_s=suite.tune.trial_timeout_s),
+        tune.with_parameters(
+            _trainable,
+            datasets=refs,
+            run_id=run_dir.name,
+            timeout_s=suite.tune.trial_timeout_s,
+            report_evaluations=scheduler is not None,
+        ),
         resources,
     )
     writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials) + summary.failed)
@@ -401,6 +480,7 @@ def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir
         param_space={"trial": tune.grid_search([t.to_dict() for t in schedule_order(trials)])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=suite.tune.max_concurrent_trials,
+            scheduler=scheduler,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
@@ -430,6 +510,6 @@ def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir
         error = writer.storage_error
         where = error.filename or run_dir
         raise StorageError(
-            f"cannot write {where}: {error.strerror or error}; the {summary.ok + summary.diverged} "
+            f"cannot write {where}: {error.strerror or error}; the {summary.ok + summary.diverged + summary.stopped} "
             "trial(s) finished before it are kept; free space, then bench run --resume"
         )

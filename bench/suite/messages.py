@@ -60,6 +60,8 @@ def _describe(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
         return (*loc, ctx["index"]), (
             f"expected each value once, got {shorten(shown)}, the same as {_key_path(loc)}[{ctx['first']}]"
         )
+    if kind == "search_value":  # raised by SuiteSpec._search_fits_train, which knows the key path
+        return tuple(ctx["key"].split(".")), ctx["message"]
     if kind == "lr_missing":
         return ("train", "lr"), (
             f"expected an lr for strategy {ctx['strategy']} (freeze {shorten(ctx['freeze'])}) "

@@ -13,9 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
+    ValidationError,
     field_serializer,
     field_validator,
     model_validator,
@@ -25,38 +24,16 @@ from pydantic_core import PydanticCustomError
 from bench.config import STRATEGIES, TrialConfig
 from bench.errors import UserError
 from bench.suite.reading import expand_dataset_name, expand_optional, shorten
+from bench.suite.search import SearchSpec
+from bench.suite.strict import Strict as _Strict
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
 _LR_KEYS = (*STRATEGIES, "partial", "default")
+_STRATEGY_KEYS = (*STRATEGIES, "partial")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The typed spec
-
-
-class _Strict(BaseModel):
-    """Strict types, no unknown keys, no inf/nan, and an unknown key reported with a did-you-mean."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = list(cls.model_fields)
-            for key in data:
-                if key not in cls.model_fields:
-                    hint = difflib.get_close_matches(str(key), allowed, n=1)
-                    raise PydanticCustomError(
-                        "unknown_key",
-                        "unknown key",
-                        {
-                            "key": shorten(key, 40) if not isinstance(key, str) or len(key) > 40 else key,
-                            "allowed": ", ".join(allowed),
-                            "hint": hint[0] if hint else "",
-                        },
-                    )
-        return data
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -326,6 +303,7 @@ class SuiteSpec(_Strict):
     train: TrainSpec
     tune: TuneSpec = TuneSpec()
     analysis: AnalysisSpec = AnalysisSpec()
+    search: SearchSpec | None = None
 
     @field_validator("backbones")
     @classmethod
@@ -344,4 +322,35 @@ class SuiteSpec(_Strict):
                 strategy = _freeze_key(value)[0]
                 if self.train.lr.for_strategy(strategy) is None:
                     raise PydanticCustomError("lr_missing", "lr missing", {"strategy": strategy, "freeze": value})
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits_train(self) -> SuiteSpec:
+        """Each searched value (list items, choices, range bounds) must be a valid `train:` value, and a
+        hyperparameter is either swept by `grid:` or searched, not both."""
+        if self.search is None:
+            return self
+        for name in ("lr", "weight_decay"):
+            if getattr(self.grid, name) is not None and any(name in self.search.space_for(k) for k in _STRATEGY_KEYS):
+                raise PydanticCustomError(
+                    "search_value",
+                    "search value",
+                    {"key": "search", "message": f"{name} is both swept by grid.{name} and searched: keep one"},
+                )
+        base = self.train.model_dump(exclude_none=True)
+        for where, space in [("space", self.search.space)] + [
+            (f"by_strategy.{k}", v) for k, v in self.search.by_strategy.items()
+        ]:
+            for name, dimension in space.items():
+                values = dimension if isinstance(dimension, list) else next(iter(dimension.values()))
+                for value in values:
+                    try:
+                        TrainSpec.model_validate({**base, "lr" if name == "probe_lr" else name: value})
+                    except ValidationError as error:
+                        problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+                        message = f"expected a valid train.{name} value, got {shorten(value)}: {problem}"
+                        key = f"search.{where}.{name}"
+                        raise PydanticCustomError(
+                            "search_value", "search value", {"key": key, "message": message}
+                        ) from None
         return self

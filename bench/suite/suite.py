@@ -59,12 +59,12 @@ class Suite:
 
     def trial_count(self) -> int:
         """The number of trials, by arithmetic: instant for any grid."""
-        grid = self.spec.grid
-        return math.prod(
+        grid, search = self.spec.grid, self.spec.search
+        per_freeze = sum(search.size(_freeze_key(f)[0]) if search else 1 for f in grid.freeze)
+        return per_freeze * math.prod(
             [
                 len(self.spec.datasets),
                 len(self.spec.backbones),
-                len(grid.freeze),
                 len(grid.data_sizes()),
                 len(grid.seed),
                 len(grid.lr or [None]),
@@ -73,8 +73,17 @@ class Suite:
         )
 
     def trials(self) -> list[TrialConfig]:
-        """The grid, expanded: datasets x backbones x freeze x data size x seed x lr x weight decay."""
-        return list(self._iter_trials())
+        """The grid, expanded: datasets x backbones x freeze x data size x seed x lr x weight decay, then each
+        cell x the search's points for its strategy (``search:``)."""
+        search = self.spec.search
+        trials = []
+        for config in self._iter_trials():
+            points = search.points(config.strategy) if search else [{}]
+            for point in points:
+                if "lr" in point and config.strategy == "lp_ft" and self.spec.train.lr.linear_probe is None:
+                    point = {"probe_lr": point["lr"], **point}  # the probe phase follows lr, as without a search
+                trials.append(dataclasses.replace(config, **point))
+        return trials
 
     def _iter_trials(self) -> Iterator[TrialConfig]:
         spec, grid, train = self.spec, self.spec.grid, self.spec.train

@@ -110,9 +110,11 @@ def fit(
     device: torch.device,
     log: list[dict[str, Any]],
     evaluator: BatchNormFolded | None = None,
+    on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> FitOutcome:
     """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train``; validate
-    after every ``config.eval_every`` epochs and the last, on ``evaluator``'s folded twin where given."""
+    after every ``config.eval_every`` epochs and the last, on ``evaluator``'s folded twin where given, append
+    the evaluation's row to ``log`` and hand ``log`` to ``on_evaluation`` (a scheduler may end the trial there)."""
     # timm's factory: no weight decay on biases and norm weights, frozen parameters left out.
     optimizer = create_optimizer_v2(
         model, opt=config.optimizer, lr=phase.lr, weight_decay=config.weight_decay, momentum=config.momentum
@@ -183,6 +185,8 @@ def fit(
                     "elapsed_seconds": seconds,
                 }
             )
+            if on_evaluation is not None:
+                on_evaluation(log)
     return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // max(1, step) if kernels else 0)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -45,8 +46,17 @@ class TrialResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # one epochs.parquet row per evaluation
 
 
-def run_trial(config: TrialConfig, *, run_id: str = "", data: PreparedDataset | None = None) -> TrialResult:
+def run_trial(
+    config: TrialConfig,
+    *,
+    run_id: str = "",
+    data: PreparedDataset | None = None,
+    on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> TrialResult:
     """Run one trial and return its result row and evaluation rows.
+
+    ``on_evaluation`` is called after each validation evaluation with the evaluation rows so far (the Ray layer
+    reports them to Tune's scheduler, which may end the trial there).
 
     ``data`` is the prepared dataset when the caller already holds it (the Ray layer shares one copy per
     node through the object store); otherwise it is prepared here, once per process. Out of memory (CUDA, or
@@ -63,7 +73,15 @@ def run_trial(config: TrialConfig, *, run_id: str = "", data: PreparedDataset | 
     batch_size, halvings = (search.batch_size if search else int(config.batch_size)), 0
     while True:
         try:
-            result = _attempt(config, data, device, batch_size=batch_size, run_id=run_id, started_at=started_at)
+            result = _attempt(
+                config,
+                data,
+                device,
+                batch_size=batch_size,
+                run_id=run_id,
+                started_at=started_at,
+                on_evaluation=on_evaluation,
+            )
         except Exception as error:
             if not out_of_memory(error) or batch_size == 1:
                 raise
@@ -86,7 +104,14 @@ def run_trial(config: TrialConfig, *, run_id: str = "", data: PreparedDataset | 
 
 
 def _attempt(
-    config: TrialConfig, data: PreparedDataset, device: torch.device, *, batch_size: int, run_id: str, started_at: str
+    config: TrialConfig,
+    data: PreparedDataset,
+    device: torch.device,
+    *,
+    batch_size: int,
+    run_id: str,
+    started_at: str,
+    on_evaluation: Callable[[list[dict[str, Any]]], None] | None,
 ) -> TrialResult:
     """One try at the trial with mini-batches of ``batch_size``."""
     train_idx, val_idx = select_indices(data.y_train, config)
@@ -135,6 +160,7 @@ def _attempt(
             device=device,
             log=epoch_rows,
             evaluator=evaluator,
+            on_evaluation=on_evaluation,
         )
         train_seconds += outcome.seconds
         images_seen += outcome.images_seen

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_suite
+from conftest import bench, write_suite
 
 from bench.results import store as results
 from bench.results.schema import TRIAL_COLUMNS
 
 pytestmark = pytest.mark.slow
-
-
-def bench(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bench.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def run_dir(out: Path, suite: str = "tiny") -> Path:

@@ -1,0 +1,126 @@
+"""A suite's ``search:`` block: the hyperparameter space searched in every cell, and the points drawn from it.
+
+A dimension is a list (every value, crossed with the other lists, as ``tune.grid_search``) or a range:
+``{loguniform: [low, high]}``, ``{uniform: [low, high]}`` or ``{choice: [a, b, ...]}``, drawn ``samples`` times
+(as Tune's ``num_samples``). ``by_strategy`` replaces dimensions for one strategy (``linear_probe``, ``full``,
+``lp_ft``, ``partial``). Draws are a function of ``search.seed``, the strategy and the sample index alone, so two
+runs of a suite draw the same points, every cell of a strategy gets the same points, and resume recognises them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from bench.config import SEARCHABLE
+from bench.suite.reading import shorten
+from bench.suite.strict import Strict
+
+RANGE_KINDS = ("loguniform", "uniform", "choice")
+STRATEGY_KEYS = ("linear_probe", "full", "lp_ft", "partial")
+SIGNIFICANT_DIGITS = 6  # drawn numbers are rounded to this many significant digits (readable rows, same ids)
+
+
+def _dimension(value: Any) -> list[Any] | dict[str, list[Any]]:
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("expected a non-empty list of values or a range, got []")
+        if len({repr(v) for v in value}) != len(value):
+            raise ValueError(f"expected distinct values, got {shorten(value)}")
+        return value
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in RANGE_KINDS:
+        raise ValueError(
+            f"expected a list of values or one of {{loguniform: [low, high]}}, {{uniform: [low, high]}}, "
+            f"{{choice: [...]}}, got {shorten(value)}"
+        )
+    kind, bounds = next(iter(value.items()))
+    if kind == "choice":
+        return {kind: _dimension(bounds)}
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) for b in bounds)):
+        raise ValueError(f"{kind}: expected [low, high], got {shorten(bounds)}")
+    low, high = bounds
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise ValueError(f"{kind}: expected {'0 < ' if kind == 'loguniform' else ''}low < high, got {bounds}")
+    return {kind: [float(low), float(high)]}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+Space = dict[str, Any]
+
+
+def _space(space: dict[str, Any]) -> Space:
+    unknown = sorted(set(space) - set(SEARCHABLE))
+    if unknown:
+        raise ValueError(f"cannot search {', '.join(unknown)}: searchable are {', '.join(SEARCHABLE)}")
+    return {name: _dimension(value) for name, value in space.items()}
+
+
+class SchedulerSpec(Strict):
+    """Early stopping within a cell (Ray Tune's schedulers on validation top-1 after each evaluation)."""
+
+    kind: Literal["none", "asha", "median"] = "asha"  # HyperBand pauses trials, which needs checkpoints
+    grace_evaluations: Annotated[int, Field(ge=1)] = 1  # no sample is stopped before this many evaluations
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0  # asha: keep 1/reduction_factor per rung
+
+
+class SearchSpec(Strict):
+    samples: Annotated[int, Field(ge=1)] = 1
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    space: dict[str, Any]
+    by_strategy: dict[Literal["linear_probe", "full", "lp_ft", "partial"], dict[str, Any]] = {}
+    scheduler: SchedulerSpec = SchedulerSpec()
+
+    @field_validator("space")
+    @classmethod
+    def _valid_space(cls, space: dict[str, Any]) -> Space:
+        if not space:
+            raise ValueError("expected at least one hyperparameter to search, got none")
+        return _space(space)
+
+    @field_validator("by_strategy")
+    @classmethod
+    def _valid_strategy_spaces(cls, spaces: dict[str, dict[str, Any]]) -> dict[str, Space]:
+        return {strategy: _space(space) for strategy, space in spaces.items()}
+
+    def space_for(self, strategy: str) -> Space:
+        return {**self.space, **self.by_strategy.get(strategy, {})}
+
+    def points(self, strategy: str) -> list[dict[str, Any]]:
+        """The hyperparameter points every cell of ``strategy`` runs: each combination of the list dimensions,
+        crossed with ``samples`` draws of the ranges (a space of lists only is its grid, once)."""
+        space = self.space_for(strategy)
+        grid = {name: values for name, values in sorted(space.items()) if isinstance(values, list)}
+        ranges = {name: dim for name, dim in sorted(space.items()) if isinstance(dim, dict)}
+        points = []
+        for combination in itertools.product(*grid.values()):
+            for sample in range(self.samples if ranges else 1):
+                rng = np.random.default_rng([self.seed, _stable(strategy), sample])
+                drawn = {name: _draw(dim, rng) for name, dim in ranges.items()}
+                points.append({**dict(zip(grid, combination)), **drawn})
+        return points
+
+    def size(self, strategy: str) -> int:
+        space = self.space_for(strategy)
+        lists = math.prod(len(v) for v in space.values() if isinstance(v, list))
+        return lists * (self.samples if any(isinstance(v, dict) for v in space.values()) else 1)
+
+
+def _stable(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def _draw(dimension: dict[str, list[Any]], rng: np.random.Generator) -> Any:
+    ((kind, values),) = dimension.items()
+    if kind == "choice":
+        return values[int(rng.integers(len(values)))]
+    low, high = values
+    value = math.exp(rng.uniform(math.log(low), math.log(high))) if kind == "loguniform" else rng.uniform(low, high)
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
