@@ -63,16 +63,7 @@ def prepare(df: pd.DataFrame, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -
     rows = df[(df["status"] == "ok") & pd.to_numeric(df[METRIC], errors="coerce").notna()].copy()
     if rows.empty:
         return rows.assign(**{c: pd.Series(dtype=object) for c in ENTRY + ["data", "per_class"] + REGIME})
-    rows["pretrained"] = _column(rows, "pretrained", True).map(lambda v: True if v is None or pd.isna(v) else bool(v))
-    rows["strategy"] = [
-        _strategy_label(s, f) for s, f in zip(_column(rows, "strategy", None), _column(rows, "freeze", None))
-    ]
-    rows["entry"] = [
-        f"{b}{'' if p else ' scratch'} / {s}" for b, p, s in zip(rows["backbone"], rows["pretrained"], rows["strategy"])
-    ]
-    rows["data"] = [
-        _size_label(f, s) for f, s in zip(_column(rows, "data_fraction", None), _column(rows, "shots", None))
-    ]
+    rows = _labelled(rows)
 
     per_class = pd.to_numeric(_column(rows, "n_train", None), errors="coerce") / pd.to_numeric(
         _column(rows, "n_classes", None), errors="coerce"
@@ -91,6 +82,33 @@ def prepare(df: pd.DataFrame, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -
         if metric in rows:
             rows[metric] = pd.to_numeric(rows[metric], errors="coerce")
     return rows.reset_index(drop=True)
+
+
+def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with pretrained, strategy, entry and data (the cell's size label) filled in."""
+    rows["pretrained"] = _column(rows, "pretrained", True).map(lambda v: True if v is None or pd.isna(v) else bool(v))
+    rows["strategy"] = [
+        _strategy_label(s, f) for s, f in zip(_column(rows, "strategy", None), _column(rows, "freeze", None))
+    ]
+    rows["entry"] = [
+        f"{b}{'' if p else ' scratch'} / {s}" for b, p, s in zip(rows["backbone"], rows["pretrained"], rows["strategy"])
+    ]
+    rows["data"] = [
+        _size_label(f, s) for f, s in zip(_column(rows, "data_fraction", None), _column(rows, "shots", None))
+    ]
+    return rows
+
+
+def search_cost(df: pd.DataFrame) -> pd.DataFrame:
+    """What each (dataset, data size, entry) cost, every trial counted whatever its status: trials_run,
+    trials_stopped (ended early by a search's scheduler) and compute_seconds (their training seconds summed)."""
+    rows = _labelled(df.copy())
+    rows["_stopped"] = rows["status"] == "stopped"
+    rows["_seconds"] = pd.to_numeric(_column(rows, "train_seconds", None), errors="coerce").fillna(0.0)
+    cost = rows.groupby(CELL + ["entry"], dropna=False).agg(
+        trials_run=("trial_id", "size"), trials_stopped=("_stopped", "sum"), compute_seconds=("_seconds", "sum")
+    )
+    return cost.reset_index()
 
 
 def excluded_trials(df: pd.DataFrame) -> pd.DataFrame:
@@ -285,7 +303,8 @@ def leaderboard(
 
     Columns: the group keys, rank ("1", "=1", ...), rank_position, entry, backbone, pretrained, strategy,
     n_seeds, mean, std, ci95 (half width), ci_low, ci_high of `metric` (percent, as the core writes it), macro_f1_mean,
-    macro_f1_ci95, val_top1_mean, train_seconds_mean, selected (the chosen hp setting), and for regimes
+    macro_f1_ci95, val_top1_mean, train_seconds_mean, selected (the chosen hp setting), for datasets the cost of
+    the entry's search (``search_cost``: trials_run, trials_stopped, compute_seconds), and for regimes
     n_cells / datasets / cells_left_out (the cells averaged per seed before the statistics: those common to
     every entry of the regime cell, see `_common_cells`).
     """
@@ -298,6 +317,7 @@ def leaderboard(
             selected=("selected", "first"), selection=("selection", "first"), n_settings=("n_settings", "first")
         )
         stats = stats.merge(info.reset_index(), on=CELL + ["entry"], how="left")
+        stats = stats.merge(search_cost(df), on=CELL + ["entry"], how="left")
         ranked = rank_with_ties(stats, CELL)
         ranked["_size"] = ranked["per_class"].fillna(np.inf)
         ranked = ranked.sort_values(
@@ -546,6 +566,11 @@ def display_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
         out["selected hp (val)"] = board["selected"]
     if "train_seconds_mean" in board:
         out["train s"] = board["train_seconds_mean"].map(lambda s: f"{s:.1f}" if np.isfinite(s) else "")
+    if "trials_run" in board and (board["trials_run"] > board["n_seeds"]).any():  # a search: show what it cost
+        out["search cost"] = [
+            f"{int(n)} trials ({int(k)} stopped), {t:.0f} s"
+            for n, k, t in zip(board["trials_run"], board["trials_stopped"], board["compute_seconds"])
+        ]
     return out
 
 

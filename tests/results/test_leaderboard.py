@@ -13,6 +13,7 @@ from conftest import make_row, write_run
 from bench.errors import UserError
 from bench.results.leaderboard import (
     DataThresholds,
+    display_leaderboard,
     excluded_trials,
     format_table,
     leaderboard,
@@ -92,6 +93,27 @@ def test_hp_selection_uses_validation_never_test() -> None:
     assert board.loc["linear_probe", "selection"] == "val_top1"
     assert board.loc["linear_probe", "n_seeds"] == 3 and board.loc["linear_probe", "n_settings"] == 2
     assert board.loc["full", "mean"] == pytest.approx(40.0)
+
+
+def test_a_search_s_stopped_samples_are_never_ranked_but_their_cost_counts() -> None:
+    # Three searched samples of the linear probe: one stopped early (its validation score, no test score); of
+    # the two finished, lr 3e-2 wins on validation and loses on test. The cost counts all six trials.
+    stopped = [
+        make_row(seed=i, status="stopped", hp_lr=0.3, metric_top1=None, metric_val_top1=20.0, train_seconds=1.0)
+        for i in range(2)
+    ]
+    df = frame(
+        seeds([70.0, 72.0], hp_lr=3e-2, val=88.0, train_seconds=10.0),
+        seeds([90.0, 92.0], hp_lr=3e-3, val=80.0, train_seconds=10.0),
+        stopped,
+    )
+    board = leaderboard(df)
+    (row,) = board.to_dict("records")
+    assert row["mean"] == pytest.approx(71.0) and row["selected"] == "hp_lr=0.03"
+    assert (row["trials_run"], row["trials_stopped"], row["compute_seconds"]) == (6, 2, pytest.approx(42.0))
+    assert (
+        "search cost" in display_leaderboard(board) and "6 trials (2 stopped)" in display_leaderboard(board).iloc[0, -1]
+    )
 
 
 def test_no_sweep_means_no_selection_label() -> None:
