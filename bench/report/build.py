@@ -96,6 +96,7 @@ def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS)
     _section_pretraining(doc, selected)
     _section_freeze(doc, board, selected, thresholds)
     _section_cost(doc, trials, board, thresholds)
+    _section_hyperparameters(doc, prepared, selected)
     _section_transferability(doc, prepared, selected)
     _section_reproduce(doc, data)
     return doc
@@ -335,6 +336,45 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
 
 
 # Estimates computed before training (bench.similarity.scores); `transferability` is LogME.
+def hyperparameter_sensitivity(prepared: pd.DataFrame) -> pd.DataFrame:
+    """Mean validation and test top-1 per (dataset, strategy, learning rate), over seeds, data sizes and
+    backbones: how much a strategy's result depends on its learning rate."""
+    if prepared.empty or "hp_lr" not in prepared:
+        return pd.DataFrame()
+    rows = prepared.assign(hp_lr=pd.to_numeric(prepared["hp_lr"], errors="coerce")).dropna(subset=["hp_lr"])
+    points = rows.groupby(["dataset", "strategy", "hp_lr"]).agg(
+        val_top1=("metric_val_top1", "mean"), test_top1=("metric_top1", "mean"), trials=("trial_id", "size")
+    )
+    return points.reset_index()
+
+
+def _section_hyperparameters(doc: Document, prepared: pd.DataFrame, selected: pd.DataFrame) -> None:
+    """Only where some (cell, entry) ran more than one hyperparameter setting (a sweep or a search)."""
+    if selected.empty or "n_settings" not in selected or not (selected["n_settings"] > 1).any():
+        return
+    doc.heading("Hyperparameters: selected on validation, and sensitivity", 3)
+    doc.para(
+        "Each cell's setting is the one with the best validation top-1 averaged over its seeds; test accuracy "
+        "never selects. The verdicts above compare strategies at these settings."
+    )
+    chosen = selected.groupby(CELL + ["entry"], dropna=False).agg(
+        selected=("selected", "first"),
+        settings=("n_settings", "first"),
+        val=("metric_val_top1", "mean"),
+        test=("metric_top1", "mean"),
+    )
+    chosen = chosen.reset_index()
+    chosen["val"], chosen["test"] = chosen["val"].round(1), chosen["test"].round(1)
+    doc.table(chosen.rename(columns={"val": "val top-1 %", "test": "test top-1 %", "selected": "selected (val)"}))
+    points = hyperparameter_sensitivity(prepared)
+    doc.figure(
+        "sensitivity",
+        figs.sensitivity_figure(points),
+        "Sensitivity to the learning rate: validation (solid) and test (dashed) top-1 against the learning rate, "
+        "per dataset and strategy, each point a mean over seeds, data sizes and backbones.",
+    )
+
+
 ESTIMATES = ("similarity_score", "transferability", "leep", "nce", "h_score")
 
 

@@ -313,3 +313,35 @@ def _legend(fig: Figure, axes: list) -> None:
             title="solid = pretrained, dashed/hollow = scratch" if any("scratch" in lb for lb in labels) else None,
             title_fontsize=7,
         )
+
+
+def sensitivity_figure(points: pd.DataFrame) -> Figure | None:
+    """Validation (filled, solid) and test (hollow, dashed) top-1 against the learning rate (log x): a panel per
+    dataset, a line per strategy; each point is a mean over seeds, data sizes and backbones."""
+    if points.empty or points["hp_lr"].nunique() < 2:
+        return None
+    datasets = sorted(points["dataset"].unique())
+    styles = style_map(strategy_order(list(points["strategy"])))
+    fig, axes = _grid(len(datasets))
+    for ax, dataset in zip(axes, datasets):
+        panel = points[points["dataset"] == dataset]
+        for strategy, (colour, marker) in styles.items():
+            line = panel[panel["strategy"] == strategy].sort_values("hp_lr")
+            if line.empty:
+                continue
+            ax.plot(line["hp_lr"], line["val_top1"], color=colour, marker=marker, label=f"{strategy} (validation)")
+            ax.plot(
+                line["hp_lr"],
+                line["test_top1"],
+                color=colour,
+                marker=marker,
+                linestyle="--",
+                markerfacecolor="white",
+                label=f"{strategy} (test)",
+            )
+        ax.set_xscale("log")
+        ax.set_title(dataset, fontsize=9)
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("top-1 (%)")
+    _legend(fig, axes)
+    return fig

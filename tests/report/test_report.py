@@ -236,3 +236,18 @@ def test_pareto_front() -> None:
     seconds = pd.Series([1.0, 2.0, 3.0, 4.0, 2.0])
     accuracy = pd.Series([50.0, 70.0, 60.0, 80.0, 65.0])
     assert list(figs.pareto_front(seconds, accuracy)) == [True, True, False, True, False]
+
+
+def test_a_searched_run_reports_its_selected_hyperparameters_and_sensitivity(tmp_path: Path) -> None:
+    # Per seed, lr 1e-2 wins on validation and loses on test, lr 1e-3 the other way; one sample was stopped.
+    rows = []
+    for seed in (0, 1, 2):
+        rows.append(make_row(seed=seed, hp_lr=1e-2, metric_val_top1=90.0 + seed, metric_top1=60.0 + seed))
+        rows.append(make_row(seed=seed, hp_lr=1e-3, metric_val_top1=70.0 + seed, metric_top1=95.0))
+        rows.append(make_row(seed=seed, hp_lr=1e-5, status="stopped", metric_val_top1=10.0, metric_top1=None))
+    html = write_report([write_run(tmp_path / "run", rows)], tmp_path / "out")
+    md = (html.parent / "report.md").read_text()
+    section = md.split("### Hyperparameters: selected on validation, and sensitivity")[1]
+    assert "| digits | 100% | efficientnet_lite0 / linear_probe | hp_lr=0.01 | 2 | 91 | 61 |" in section
+    assert (html.parent / "figures" / "sensitivity.png").is_file()
+    assert "3 stopped" in md.split("\n\n")[1]  # the overview counts the stopped samples
