@@ -12,33 +12,37 @@ import pytest
 from conftest import bench
 
 from bench.results import store as results
-from bench.results.leaderboard import excluded_trials, prepare
+from bench.results.leaderboard import excluded_trials, leaderboard, prepare
 from bench.suite import load_suite
 
 pytestmark = pytest.mark.slow
 
-# Two linear-probe cells, digits (the better) and photo_patches (the worse), and one full fine-tuning cell per
-# dataset whose second sample (lr 1e-6) learns nothing: ASHA (halving at every evaluation) must stop it there.
+# Three cells of digits: linear probes that learn (the better cell), full fine-tuning at learning rates too small
+# to move it (the worse cell: its samples all score the same, so ASHA within the cell stops none of them), and a
+# half-frozen cell whose second sample (lr 1e-7) learns nothing while its first does: ASHA must stop it. With one
+# trial at a time in the suite's order, the probes report first: a scheduler over all trials would stop every
+# full fine-tuning sample after the first at its first evaluation.
 SUITE = """
 name: {name}
 backbones: [efficientnet_lite0]
-datasets: {datasets}
-grid: {{freeze: [linear_probe, full], data_fraction: [0.3], seed: [0]}}
-train: {{img_size: 32, epochs: 3, batch_size: 32}}
+datasets: [digits]
+grid: {{freeze: [linear_probe, full, 0.5], data_fraction: [1.0], seed: [0]}}
+train: {{img_size: 32, epochs: 2, batch_size: 32, warmup_fraction: 0.0}}
 analysis: {{similarity: false}}
 tune: {{resources_per_trial: {{cpu: 1, gpu: 0}}, max_concurrent_trials: 1}}
 search:
   space: {{lr: [1.0e-3]}}
   by_strategy:
-    linear_probe: {{lr: [0.1, 0.03, 0.01]}}
-    full: {{lr: [1.0e-3, 1.0e-6]}}
+    linear_probe: {{lr: [0.1, 0.03]}}
+    full: {{lr: [1.0e-7, 2.0e-7, 3.0e-7]}}
+    partial: {{lr: [3.0e-3, 1.0e-7]}}
   scheduler: {{kind: asha, grace_evaluations: 1, reduction_factor: 2}}
 """
 
 
-def _run(tmp_path: Path, name: str, datasets: str, *extra: str) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+def _run(tmp_path: Path, name: str, *extra: str) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     suite = tmp_path / f"{name}.yaml"
-    suite.write_text(SUITE.format(name=name, datasets=datasets))
+    suite.write_text(SUITE.format(name=name))
     out = tmp_path / "out"
     done = bench("run", suite, "--out", out, "--num-cpus", "1", *extra)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -49,51 +53,46 @@ def _run(tmp_path: Path, name: str, datasets: str, *extra: str) -> tuple[Path, p
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def searched(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("search")
-    suite, trials, epochs = _run(tmp, "cells", "[digits, photo_patches]")
-    _, alone, _ = _run(tmp, "alone", "[photo_patches]")
-    return {"suite": suite, "trials": trials, "epochs": epochs, "alone": alone, "out": tmp / "out"}
+    suite, trials, epochs = _run(tmp, "cells")
+    return {"suite": suite, "trials": trials, "epochs": epochs, "out": tmp / "out"}
 
 
-def _first_evaluation(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.Series:
-    first = epochs.sort_values("epoch").groupby("trial_id").first()["val_top1"]
-    return trials.set_index("trial_id")["dataset"].to_frame().join(first)
+def _first_evaluation(trials: pd.DataFrame, epochs: pd.DataFrame, strategy: str) -> pd.Series:
+    mine = trials.loc[trials["strategy"] == strategy, "trial_id"]
+    first = epochs[epochs["trial_id"].isin(mine)].sort_values("epoch").groupby("trial_id").first()
+    return first["val_top1"]
 
 
-def test_a_worse_cell_is_never_stopped_because_of_a_better_one(both: dict) -> None:
-    trials, epochs, alone = both["trials"], both["epochs"], both["alone"]
-    probes = trials[trials["strategy"] == "linear_probe"]
-    rung = _first_evaluation(probes, epochs)
-    better, worse = rung[rung["dataset"] == "digits"]["val_top1"], rung[rung["dataset"] == "photo_patches"]["val_top1"]
-    assert len(better) == len(worse) == 3
-    assert worse.max() < better.min(), "the premise: every photo_patches sample is worse than every digits one"
-    # Digits trials start first (schedule order), so a scheduler over all trials would have stopped every
-    # photo_patches sample at its first evaluation; per cell, the cell's first sample is never stopped, and the
-    # cell's decisions are the ones it makes when it runs alone.
-    mine = probes[probes["dataset"] == "photo_patches"].set_index("trial_id")["status"].sort_index()
-    assert (mine == "ok").any()
-    assert mine.to_dict() == alone[alone["strategy"] == "linear_probe"].set_index("trial_id")["status"].to_dict()
+def test_a_worse_cell_is_never_stopped_because_of_a_better_one(searched: dict) -> None:
+    trials, epochs = searched["trials"], searched["epochs"]
+    better, worse = _first_evaluation(trials, epochs, "linear_probe"), _first_evaluation(trials, epochs, "full")
+    assert len(better) == 2 and len(worse) == 3
+    assert worse.max() < better.min(), "the premise: every full fine-tuning sample is worse than every probe"
+    full = trials[trials["strategy"] == "full"]
+    assert list(full["status"]) == ["ok"] * 3, full[["hp_lr", "status", "metric_val_top1"]]
 
 
-def test_a_stopped_sample_is_a_row_with_its_cost_that_no_leaderboard_ranks(both: dict) -> None:
-    trials = both["trials"]
+def test_a_stopped_sample_is_a_row_with_its_cost_that_no_leaderboard_ranks(searched: dict) -> None:
+    trials = searched["trials"]
     stopped = trials[trials["status"] == "stopped"]
-    assert set(stopped[stopped["strategy"] == "full"]["hp_lr"]) == {1e-6}
-    assert len(stopped[stopped["strategy"] == "full"]) == 2  # one per dataset's full fine-tuning cell
-    for _, row in stopped.iterrows():
+    assert ("partial", 1e-7) in set(zip(stopped["strategy"], stopped["hp_lr"]))  # stopped within its own cell
+    for row in stopped.to_dict("records"):
         assert row["metric_top1"] is None or pd.isna(row["metric_top1"])  # no test metric: never a result
-        assert row["metric_val_top1"] is not None and row["train_seconds"] > 0 and row["steps_run"] > 0
+        assert row["metric_val_top1"] is not None and row["train_seconds"] > 0
         finished = trials[(trials["cell_id"] == row["cell_id"]) & (trials["status"] == "ok")]
-        assert row["steps_run"] < finished["hp_total_steps"].min()  # stopped part of the way
-    assert set(stopped["trial_id"]) <= set(excluded_trials(trials)["trial_id"])
-    assert not set(stopped["trial_id"]) & set(prepare(trials)["trial_id"])
-    epochs = both["epochs"]
-    assert (epochs[epochs["trial_id"].isin(stopped["trial_id"])].groupby("trial_id").size() == 1).all()
+        assert 0 < row["steps_run"] < finished["hp_total_steps"].min()  # part of the way
+        assert row["trial_id"] in set(excluded_trials(trials)["trial_id"])
+        assert row["trial_id"] not in set(prepare(trials)["trial_id"])
+        epochs = searched["epochs"]
+        assert len(epochs[epochs["trial_id"] == row["trial_id"]]) == 1  # its one evaluation
+    board = leaderboard(trials).set_index("strategy")
+    assert board.loc["freeze 0.5", "trials_run"] == 2 and board.loc["freeze 0.5", "trials_stopped"] == 1
 
 
-def test_resume_of_a_half_done_search_runs_no_sample_twice(both: dict) -> None:
-    suite, out = both["suite"], both["out"]
+def test_resume_of_a_half_done_search_runs_no_sample_twice(searched: dict) -> None:
+    suite, out = searched["suite"], searched["out"]
     (run_dir,) = [p for p in (out / "cells").iterdir() if p.is_dir()]
     path = run_dir / results.TRIALS_FILE
     table = pq.read_table(path)
