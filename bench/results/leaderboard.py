@@ -566,7 +566,10 @@ def display_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
         out["selected hp (val)"] = board["selected"]
     if "train_seconds_mean" in board:
         out["train s"] = board["train_seconds_mean"].map(lambda s: f"{s:.1f}" if np.isfinite(s) else "")
-    if "trials_run" in board and (board["trials_run"] > board["n_seeds"]).any():  # a search: show what it cost
+    searched = ("n_settings" in board and (board["n_settings"] > 1).any()) or (
+        "trials_stopped" in board and (board["trials_stopped"] > 0).any()
+    )
+    if searched and "trials_run" in board:  # a sweep or a search: show what it cost
         out["search cost"] = [
             f"{int(n)} trials ({int(k)} stopped), {t:.0f} s"
             for n, k, t in zip(board["trials_run"], board["trials_stopped"], board["compute_seconds"])
