@@ -17,12 +17,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from bench.config import SEARCHABLE
+from bench.config import SEARCHABLE, STRATEGIES
 from bench.suite.reading import shorten
 from bench.suite.strict import Strict
 
 RANGE_KINDS = ("loguniform", "uniform", "choice")
-STRATEGY_KEYS = ("linear_probe", "full", "lp_ft", "partial")
+STRATEGY_KEYS = (*STRATEGIES, "partial")  # partial: 0 < freeze < 1
 SIGNIFICANT_DIGITS = 6  # drawn numbers are rounded to this many significant digits (readable rows, same ids)
 
 
@@ -108,9 +108,7 @@ class SearchSpec(Strict):
         return points
 
     def size(self, strategy: str) -> int:
-        space = self.space_for(strategy)
-        lists = math.prod(len(v) for v in space.values() if isinstance(v, list))
-        return lists * (self.samples if any(isinstance(v, dict) for v in space.values()) else 1)
+        return len(self.points(strategy))
 
 
 def _stable(text: str) -> int:

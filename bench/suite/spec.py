@@ -24,12 +24,11 @@ from pydantic_core import PydanticCustomError
 from bench.config import STRATEGIES, TrialConfig
 from bench.errors import UserError
 from bench.suite.reading import expand_dataset_name, expand_optional, shorten
-from bench.suite.search import SearchSpec
+from bench.suite.search import STRATEGY_KEYS, SearchSpec
 from bench.suite.strict import Strict as _Strict
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
 _LR_KEYS = (*STRATEGIES, "partial", "default")
-_STRATEGY_KEYS = (*STRATEGIES, "partial")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,7 +330,7 @@ class SuiteSpec(_Strict):
         if self.search is None:
             return self
         for name in ("lr", "weight_decay"):
-            if getattr(self.grid, name) is not None and any(name in self.search.space_for(k) for k in _STRATEGY_KEYS):
+            if getattr(self.grid, name) is not None and any(name in self.search.space_for(k) for k in STRATEGY_KEYS):
                 raise PydanticCustomError(
                     "search_value",
                     "search value",
