@@ -33,6 +33,9 @@ _PLACEMENT_FIELDS = (
     "similarity_threshold",
     "gpu_share",
 )
+# Fields added after trial ids were first published: part of the identity only when set, so the trials of
+# earlier runs keep their ids (and resume) unless they use the field.
+_OPTIONAL_IDENTITY: dict[str, Any] = {"eval_every_steps": None}
 
 
 # Training hyperparameters a suite's `search:` block may search: everything else identifies the trial's cell.
@@ -76,7 +79,8 @@ class TrialConfig:
     label_smoothing: float = 0.0
     augment: str = "none"
     val_fraction: float = 0.1  # share of each class's training split held out for model selection
-    eval_every: int = 1  # epochs between validation evaluations (epochs.parquet rows)
+    eval_every: int = 1  # epochs between validation evaluations (epochs.parquet rows) ...
+    eval_every_steps: int | None = None  # ... or optimiser steps between them (and after the last step)
     suite: str = ""
     cache_dir: str | None = None  # prepared datasets and frozen features; None = no disk cache
     device: str = "auto"  # "auto" = cuda when available, else cpu
@@ -119,6 +123,9 @@ class TrialConfig:
         fields = dataclasses.asdict(self)
         for name in _PLACEMENT_FIELDS:
             fields.pop(name)
+        for name, default in _OPTIONAL_IDENTITY.items():
+            if fields[name] == default:
+                fields.pop(name)
         return fields
 
     @property

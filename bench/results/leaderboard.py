@@ -187,7 +187,9 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame
     """Keep, per (cell, entry), the rows of the hyperparameter setting with the best mean validation top-1.
 
     A setting is one combination of the `hp_*` columns; validation top-1 is averaged over that setting's
-    seeds. The test metric never takes part. Adds `selected` ("hp_lr=0.001", or "" when nothing was swept),
+    seeds, and only the settings measured on the most seeds compete (so an entry's interval comes from seeds
+    at one setting: a two-stage search, or a sample stopped early on some seed). The test metric never takes
+    part. Adds `selected` ("hp_lr=0.001", or "" when nothing was swept),
     `n_settings`, and `selection` ("val_top1", "single setting", or "no validation metric" when settings
     differ but none has a validation score: then the first setting in hp order is kept and says so).
     """
@@ -199,11 +201,17 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame
     rows["_hp_key"] = hp_text.agg(lambda column: column + "|").sum(axis=1) if hp_cols else ""
     val = rows["metric_val_top1"] if "metric_val_top1" in rows else pd.Series(np.nan, index=rows.index)
     settings = (
-        rows.assign(_val=val).groupby(CELL + ["entry", "_hp_key"], sort=True, dropna=False)["_val"].mean().reset_index()
+        rows.assign(_val=val)
+        .groupby(CELL + ["entry", "_hp_key"], sort=True, dropna=False)
+        .agg(_val=("_val", "mean"), _seeds=("seed", "nunique"))
+        .reset_index()
     )
     settings["_score"] = settings["_val"].fillna(-np.inf)
     settings["n_settings"] = settings.groupby(CELL + ["entry"])["_hp_key"].transform("size")
-    best = settings.loc[settings.groupby(CELL + ["entry"], sort=False)["_score"].idxmax()]
+    # The settings measured on the most seeds compete (a two-stage search ran only its selection on every
+    # seed); among them the best mean validation top-1 wins, the first in hp order on a tie.
+    ranked = settings.sort_values(["_seeds", "_score"], ascending=False, kind="stable")
+    best = ranked.groupby(CELL + ["entry"], sort=False).head(1)
     best = best.assign(
         selection=np.where(
             best["n_settings"] == 1,

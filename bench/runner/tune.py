@@ -178,7 +178,8 @@ class _RowWriter(tune.Callback):
         self.run_dir = run_dir
         self.run_id = run_id
         self.summary = summary
-        self.pending = pending
+        self.before = self._done()  # finished in this run before these trials (an earlier stage, failed datasets)
+        self.pending = self.before + pending
         self.started = time.monotonic()
         self.running = 0
         self.storage_error: OSError | None = None
@@ -231,9 +232,9 @@ class _RowWriter(tune.Callback):
         if row.get("node"):
             self.summary.nodes.add(row["node"])
         self.running = sum(1 for t in trials if t.status == "RUNNING")
-        done = self.summary.ok + self.summary.failed + self.summary.diverged + self.summary.stopped
+        done = self._done()
         elapsed = time.monotonic() - self.started
-        eta = elapsed / done * (self.pending - done) if done else float("nan")
+        eta = elapsed / (done - self.before) * (self.pending - done) if done > self.before else float("nan")
         label = (
             f"{row['backbone']}{'' if row.get('pretrained') in (True, None) else '(scratch)'} "
             f"{row['dataset']} freeze={row['freeze']} "
@@ -248,6 +249,9 @@ class _RowWriter(tune.Callback):
             f"{max(0, self.running - 1)} running, eta {_clock(eta)} | {label}: {outcome}",
             flush=True,
         )
+
+    def _done(self) -> int:
+        return self.summary.ok + self.summary.failed + self.summary.diverged + self.summary.stopped
 
 
 class _StopAll(tune.Stopper):
@@ -313,6 +317,26 @@ def _connect(address: str | None, num_cpus: int | None) -> dict[str, Any]:
     return {"address": address or "local", "nodes": len(nodes), "resources": ray.cluster_resources()}
 
 
+class _Cluster:
+    """Ray for this run, connected on first use (a run with nothing left to do never starts it)."""
+
+    def __init__(self, address: str | None, num_cpus: int | None, run_dir: Path) -> None:
+        self.address, self.num_cpus, self.run_dir = address, num_cpus, run_dir
+        self.connected = False
+
+    def connect(self) -> None:
+        if self.connected:
+            return
+        cluster = _connect(self.address, self.num_cpus)
+        runs.write_env(self.run_dir, cluster)
+        print(
+            f"bench: ray {cluster['address']}: {cluster['nodes']} node(s), "
+            f"{cluster['resources'].get('CPU', 0):g} CPU, {cluster['resources'].get('GPU', 0):g} GPU",
+            flush=True,
+        )
+        self.connected = True
+
+
 def run_suite(
     suite: Suite,
     *,
@@ -330,56 +354,77 @@ def run_suite(
             raise UserError(f"nothing to resume: no run of suite '{suite.name}' under '{out}'")
     else:
         run_dir = runs.create_run_dir(out, suite.name)
-    run_id = run_dir.name
     with runs.RunLock(run_dir):
         runs.write_suite(run_dir, suite.resolved)
         done_ids = _finished_ids(run_dir)
         cache = str(cache_dir or out / ".cache")
         trials = [_placed(t, cache) for t in suite.trials() if t.trial_id not in done_ids]
-        summary = RunSummary(run_dir=run_dir, total=suite.trial_count(), skipped=suite.trial_count() - len(trials))
+        total = suite.trial_count()
+        skipped = len(done_ids) if suite.two_stage else total - len(trials)
+        summary = RunSummary(run_dir=run_dir, total=total, skipped=skipped)
+        stages = " (two stages: the search on the first seed, then each cell's selection on the others)"
         print(
-            f"bench: suite '{suite.name}': {summary.total} trials, {summary.skipped} already done, "
-            f"{len(trials)} to run -> {run_dir}",
+            f"bench: suite '{suite.name}': {total} trials{stages if suite.two_stage else ''}, "
+            f"{summary.skipped} already done, {total - summary.skipped} to run -> {run_dir}",
             flush=True,
         )
-        if not trials:
-            return summary
         started = time.monotonic()
-        # The datasets decode in a thread while Ray starts and env.json is written (mostly waiting on Ray's
-        # processes and on imports): the three overlap instead of following one another. That thread imports
-        # torch before it decodes anything: decoders import libraries (scikit-learn -> scipy) that look at
-        # sys.modules["torch"] without importing it and fail on a half-imported one, which torch would be
-        # while the main thread imported it for env.json.
-        with ThreadPoolExecutor(1, thread_name_prefix="bench-decode") as pool:
-            pool.submit(importlib.import_module, "torch")  # one thread: done before the first decode starts
-            decoding = {key: pool.submit(_prepare, config, cache) for key, config in _dataset_configs(trials).items()}
-            try:
-                cluster = _connect(address, num_cpus)
-                runs.write_env(run_dir, cluster)
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # no cluster: the datasets still queued are not decoded
-                raise
-            print(
-                f"bench: ray {cluster['address']}: {cluster['nodes']} node(s), "
-                f"{cluster['resources'].get('CPU', 0):g} CPU, {cluster['resources'].get('GPU', 0):g} GPU",
-                flush=True,
-            )
-            refs, unavailable = _share_datasets(decoding)
-        failed_now = [t for t in trials if _dataset_key(t) in unavailable]
-        if failed_now:
-            write_rows(run_dir, [_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed_now], {})
-            summary.failed += len(failed_now)
-            for message in sorted(set(unavailable.values())):
-                print(
-                    f"bench: {message} -> {sum(1 for t in failed_now if unavailable[_dataset_key(t)] == message)}"
-                    " trial(s) failed",
-                    flush=True,
-                )
-        runnable = [t for t in trials if _dataset_key(t) not in unavailable]
-        if runnable:
-            _tune(suite, runnable, refs, run_dir, summary)
+        cluster = _Cluster(address, num_cpus, run_dir)
+        if trials:
+            _run_stage(suite, trials, run_dir, summary, cache, cluster, search=True)
+        if suite.two_stage:
+            confirm, unselected = suite.confirm_trials(_validation_top1(run_dir))
+            for config in unselected:
+                print(f"bench: no sample of {_label(config)} finished: its other seeds are not run", flush=True)
+            done_ids = _finished_ids(run_dir)
+            confirm = [_placed(t, cache) for t in confirm if t.trial_id not in done_ids]
+            if confirm:
+                print(f"bench: the selected settings on the other seeds: {len(confirm)} trials", flush=True)
+                _run_stage(suite, confirm, run_dir, summary, cache, cluster, search=False)
         summary.seconds = time.monotonic() - started
     return summary
+
+
+def _run_stage(
+    suite: Suite,
+    trials: list[TrialConfig],
+    run_dir: Path,
+    summary: RunSummary,
+    cache: str,
+    cluster: _Cluster,
+    *,
+    search: bool,
+) -> None:
+    """Run ``trials`` on the cluster: their datasets decoded and shared, each trial's row written as it ends.
+    ``search``: the trials are a search's samples, which the suite's scheduler may stop early."""
+    run_id = run_dir.name
+    # The datasets decode in a thread while Ray starts and env.json is written (mostly waiting on Ray's
+    # processes and on imports): the three overlap instead of following one another. That thread imports
+    # torch before it decodes anything: decoders import libraries (scikit-learn -> scipy) that look at
+    # sys.modules["torch"] without importing it and fail on a half-imported one, which torch would be
+    # while the main thread imported it for env.json.
+    with ThreadPoolExecutor(1, thread_name_prefix="bench-decode") as pool:
+        pool.submit(importlib.import_module, "torch")  # one thread: done before the first decode starts
+        decoding = {key: pool.submit(_prepare, config, cache) for key, config in _dataset_configs(trials).items()}
+        try:
+            cluster.connect()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # no cluster: the datasets still queued are not decoded
+            raise
+        refs, unavailable = _share_datasets(decoding)
+    failed_now = [t for t in trials if _dataset_key(t) in unavailable]
+    if failed_now:
+        write_rows(run_dir, [_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed_now], {})
+        summary.failed += len(failed_now)
+        for message in sorted(set(unavailable.values())):
+            print(
+                f"bench: {message} -> {sum(1 for t in failed_now if unavailable[_dataset_key(t)] == message)}"
+                " trial(s) failed",
+                flush=True,
+            )
+    runnable = [t for t in trials if _dataset_key(t) not in unavailable]
+    if runnable:
+        _tune(suite, runnable, refs, run_dir, summary, search=search)
 
 
 def _placed(config: TrialConfig, cache: str) -> TrialConfig:
@@ -394,6 +439,22 @@ def _finished_ids(run_dir: Path) -> set[str]:
         return set()
     table = results.read_table(path, required=("trial_id", "status"))
     return set(table.loc[table["status"] != "failed", "trial_id"])
+
+
+def _validation_top1(run_dir: Path) -> dict[str, float]:
+    """Validation top-1 of each trial that finished ``ok``: what a two-stage search selects on."""
+    path = run_dir / results.TRIALS_FILE
+    if not path.exists():
+        return {}
+    table = results.read_table(path, required=("trial_id", "status", "metric_val_top1"))
+    ok = table[table["status"] == "ok"]
+    return {trial_id: float(val) for trial_id, val in zip(ok["trial_id"], ok["metric_val_top1"]) if val == val}
+
+
+def _label(config: TrialConfig) -> str:
+    size = f"shots={config.shots}" if config.shots else f"frac={config.data_fraction}"
+    scratch = "" if config.pretrained else "(scratch)"
+    return f"{config.backbone}{scratch} {config.dataset} freeze={config.freeze} {size} seed={config.seed}"
 
 
 def _dataset_configs(trials: list[TrialConfig]) -> dict[str, TrialConfig]:
@@ -460,8 +521,10 @@ def _scheduler(suite: Suite) -> PerCellScheduler | None:
     return PerCellScheduler(make)
 
 
-def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path, summary: RunSummary) -> None:
-    scheduler = _scheduler(suite)
+def _tune(
+    suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path, summary: RunSummary, *, search: bool
+) -> None:
+    scheduler = _scheduler(suite) if search else None
     resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -473,7 +536,7 @@ def _tune(suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir
         ),
         resources,
     )
-    writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials) + summary.failed)
+    writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials))
     scratch = tempfile.mkdtemp(prefix="bench-tune-")
     tuner = tune.Tuner(
         trainable,

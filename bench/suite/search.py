@@ -5,6 +5,8 @@ A dimension is a list (every value, crossed with the other lists, as ``tune.grid
 (as Tune's ``num_samples``). ``by_strategy`` replaces dimensions for one strategy (``linear_probe``, ``full``,
 ``lp_ft``, ``partial``). Draws are a function of ``search.seed``, the strategy and the sample index alone, so two
 runs of a suite draw the same points, every cell of a strategy gets the same points, and resume recognises them.
+``protocol: two_stage`` searches on the grid's first seed only, then runs each cell's selected point (best
+validation top-1) on every other seed (VTAB's two stages), so seed intervals are at fixed hyperparameters.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class SchedulerSpec(Strict):
 
 class SearchSpec(Strict):
     samples: Annotated[int, Field(ge=1)] = 1
+    protocol: Literal["every_seed", "two_stage"] = "every_seed"
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     space: dict[str, Any]
     by_strategy: dict[Literal["linear_probe", "full", "lp_ft", "partial"], dict[str, Any]] = {}

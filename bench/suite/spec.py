@@ -232,6 +232,7 @@ class TrainSpec(_Strict):
     augment: Literal["none", "flip", "crop_flip"] = _DEFAULTS["augment"]
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = _DEFAULTS["val_fraction"]
     eval_every: Annotated[int, Field(ge=1)] = _DEFAULTS["eval_every"]
+    eval_every_steps: Annotated[int, Field(ge=1)] | None = None  # validate every k steps instead of epochs
     padded_depthwise_grad: bool = _DEFAULTS[
         "padded_depthwise_grad"
     ]  # false: PyTorch's own backward (bench.speedups.depthwise)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,33 +57,75 @@ class Suite:
     def analysis(self) -> AnalysisSpec:
         return self.spec.analysis
 
+    @property
+    def two_stage(self) -> bool:
+        """A search on the first seed, then the selected point of each cell on the other seeds."""
+        search = self.spec.search
+        return search is not None and search.protocol == "two_stage" and len(self.spec.grid.seed) > 1
+
     def trial_count(self) -> int:
         """The number of trials, by arithmetic: instant for any grid."""
         grid, search = self.spec.grid, self.spec.search
         per_freeze = sum(search.size(_freeze_key(f)[0]) if search else 1 for f in grid.freeze)
-        return per_freeze * math.prod(
+        cells = math.prod(
             [
                 len(self.spec.datasets),
                 len(self.spec.backbones),
                 len(grid.data_sizes()),
-                len(grid.seed),
                 len(grid.lr or [None]),
                 len(grid.weight_decay or [None]),
             ]
         )
+        if self.two_stage:
+            return cells * (per_freeze + len(grid.freeze) * (len(grid.seed) - 1))
+        return cells * per_freeze * len(grid.seed)
 
     def trials(self) -> list[TrialConfig]:
-        """The grid, expanded: datasets x backbones x freeze x data size x seed x lr x weight decay, then each
-        cell x the search's points for its strategy (``search:``)."""
+        """The trials known before any has run: the grid, expanded (datasets x backbones x freeze x data size x
+        seed x lr x weight decay), each cell crossed with the search's points for its strategy (``search:``).
+        With ``protocol: two_stage`` these are the search on the first seed; ``confirm_trials`` gives the rest."""
         search = self.spec.search
+        first_seed = self.spec.grid.seed[0]
         trials = []
         for config in self._iter_trials():
+            if self.two_stage and config.seed != first_seed:
+                continue
             points = search.points(config.strategy) if search else [{}]
-            for point in points:
-                if "lr" in point and config.strategy == "lp_ft" and self.spec.train.lr.linear_probe is None:
-                    point = {"probe_lr": point["lr"], **point}  # the probe phase follows lr, as without a search
-                trials.append(dataclasses.replace(config, **point))
+            trials.extend(self._at_point(config, point) for point in points)
         return trials
+
+    def confirm_trials(self, val_top1: Mapping[str, float]) -> tuple[list[TrialConfig], list[TrialConfig]]:
+        """A two-stage search's second stage: each cell's selected point on every other seed.
+
+        ``val_top1`` maps the ``trial_id`` of each search trial that finished ``ok`` to its validation top-1
+        (test metrics never select). A cell's point is the one with the best validation top-1, the earlier
+        point on a tie. Returns (trials to run, search trials of cells with no finished sample: nothing
+        to select, so their other seeds are not run)."""
+        if not self.two_stage:
+            return [], []
+        selected: dict[str, TrialConfig] = {}
+        unselected: dict[str, TrialConfig] = {}
+        for config in self.trials():
+            score = val_top1.get(config.trial_id)
+            best = selected.get(config.cell_id)
+            if score is not None and math.isfinite(score) and (best is None or score > val_top1[best.trial_id]):
+                selected[config.cell_id] = config
+            unselected.setdefault(config.cell_id, config)
+        first_seed = self.spec.grid.seed[0]
+        confirm = []
+        for config in self._iter_trials():
+            if config.seed == first_seed:
+                continue
+            chosen = selected.get(dataclasses.replace(config, seed=first_seed).cell_id)
+            if chosen is not None:
+                confirm.append(dataclasses.replace(chosen, seed=config.seed))
+        missing = [config for cell, config in unselected.items() if cell not in selected]
+        return confirm, missing
+
+    def _at_point(self, config: TrialConfig, point: dict[str, Any]) -> TrialConfig:
+        if "lr" in point and config.strategy == "lp_ft" and self.spec.train.lr.linear_probe is None:
+            point = {"probe_lr": point["lr"], **point}  # the probe phase follows lr, as without a search
+        return dataclasses.replace(config, **point)
 
     def _iter_trials(self) -> Iterator[TrialConfig]:
         spec, grid, train = self.spec, self.spec.grid, self.spec.train
@@ -128,6 +170,7 @@ class Suite:
                 augment=train.augment,
                 val_fraction=train.val_fraction,
                 eval_every=train.eval_every,
+                eval_every_steps=train.eval_every_steps,
                 padded_depthwise_grad=train.padded_depthwise_grad,
                 similarity=spec.analysis.similarity,
                 similarity_threshold=spec.analysis.similarity_threshold,

@@ -2,8 +2,9 @@
 
 ``fit`` trains a model for a phase's optimiser steps: timm's AdamW or SGD with no weight decay on biases and
 norm weights, linear warm-up then cosine decay per step, shuffled mini-batches whose order is a function of
-the seed alone, validation after every ``eval_every`` epochs and the last. A non-finite loss ends the phase
-(the trial is ``diverged``). ``evaluate`` gives top-1, macro-F1 and NLL in fp32 (bf16 autocast on CUDA).
+the seed alone, validation after every ``eval_every`` epochs (or ``eval_every_steps`` steps) and the last.
+A non-finite loss ends the phase (the trial is ``diverged``). ``evaluate`` gives top-1, macro-F1 and NLL in
+fp32 (bf16 autocast on CUDA).
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def fit(
     on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> FitOutcome:
     """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train``; validate
-    after every ``config.eval_every`` epochs and the last, on ``evaluator``'s folded twin where given, append
+    after every ``config.eval_every`` epochs and the last (or every ``config.eval_every_steps`` steps and the
+    last), on ``evaluator``'s folded twin where given, append
     the evaluation's row to ``log`` and hand ``log`` to ``on_evaluation`` (a scheduler may end the trial there)."""
     # timm's factory: no weight decay on biases and norm weights, frozen parameters left out.
     optimizer = create_optimizer_v2(
@@ -139,6 +141,27 @@ def fit(
     # CPU only: on CUDA the mode would route nothing, and it costs a Python call per op of each forward pass.
     kernels = depthwise.padded_weight_grad() if config.padded_depthwise_grad and device.type == "cpu" else None
     step, seconds, seen = 0, 0.0, 0
+    every_steps = config.eval_every_steps
+
+    def validate(epoch: int, losses: EpochLosses, elapsed: float) -> None:
+        current = evaluator.current() if evaluator else model
+        val_metrics = evaluate(current, val, prepare, device) if len(val) else {"top1": None, "nll": None}
+        set_train_mode(model, frozen)  # evaluation may end mid-epoch (eval_every_steps)
+        log.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "phase": phase.name,
+                "train_loss": losses.mean(),
+                "val_top1": val_metrics["top1"],
+                "val_nll": val_metrics["nll"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "elapsed_seconds": elapsed,
+            }
+        )
+        if on_evaluation is not None:
+            on_evaluation(log)
+
     for epoch in range(1, n_epochs + 1):
         set_train_mode(model, frozen)
         tic = time.perf_counter()
@@ -167,26 +190,15 @@ def fit(
             step += 1
             scheduler.step_update(step)
             seen += len(batch_idx)
+            if every_steps and (step % every_steps == 0 or step >= phase.steps):
+                elapsed = seconds + time.perf_counter() - tic
+                validate(epoch, losses, elapsed)
+                tic, seconds = time.perf_counter(), elapsed  # validation time is not training time
             if step >= phase.steps:
                 break
         seconds += time.perf_counter() - tic
-        if epoch % config.eval_every == 0 or epoch == n_epochs:
-            current = evaluator.current() if evaluator else model
-            val_metrics = evaluate(current, val, prepare, device) if len(val) else {"top1": None, "nll": None}
-            log.append(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "phase": phase.name,
-                    "train_loss": losses.mean(),
-                    "val_top1": val_metrics["top1"],
-                    "val_nll": val_metrics["nll"],
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "elapsed_seconds": seconds,
-                }
-            )
-            if on_evaluation is not None:
-                on_evaluation(log)
+        if not every_steps and (epoch % config.eval_every == 0 or epoch == n_epochs):
+            validate(epoch, losses, seconds)
     return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // max(1, step) if kernels else 0)
 
 

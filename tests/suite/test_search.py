@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -96,3 +97,46 @@ def test_a_bad_space_is_one_user_error(tmp_path: Path, space: str, message: str)
     path.write_text(SUITE.format(samples=2, seed=0).split("search:")[0] + f"search: {{space: {space}}}\n")
     with pytest.raises(UserError, match=message):
         load_suite(path)
+
+
+TWO_STAGE = """
+name: two
+backbones: [efficientnet_lite0]
+datasets: [digits, photo_patches]
+grid: {freeze: [linear_probe, full], data_fraction: [1.0], seed: [3, 1, 2]}
+train: {img_size: 32, epochs: 2, batch_size: 32}
+search:
+  protocol: two_stage
+  samples: 3
+  space: {lr: {loguniform: [1.0e-4, 1.0e-1]}}
+"""
+
+
+def test_a_two_stage_search_runs_each_cell_s_selection_on_the_other_seeds(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_STAGE)
+    suite = load_suite(path)
+    search = suite.trials()
+    assert {t.seed for t in search} == {3} and len(search) == 2 * 2 * 3  # the first seed: datasets x freeze x samples
+    # Validation picks; a cell with no finished sample (photo_patches, full) has nothing to select.
+    val = {
+        t.trial_id: 100.0 - t.lr * 100 if t.strategy == "full" else t.lr  # full: the smallest lr; probes: the largest
+        for t in search
+        if (t.dataset, t.strategy) != ("photo_patches", "full")
+    }
+    confirm, unselected = suite.confirm_trials(val)
+    assert [(t.dataset, t.strategy) for t in unselected] == [("photo_patches", "full")]
+    assert len(confirm) == 3 * 2 and {t.seed for t in confirm} == {1, 2}
+    for t in confirm:
+        searched = [s for s in search if s.dataset == t.dataset and s.strategy == t.strategy]
+        best = max(searched, key=lambda s: val[s.trial_id])
+        assert t.lr == best.lr and t.trial_id == dataclasses.replace(best, seed=t.seed).trial_id
+    assert suite.trial_count() == len(search) + 4 * 2  # cells x the other seeds
+    assert suite.confirm_trials({}) == ([], _first_per_cell(search))  # nothing finished: nothing to confirm
+
+
+def _first_per_cell(trials: list) -> list:
+    first: dict = {}
+    for t in trials:
+        first.setdefault(t.cell_id, t)
+    return list(first.values())

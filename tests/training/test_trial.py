@@ -243,6 +243,20 @@ def test_steps_budget_and_shots():
     assert result.epochs[-1]["step"] == steps
 
 
+def test_evaluations_every_k_steps_change_no_training_and_join_the_identity_only_when_set():
+    plain = dict(freeze=0.5, epochs=None, steps=7, data_fraction=0.3, batch_size=16, lr=1e-3)
+    every_epoch = _trial(**plain)
+    every_3, seen = _trial(**plain, eval_every_steps=3), []
+    assert [row["step"] for row in every_3.epochs] == [3, 6, 7]  # every 3 steps and after the last
+    assert every_epoch.epochs[-1]["val_top1"] == every_3.epochs[-1]["val_top1"]  # evaluating trains nothing
+    assert every_epoch.row["metric_top1"] == every_3.row["metric_top1"]
+    config = dataclasses.replace(BASE, **plain, eval_every_steps=3)
+    core.run_trial(config, on_evaluation=lambda log: seen.append(len(log)))
+    assert seen == [1, 2, 3]
+    assert "eval_every_steps" not in dataclasses.replace(BASE).identity()  # earlier runs keep their trial ids
+    assert dataclasses.replace(BASE, eval_every_steps=3).trial_id != BASE.trial_id
+
+
 def test_divergence_is_a_row_not_an_exception():
     result = _trial(freeze="full", lr=1e30, epochs=1, data_fraction=0.1, optimizer="sgd")
     assert result.row["status"] == "diverged"
