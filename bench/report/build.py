@@ -32,12 +32,14 @@ from bench.results.leaderboard import (
     display_overall,
     excluded_trials,
     leaderboard,
+    of_runs,
     overall_ranking,
     pct,
     prepare,
     regime_matrix,
     seed_stats,
     select_hparams,
+    tuned_runs,
 )
 from bench.results.schema import STATUSES
 from bench.results.store import RunData, load_runs
@@ -181,6 +183,37 @@ def _section_matrix(doc: Document, trials: pd.DataFrame, prepared: pd.DataFrame,
             + ", ".join(f"`{d}`" for d in sorted(unknown))
             + "."
         )
+    tuning = set(matrix.get("hyperparameters", pd.Series(dtype=object)).dropna()) - {""}
+    if "fixed_verdict" in matrix:
+        runs = tuned_runs(trials)
+        trials = of_runs(trials, runs)
+        changed = matrix[matrix["verdict_changed"] == True]  # noqa: E712 (None where not measured in both)
+        doc.para(
+            f"These runs hold both a hyperparameter search ({len(runs)} run(s)) and runs at fixed hyperparameters: "
+            "the matrix above is the search's, each strategy at its own validation-selected setting; the column "
+            "'at fixed hyperparameters' gives the fixed runs' verdict for the same regime cell. "
+            + (
+                f"Tuning changed {len(changed)} verdict(s): "
+                + "; ".join(
+                    f"{r.similarity_regime} similarity, {r.data_regime} data: {r.fixed_verdict} -> {r.verdict}"
+                    for r in changed.itertuples()
+                )
+                + "."
+                if len(changed)
+                else "Tuning changed no verdict."
+            )
+        )
+    elif tuning - {"fixed"}:
+        doc.para(
+            "Hyperparameters: 'tuned' verdicts compare each strategy at its own setting, selected on validation "
+            "top-1 among a search's samples in every cell (section 5 lists them); 'search cost' counts every "
+            "trial behind the regime cell, stopped samples included."
+        )
+    else:
+        doc.para(
+            "Hyperparameters: every verdict here compares strategies at the suite's fixed hyperparameters; a "
+            "strategy's result may depend on them (a `search:` block in the suite tunes each strategy instead)."
+        )
     regime_board = leaderboard(trials, by="regime", thresholds=thresholds)
     if not regime_board.empty:
         doc.heading("Ranking inside each regime cell", 3)
@@ -301,27 +334,28 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
     doc.table(display_overall(overall))
     doc.heading("Per dataset and data size", 3)
     doc.table(display_leaderboard(board))
-    if "train_seconds_mean" not in board:
+    if "compute_seconds" not in board:
         return
     largest = board[board["per_class"] == board.groupby("dataset")["per_class"].transform("max")].copy()
     if largest.empty:
         return
     largest["pareto"] = False
     for _, group in largest.groupby("dataset"):
-        ok = group["train_seconds_mean"].notna()
+        ok = group["compute_seconds"] > 0
         largest.loc[group[ok].index, "pareto"] = figs.pareto_front(
-            group.loc[ok, "train_seconds_mean"], group.loc[ok, "mean"]
+            group.loc[ok, "compute_seconds"], group.loc[ok, "mean"]
         )
     fig = figs.cost_figure(largest)
     if fig is not None:
         doc.figure(
             "cost",
             fig,
-            "Accuracy against cost: test top-1 against mean train time per trial (seconds, log scale) at "
-            "each dataset's largest data size; the dotted step line is the Pareto front (no other entry is "
-            "both faster and more accurate).",
+            "Accuracy against cost: test top-1 against the compute each entry's result took (training seconds of "
+            "every trial behind it: every seed, and every sample of its hyperparameter search, stopped ones "
+            "included; log scale) at each dataset's largest data size; the dotted step line is the Pareto front "
+            "(no other entry is both cheaper and more accurate).",
         )
-        front = largest[largest["pareto"]].sort_values(["dataset", "train_seconds_mean"])
+        front = largest[largest["pareto"]].sort_values(["dataset", "compute_seconds"])
         doc.table(
             pd.DataFrame(
                 {
@@ -329,10 +363,18 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
                     "data": front["data"],
                     "entry (Pareto-optimal)": front["entry"],
                     "top-1 % (95% CI)": [pct(m, h) for m, h in zip(front["mean"], front["ci95"])],
-                    "train s": front["train_seconds_mean"].map("{:.1f}".format),
+                    "trials": front["trials_run"].astype(int),
+                    "compute s": front["compute_seconds"].map("{:.1f}".format),
+                    "train s per trial": front["train_seconds_mean"].map("{:.1f}".format),
                 }
             )
         )
+    total = trials.assign(_s=pd.to_numeric(trials.get("train_seconds"), errors="coerce"))["_s"].sum()
+    stopped = int((trials["status"] == "stopped").sum())
+    doc.para(
+        f"Total compute of these runs: {total:.0f} training seconds over {len(trials)} trials"
+        + (f", {stopped} of them stopped early by the search's scheduler." if stopped else ".")
+    )
 
 
 # Estimates computed before training (bench.similarity.scores); `transferability` is LogME.

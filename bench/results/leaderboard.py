@@ -30,6 +30,7 @@ REGIME = ["similarity_regime", "data_regime"]
 SIMILARITY_REGIMES = ("high", "low")
 DATA_REGIMES = ("scarce", "limited", "sufficient")
 DECLARED_SIMILARITY = {"natural": "high", "specialized": "low", "structured": "low"}
+_SCHEDULE_COLUMNS = ("hp_total_steps",)  # derived from the data and the budget (unset on a stopped row): not a setting
 LOGIT_CLIP = 1e-3  # accuracies are clipped to [0.1%, 99.9%] before the logit, so 0% or 100% stay finite
 
 
@@ -314,7 +315,8 @@ def leaderboard(
     macro_f1_ci95, val_top1_mean, train_seconds_mean, selected (the chosen hp setting), for datasets the cost of
     the entry's search (``search_cost``: trials_run, trials_stopped, compute_seconds), and for regimes
     n_cells / datasets / cells_left_out (the cells averaged per seed before the statistics: those common to
-    every entry of the regime cell, see `_common_cells`).
+    every entry of the regime cell, see `_common_cells`), tuned_cells (those of them whose setting was
+    selected among several) and the search cost summed over them.
     """
     selected = select_hparams(prepare(df, thresholds), metric)
     if selected.empty:
@@ -353,6 +355,11 @@ def leaderboard(
             cells_left_out=("cells_left_out", "first"),
         )
         cover["n_cells"] = cells.groupby(REGIME + ["entry"]).size()
+        tuned = usable[usable["n_settings"] > 1][REGIME + ["entry", "dataset", "data"]].drop_duplicates()
+        cover["tuned_cells"] = tuned.groupby(REGIME + ["entry"]).size()
+        cover["tuned_cells"] = cover["tuned_cells"].fillna(0).astype(int)
+        cost = cells.merge(search_cost(df), on=CELL + ["entry"], how="left")
+        cover = cover.join(cost.groupby(REGIME + ["entry"])[["trials_run", "trials_stopped", "compute_seconds"]].sum())
         stats = stats.merge(cover.reset_index(), on=REGIME + ["entry"], how="left")
         ranked = rank_with_ties(stats, REGIME)
         order = {r: i for i, r in enumerate(SIMILARITY_REGIMES + DATA_REGIMES)}
@@ -424,6 +431,55 @@ def overall_ranking(
 def regime_matrix(
     df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresholds = DEFAULT_THRESHOLDS
 ) -> pd.DataFrame:
+    """The measured regime matrix (``measured_matrix``), stating for each cell whether its verdict was reached
+    with tuned or fixed hyperparameters. Where the rows hold both runs that searched or swept hyperparameters
+    and runs at fixed ones, the matrix is the tuned runs', and fixed_verdict / fixed_best_entry /
+    verdict_changed say what the fixed runs concluded and whether tuning changed the verdict."""
+    tuned = tuned_runs(df)
+    membership = run_membership(df)
+    if not tuned or all(set(runs) <= tuned for runs in membership):
+        return measured_matrix(df, metric, thresholds)
+    matrix = measured_matrix(of_runs(df, tuned), metric, thresholds)
+    fixed = measured_matrix(df[[bool(set(runs) - tuned) for runs in membership]], metric, thresholds)
+    matrix["fixed_verdict"] = fixed["verdict"].to_numpy()
+    matrix["fixed_best_entry"] = fixed.get("best_entry", pd.Series([None] * len(fixed))).to_numpy()
+    measured = (matrix["verdict"] != "not measured") & (matrix["fixed_verdict"] != "not measured")
+    matrix["verdict_changed"] = np.where(measured, matrix["verdict"] != matrix["fixed_verdict"], None)
+    return matrix
+
+
+def run_membership(df: pd.DataFrame) -> pd.Series:
+    """The runs each row belongs to, as a tuple: ``runs`` (``load_runs``: a trial present in several runs
+    belongs to each), else ``run_id``, else ``run_dir``; rows with none of them are one run named ""."""
+    if "runs" in df:
+        return df["runs"].map(lambda runs: tuple(runs) if isinstance(runs, (tuple, list)) and len(runs) else ("",))
+    for column in ("run_id", "run_dir"):
+        if column in df and df[column].notna().any():
+            return df[column].map(lambda run: ("" if pd.isna(run) else str(run),))
+    return pd.Series([("",)] * len(df), index=df.index, dtype=object)
+
+
+def of_runs(df: pd.DataFrame, runs: set[str]) -> pd.DataFrame:
+    """The rows that belong to one of ``runs`` (see ``run_membership``)."""
+    return df[[bool(set(member) & runs) for member in run_membership(df)]]
+
+
+def tuned_runs(df: pd.DataFrame) -> set[str]:
+    """The runs (see ``run_membership``) in which some (cell, entry, seed) ran more than one hyperparameter
+    setting: a search or a sweep."""
+    rows = _labelled(df[df["status"].isin(("ok", "stopped", "diverged"))].copy())
+    hp_cols = sorted(c for c in rows.columns if c.startswith("hp_") and c not in _SCHEDULE_COLUMNS)
+    if rows.empty or not hp_cols:
+        return set()
+    rows["_hp"] = rows[hp_cols].astype(object).map(str).agg("|".join, axis=1)
+    rows = rows.assign(_run=run_membership(rows)).explode("_run")
+    settings = rows.groupby(["_run", *CELL, "entry", "seed"], dropna=False)["_hp"].nunique()
+    return {run for (run, *_), n in settings.items() if n > 1}
+
+
+def measured_matrix(
+    df: pd.DataFrame, metric: str = METRIC, thresholds: DataThresholds = DEFAULT_THRESHOLDS
+) -> pd.DataFrame:
     """The measured 2x3 matrix beside the textbook one: one row per (similarity regime, data regime).
 
     best_*: the best entry of the cell; runner_up_*: the best entry of a different strategy (pretrained vs
@@ -435,7 +491,10 @@ def regime_matrix(
       is reliably better, as the textbook expects), "disagrees" when the best clearly beats the runner-up (a
       recipe exists here), "no clear winner" when one seed leaves no interval.
     A cell with no trial has verdict "not measured". similarity_source says whether the similarity regime was
-    measured or taken from the declared dataset group (natural = high, others = low).
+    measured or taken from the declared dataset group (natural = high, others = low). hyperparameters: "tuned"
+    where every cell of the best and the runner-up entries selected its setting among several on validation,
+    "fixed" where none did, "partly tuned" otherwise; trials_run / trials_stopped / compute_seconds: what every
+    entry of the regime cell cost, its search included.
     """
     board = leaderboard(df, by="regime", metric=metric, thresholds=thresholds)
     rows = []
@@ -470,10 +529,20 @@ def regime_matrix(
                 margin=np.nan if runner is None else best["mean"] - runner["mean"],
                 datasets=", ".join(sorted(set(", ".join(cell["datasets"]).split(", ")))),
                 similarity_source=", ".join(sorted(set(", ".join(cell["similarity_source"]).split(", ")) - {""})),
+                hyperparameters=_tuning(cell.iloc[[0]] if runner is None else cell.loc[[best.name, runner.name]]),
+                trials_run=int(cell["trials_run"].sum()),
+                trials_stopped=int(cell["trials_stopped"].sum()),
+                compute_seconds=float(cell["compute_seconds"].sum()),
             )
             row["verdict"], row["reason"] = _verdict(cell, key, advised)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _tuning(entries: pd.DataFrame) -> str:
+    if (entries["tuned_cells"] == entries["n_cells"]).all():
+        return "tuned"
+    return "fixed" if (entries["tuned_cells"] == 0).all() else "partly tuned"
 
 
 def _verdict(cell: pd.DataFrame, key: pd.Series, advised: set[str] | None) -> tuple[str, str]:
@@ -616,8 +685,22 @@ def display_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
                 "textbook": r["advice"],
                 "verdict": r["verdict"],
                 "why": r["reason"],
+                "hyperparameters": r.get("hyperparameters", "") if measured else "",
             }
         )
+        if "trials_run" in matrix and matrix["hyperparameters"].isin(("tuned", "partly tuned")).any():
+            out[-1]["search cost"] = (
+                f"{int(r['trials_run'])} trials ({int(r['trials_stopped'])} stopped), {r['compute_seconds']:.0f} s"
+                if measured
+                else ""
+            )
+        if "fixed_verdict" in matrix:
+            out[-1]["at fixed hyperparameters"] = (
+                r["fixed_verdict"]
+                if r["fixed_verdict"] == "not measured"
+                else f"{r['fixed_verdict']} ({r['fixed_best_entry']})"
+            )
+            out[-1]["verdict changed"] = {True: "yes", False: "no"}.get(r["verdict_changed"], "")
     return pd.DataFrame(out)
 
 

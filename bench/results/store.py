@@ -234,7 +234,8 @@ def read_table(path: Path, required: Sequence[str] = ()) -> pd.DataFrame:
 class RunData:
     """Everything `load_runs` found: merged tables plus one line per problem it stepped around.
 
-    `trials` has the contract columns (nulls where a file lacked one), any extra columns, and `run_dir`
+    `trials` has the contract columns (nulls where a file lacked one), any extra columns, `runs` (every run
+    folder holding the trial: a trial in several runs is one row, from the best of them) and `run_dir`
     (the folder the row was read from). `suites` / `envs` map a run folder (as a string) to its parsed
     suite.yaml / env.json; env.json's list of sessions becomes its first session plus `sessions` (all).
     """
@@ -326,6 +327,9 @@ def _merge_trials(trials: pd.DataFrame) -> pd.DataFrame:
     )
     ranked = order.sort_values(["ok", "finished"], ascending=[False, False], na_position="last", kind="stable")
     merged = trials.loc[ranked.index].drop_duplicates("trial_id", keep="first")
+    # Every run folder that holds the trial (a setting both a fixed run and a search ran is in both).
+    runs = trials.groupby("trial_id", sort=False)["run_dir"].agg(lambda dirs: tuple(dict.fromkeys(dirs)))
+    merged = merged.assign(runs=merged["trial_id"].map(runs))
     return merged.sort_index().reset_index(drop=True)
 
 

@@ -251,3 +251,25 @@ def test_a_searched_run_reports_its_selected_hyperparameters_and_sensitivity(tmp
     assert "| digits | 100% | efficientnet_lite0 / linear_probe | hp_lr=0.01 | 2 | 91 | 61 |" in section
     assert (html.parent / "figures" / "sensitivity.png").is_file()
     assert "3 stopped" in md.split("\n\n")[1]  # the overview counts the stopped samples
+
+
+def test_a_report_over_a_fixed_and_a_tuned_run_says_which_verdicts_tuning_changed(tmp_path: Path) -> None:
+    def rows(run_id: str, settings: dict[float, dict[str, float]]) -> list[dict]:
+        return [
+            make_row(run_id=run_id, dataset="pbc", dataset_group="specialized", n_train=2000, strategy=strategy,
+                     seed=seed, hp_lr=lr, metric_top1=top1 + seed, metric_val_top1=top1 + seed, train_seconds=4.0)
+            for lr, by_strategy in settings.items()
+            for strategy, top1 in by_strategy.items()
+            for seed in (0, 1, 2)
+        ]  # fmt: skip
+
+    fixed = write_run(tmp_path / "fixed", rows("fixed", {1e-3: {"linear_probe": 90.0, "full": 60.0}}))
+    tuned = rows("tuned", {1e-3: {"linear_probe": 90.0, "full": 60.0}, 1e-2: {"linear_probe": 85.0, "full": 97.0}})
+    html = write_report([fixed, write_run(tmp_path / "tuned", tuned)], tmp_path / "out")
+    md = (html.parent / "report.md").read_text()
+    matrix = md.split("## 1. The regime matrix, measured")[1].split("## 2.")[0]
+    assert "Tuning changed 1 verdict(s): low similarity, sufficient data: disagrees -> agrees." in matrix
+    assert "| low | sufficient | efficientnet_lite0 / full | 98.0 ± 2.5 |" in matrix
+    assert "| tuned | 12 trials (0 stopped), 48 s | disagrees (efficientnet_lite0 / linear_probe) | yes |" in matrix
+    cost = md.split("## 5. Backbone leaderboard and cost")[1].split("## 6.")[0]
+    assert "Total compute of these runs: 48 training seconds over 12 trials." in cost  # fixed's 6 trials: tuned's too

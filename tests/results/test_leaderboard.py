@@ -14,6 +14,7 @@ from bench.errors import UserError
 from bench.results.leaderboard import (
     DataThresholds,
     display_leaderboard,
+    display_matrix,
     excluded_trials,
     format_table,
     leaderboard,
@@ -23,6 +24,7 @@ from bench.results.leaderboard import (
     regime_matrix,
     run_summary,
     seed_stats,
+    tuned_runs,
 )
 
 T_975_DF2 = 4.302652729749464  # Student t, 97.5th percentile, 2 degrees of freedom (printed tables: 4.303)
@@ -292,3 +294,52 @@ def test_regime_cell_compares_entries_on_common_cells_only() -> None:
     assert board.loc["linear_probe", "cells_left_out"] == 1 and board.loc["full", "n_cells"] == 1
     row = regime_matrix(df).set_index(["similarity_regime", "data_regime"]).loc[("high", "sufficient")]
     assert row["verdict"] == "disagrees" and row["best_strategy"] == "full"
+
+
+def test_a_matrix_over_tuned_and_fixed_runs_states_both_verdicts_and_what_changed() -> None:
+    # Fixed run: full fine-tuning at an lr too small loses to the probe (disagrees with "fine-tune").
+    fixed = _regime_rows("sat", "structured", None, 150, {"linear_probe": [90.0, 91, 92], "full": [60.0, 61, 62]})
+    # Tuned run: two lr samples per cell; full at its selected lr (best validation) beats the probe.
+    tuned = []
+    for lr, probe, full in [(1e-3, [90.0, 91, 92], [60.0, 61, 62]), (1e-2, [80.0, 81, 82], [95.0, 96, 97])]:
+        for strategy, values in (("linear_probe", probe), ("full", full)):
+            tuned += seeds(
+                values,
+                dataset="sat",
+                dataset_group="structured",
+                n_train=1500,
+                n_classes=10,
+                strategy=strategy,
+                hp_lr=lr,
+                run_id="run-tuned",
+                train_seconds=5.0,
+            )
+    tuned.append(
+        make_row(
+            dataset="sat",
+            dataset_group="structured",
+            n_train=1500,
+            strategy="full",
+            hp_lr=1e-4,
+            run_id="run-tuned",
+            status="stopped",
+            metric_top1=None,
+            metric_val_top1=10.0,
+            train_seconds=1.0,
+        )
+    )
+    assert tuned_runs(frame(fixed, tuned)) == {"run-tuned"}
+    alone = regime_matrix(frame(tuned)).set_index(["similarity_regime", "data_regime"]).loc[("low", "sufficient")]
+    assert alone["verdict"] == "agrees" and alone["hyperparameters"] == "tuned" and "fixed_verdict" not in alone
+    assert (alone["trials_run"], alone["trials_stopped"], alone["compute_seconds"]) == (13, 1, 61.0)
+    both = regime_matrix(frame(fixed, tuned)).set_index(["similarity_regime", "data_regime"])
+    row = both.loc[("low", "sufficient")]
+    assert (row["verdict"], row["fixed_verdict"], row["verdict_changed"]) == ("agrees", "disagrees", True)
+    assert row["best_strategy"] == "full" and row["fixed_best_entry"].endswith("linear_probe")
+    assert both.loc[("high", "scarce"), "verdict_changed"] is None  # measured in neither
+    shown = display_matrix(both.reset_index()).set_index(["similarity", "data"]).loc[("low", "sufficient")]
+    assert shown["verdict changed"] == "yes" and shown["at fixed hyperparameters"].startswith("disagrees")
+    assert shown["search cost"] == "13 trials (1 stopped), 61 s"
+    fixed_only = regime_matrix(frame(fixed)).set_index(["similarity_regime", "data_regime"]).loc[("low", "sufficient")]
+    assert fixed_only["hyperparameters"] == "fixed"
+    assert "search cost" not in display_matrix(regime_matrix(frame(fixed))).columns
