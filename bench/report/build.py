@@ -89,7 +89,7 @@ def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS)
     """The report as a `Document` (its seven sections), ready to render."""
     trials = data.trials
     prepared = prepare(trials, thresholds)
-    selected = select_hparams(prepared)
+    selected = select_hparams(prepared, tried=trials)
     board = leaderboard(trials, by="dataset", thresholds=thresholds)
     doc = Document(TITLE)
     _overview(doc, data, prepared, thresholds)

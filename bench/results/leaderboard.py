@@ -184,35 +184,48 @@ def intervals_overlap(a_low: float, a_high: float, b_low: float, b_high: float) 
     return a_low <= b_high and b_low <= a_high
 
 
-def select_hparams(prepared: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
+def select_hparams(prepared: pd.DataFrame, metric: str = METRIC, tried: pd.DataFrame | None = None) -> pd.DataFrame:
     """Keep, per (cell, entry), the rows of the hyperparameter setting with the best mean validation top-1.
 
     A setting is one combination of the `hp_*` columns; validation top-1 is averaged over that setting's
     seeds, and only the settings measured on the most seeds compete (so an entry's interval comes from seeds
     at one setting: a two-stage search, or a sample stopped early on some seed). The test metric never takes
-    part. Adds `selected` ("hp_lr=0.001", or "" when nothing was swept),
-    `n_settings`, and `selection` ("val_top1", "single setting", or "no validation metric" when settings
-    differ but none has a validation score: then the first setting in hp order is kept and says so).
+    part. `tried`: every row of the runs (stopped samples included), so that a cell whose search ended with one
+    finished sample still counts its settings. Adds `selected` ("hp_lr=0.001", or "" when nothing was swept),
+    `n_settings` (settings tried), and `selection` ("val_top1", "single setting", or "no validation metric"
+    when settings differ but none has a validation score: then the first setting in hp order is kept).
     """
     if prepared.empty:
         return prepared.assign(selected=pd.Series(dtype=object), n_settings=0, selection=pd.Series(dtype=object))
+    group_keys = CELL + ["entry"]
     hp_cols = sorted(c for c in prepared.columns if c.startswith("hp_"))
     rows = prepared.copy()
-    hp_text = rows[hp_cols].astype(object).where(rows[hp_cols].notna(), "").astype(str)
-    rows["_hp_key"] = hp_text.agg(lambda column: column + "|").sum(axis=1) if hp_cols else ""
+    rows["_hp_key"] = _setting_key(rows, hp_cols)
     val = rows["metric_val_top1"] if "metric_val_top1" in rows else pd.Series(np.nan, index=rows.index)
     settings = (
         rows.assign(_val=val)
-        .groupby(CELL + ["entry", "_hp_key"], sort=True, dropna=False)
+        .groupby(group_keys + ["_hp_key"], sort=True, dropna=False)
         .agg(_val=("_val", "mean"), _seeds=("seed", "nunique"))
         .reset_index()
     )
     settings["_score"] = settings["_val"].fillna(-np.inf)
-    settings["n_settings"] = settings.groupby(CELL + ["entry"])["_hp_key"].transform("size")
     # The settings measured on the most seeds compete (a two-stage search ran only its selection on every
     # seed); among them the best mean validation top-1 wins, the first in hp order on a tie.
     ranked = settings.sort_values(["_seeds", "_score"], ascending=False, kind="stable")
-    best = ranked.groupby(CELL + ["entry"], sort=False).head(1)
+    best = ranked.groupby(group_keys, sort=False).head(1)
+
+    # What was tried: the finished settings, and with `tried` the stopped and diverged samples too.
+    label_cols = [c for c in hp_cols if c not in _SCHEDULE_COLUMNS]
+    attempts = rows
+    if tried is not None and not tried.empty:
+        attempts = _labelled(tried[tried["status"].isin(("ok", "stopped", "diverged"))].copy())
+        attempts = attempts[[c for c in group_keys + label_cols if c in attempts]].reindex(
+            columns=group_keys + label_cols
+        )
+    attempts = attempts.assign(_label_key=_setting_key(attempts, label_cols))
+    n_settings = attempts.groupby(group_keys, dropna=False)["_label_key"].nunique().rename("n_settings")
+    best = best.merge(n_settings.reset_index(), on=group_keys, how="left")
+    best["n_settings"] = best["n_settings"].fillna(1).clip(lower=1).astype(int)
     best = best.assign(
         selection=np.where(
             best["n_settings"] == 1,
@@ -220,14 +233,17 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame
             np.where(np.isfinite(best["_score"]), "val_top1", "no validation metric"),
         )
     )
-    group_keys = CELL + ["entry"]
-    if hp_cols:
+    if label_cols:
         # Label the chosen setting by the hp columns that vary inside its (cell, entry): "hp_lr=0.001".
-        n_values = hp_text.groupby([rows[k] for k in group_keys], sort=False).nunique().add_prefix("_n_")
-        values = rows[group_keys + ["_hp_key"] + hp_cols].drop_duplicates(group_keys + ["_hp_key"])
+        text = attempts[label_cols].astype(object).where(attempts[label_cols].notna(), "").astype(str)
+        n_values = text.groupby([attempts[k] for k in group_keys], sort=False).nunique().add_prefix("_n_")
+        values = rows[group_keys + ["_hp_key"] + label_cols].drop_duplicates(group_keys + ["_hp_key"])
         labelled = best[group_keys + ["_hp_key"]].merge(values, on=group_keys + ["_hp_key"], how="left")
         labelled = labelled.merge(n_values.reset_index(), on=group_keys, how="left")
-        parts = [np.where(labelled[f"_n_{c}"] > 1, [f"{c}={_fmt_value(v)}" for v in labelled[c]], "") for c in hp_cols]
+        parts = [
+            np.where(labelled[f"_n_{c}"].fillna(1) > 1, [f"{c}={_fmt_value(v)}" for v in labelled[c]], "")
+            for c in label_cols
+        ]
         best["selected"] = [", ".join(p for p in row if p) for row in zip(*parts)]
     else:
         best["selected"] = ""
@@ -235,6 +251,14 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame
         best[group_keys + ["_hp_key", "n_settings", "selection", "selected"]], on=group_keys + ["_hp_key"]
     )
     return chosen.drop(columns="_hp_key").reset_index(drop=True)
+
+
+def _setting_key(rows: pd.DataFrame, hp_cols: list[str]) -> pd.Series:
+    """One string per row naming its combination of ``hp_cols`` (missing values included)."""
+    if not hp_cols:
+        return pd.Series("", index=rows.index)
+    text = rows[hp_cols].astype(object).where(rows[hp_cols].notna(), "").astype(str)
+    return text.agg("|".join, axis=1)
 
 
 def _fmt_value(value: object) -> str:
@@ -318,7 +342,7 @@ def leaderboard(
     every entry of the regime cell, see `_common_cells`), tuned_cells (those of them whose setting was
     selected among several) and the search cost summed over them.
     """
-    selected = select_hparams(prepare(df, thresholds), metric)
+    selected = select_hparams(prepare(df, thresholds), metric, tried=df)
     if selected.empty:
         return pd.DataFrame()
     if by == "dataset":

@@ -248,7 +248,7 @@ def test_a_searched_run_reports_its_selected_hyperparameters_and_sensitivity(tmp
     html = write_report([write_run(tmp_path / "run", rows)], tmp_path / "out")
     md = (html.parent / "report.md").read_text()
     section = md.split("### Hyperparameters: selected on validation, and sensitivity")[1]
-    assert "| digits | 100% | efficientnet_lite0 / linear_probe | hp_lr=0.01 | 2 | 91 | 61 |" in section
+    assert "| digits | 100% | efficientnet_lite0 / linear_probe | hp_lr=0.01 | 3 | 91 | 61 |" in section  # 3 tried
     assert (html.parent / "figures" / "sensitivity.png").is_file()
     assert "3 stopped" in md.split("\n\n")[1]  # the overview counts the stopped samples
 

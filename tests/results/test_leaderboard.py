@@ -340,6 +340,12 @@ def test_a_matrix_over_tuned_and_fixed_runs_states_both_verdicts_and_what_change
     shown = display_matrix(both.reset_index()).set_index(["similarity", "data"]).loc[("low", "sufficient")]
     assert shown["verdict changed"] == "yes" and shown["at fixed hyperparameters"].startswith("disagrees")
     assert shown["search cost"] == "13 trials (1 stopped), 61 s"
+    # A search that ended with one finished sample (the others stopped) still tuned its cell.
+    one_left = [r for r in tuned if not (r["strategy"] == "full" and r["hp_lr"] == 1e-3)]
+    board = leaderboard(frame(one_left)).set_index("strategy")
+    assert board.loc["full", "n_settings"] == 2 and board.loc["full", "selected"] == "hp_lr=0.01"
+    matrix = regime_matrix(frame(one_left)).set_index(["similarity_regime", "data_regime"])
+    assert matrix.loc[("low", "sufficient"), "hyperparameters"] == "tuned"
     fixed_only = regime_matrix(frame(fixed)).set_index(["similarity_regime", "data_regime"]).loc[("low", "sufficient")]
     assert fixed_only["hyperparameters"] == "fixed"
     assert "search cost" not in display_matrix(regime_matrix(frame(fixed))).columns
