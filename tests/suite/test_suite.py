@@ -62,8 +62,8 @@ def test_smoke_suite_is_designs_example() -> None:
     suite = load_suite(REPO / "suites" / "smoke.yaml")
     assert "bench run suites/smoke.yaml" in (REPO / "suites" / "smoke.yaml").read_text().splitlines()[1]
     assert suite.name == "smoke"
-    # 2 datasets x 2 backbones x 3 freeze x 2 data fractions x 1 seed
-    assert suite.trial_count() == 24
+    # 2 datasets x 2 backbones x 3 freeze x 2 data fractions x 3 seeds
+    assert suite.trial_count() == 72
     assert {(t.backbone, t.pretrained) for t in suite.trials()} == {
         ("efficientnet_lite0", True),
         ("efficientnet_lite0", False),
