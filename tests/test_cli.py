@@ -240,21 +240,33 @@ def test_a_sample_of_the_corpus_through_genuine_processes_answers_the_same(tmp_p
 
 
 def _count_from_yaml(path: Path) -> int:
-    """The trial count by DESIGN.md's arithmetic, read with plain yaml: an oracle independent of bench.suite.spec."""
+    """The trial count by design.md's arithmetic, read with plain yaml: an oracle independent of bench.suite.spec."""
     data = yaml.safe_load(path.read_text())
     grid = data["grid"]
     sizes = len(grid.get("data_fraction") or []) + len(grid.get("shots") or [])
-    return math.prod(
+    seeds = len(grid.get("seed") or [0])
+    cells = math.prod(
         [
             len(data["datasets"]),
             len(data["backbones"]),
-            len(grid["freeze"]),
             sizes,
-            len(grid.get("seed") or [0]),
             len(grid.get("lr") or [None]),
             len(grid.get("weight_decay") or [None]),
         ]
     )
+    search = data.get("search")
+    if search is None:
+        return cells * len(grid["freeze"]) * seeds
+    points = 0
+    for freeze in grid["freeze"]:
+        strategy = {"linear_probe": "linear_probe", 1: "linear_probe", "full": "full", 0: "full"}.get(freeze, freeze)
+        strategy = strategy if strategy in ("linear_probe", "full", "lp_ft") else "partial"
+        space = {**search["space"], **search.get("by_strategy", {}).get(strategy, {})}
+        assert all(isinstance(values, list) for values in space.values()), "the oracle counts grids only"
+        points += math.prod(len(values) for values in space.values())
+    if search.get("protocol") == "two_stage" and seeds > 1:
+        return cells * (points + len(grid["freeze"]) * (seeds - 1))
+    return cells * points * seeds
 
 
 @pytest.mark.slow

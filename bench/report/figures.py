@@ -22,6 +22,13 @@ PANEL_W, PANEL_H = 3.4, 2.7
 MAX_COLS = 4
 
 
+def short_name(dataset: str) -> str:
+    """A panel title for a dataset: ``imagefolder:/data/pbc_blood_cells?group=specialized`` -> ``pbc_blood_cells``."""
+    if ":" not in dataset:
+        return dataset
+    return dataset.split(":", 1)[1].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or dataset
+
+
 def strategy_order(strategies: list[str]) -> list[str]:
     """linear_probe, freeze 0.75, ..., full, lp_ft, others: from most to least frozen."""
 
@@ -133,7 +140,7 @@ def learning_curves_figure(board: pd.DataFrame) -> Figure | None:
                 label=f"{strategy}{'' if pretrained else ' (scratch)'}",
             )
         _log_x(ax)
-        ax.set_title(f"{dataset} · {backbone}", fontsize=9)
+        ax.set_title(f"{short_name(dataset)} · {backbone}", fontsize=9)
         ax.set_xlabel("training images per class (log scale)")
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
@@ -166,7 +173,7 @@ def pretraining_gain_figure(gains: pd.DataFrame) -> Figure | None:
             )
         ax.axhline(0, color="#444444", linewidth=0.8)
         _log_x(ax)
-        ax.set_title(f"{dataset} · {backbone}", fontsize=9)
+        ax.set_title(f"{short_name(dataset)} · {backbone}", fontsize=9)
         ax.set_xlabel("training images per class (log scale)")
         ax.set_ylabel("pretrained − scratch top-1 (points)")
         ax.grid(alpha=0.3)
@@ -199,7 +206,7 @@ def freeze_profile_figure(profile: pd.DataFrame) -> Figure | None:
                 label=size,
             )
         ax.set_xlim(-0.05, 1.05)
-        ax.set_title(f"{dataset} · {backbone}", fontsize=9)
+        ax.set_title(f"{short_name(dataset)} · {backbone}", fontsize=9)
         ax.set_xlabel("frozen share of backbone (0 = full FT, 1 = probe)")
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
@@ -262,8 +269,8 @@ def cost_figure(cost: pd.DataFrame) -> Figure | None:
                 textcoords="offset points",
             )
         _log_x(ax)
-        ax.set_title(f"{dataset} ({panel['data'].iloc[0]} of the training data)", fontsize=9)
-        ax.set_xlabel("compute, search and seeds included (s, log scale)")
+        ax.set_title(f"{short_name(dataset)} ({panel['data'].iloc[0]} of the data)", fontsize=9)
+        ax.set_xlabel("compute, search included (s, log)")
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
     _legend(fig, axes)
@@ -341,7 +348,7 @@ def sensitivity_figure(points: pd.DataFrame) -> Figure | None:
                 label=f"{strategy} (test)",
             )
         ax.set_xscale("log")
-        ax.set_title(dataset, fontsize=9)
+        ax.set_title(short_name(dataset), fontsize=9)
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("top-1 (%)")
     _legend(fig, axes)

@@ -1,7 +1,8 @@
 """Ray Tune runs a suite: the only module that imports Ray.
 
 ``run_suite`` expands a suite into trial configs, prepares each dataset once and shares it through Ray's object
-store, and hands the trials to ``tune.Tuner`` as a grid (in ``schedule_order``). Each worker calls the core,
+store, and hands the trials to ``tune.Tuner`` as a grid (in ``schedule_order``); a two-stage search runs two
+such grids, the search and then each cell's selection on the other seeds. Each worker calls the core,
 ``bench.training.trial.run_trial``, and reports its row back; the driver writes every row as it arrives, atomically,
 into the run folder's Parquet tables, so workers never need to see the run folder. A ``UserError`` or a timeout
 (``tune.trial_timeout_s``) becomes a ``failed`` row at once; any other exception is retried up to
