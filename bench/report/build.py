@@ -369,7 +369,8 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
                 }
             )
         )
-    total = trials.assign(_s=pd.to_numeric(trials.get("train_seconds"), errors="coerce"))["_s"].sum()
+    seconds = trials["train_seconds"] if "train_seconds" in trials else pd.Series(dtype=float)
+    total = pd.to_numeric(seconds, errors="coerce").sum()
     stopped = int((trials["status"] == "stopped").sum())
     doc.para(
         f"Total compute of these runs: {total:.0f} training seconds over {len(trials)} trials"
