@@ -235,7 +235,7 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC, tried: pd.DataF
     )
     if label_cols:
         # Label the chosen setting by the hp columns that vary inside its (cell, entry): "hp_lr=0.001".
-        text = attempts[label_cols].astype(object).where(attempts[label_cols].notna(), "").astype(str)
+        text = _hp_text(attempts, label_cols)
         n_values = text.groupby([attempts[k] for k in group_keys], sort=False).nunique().add_prefix("_n_")
         values = rows[group_keys + ["_hp_key"] + label_cols].drop_duplicates(group_keys + ["_hp_key"])
         labelled = best[group_keys + ["_hp_key"]].merge(values, on=group_keys + ["_hp_key"], how="left")
@@ -253,12 +253,16 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC, tried: pd.DataF
     return chosen.drop(columns="_hp_key").reset_index(drop=True)
 
 
+def _hp_text(rows: pd.DataFrame, hp_cols: list[str]) -> pd.DataFrame:
+    """``rows[hp_cols]`` as text, a missing value as ""."""
+    return rows[hp_cols].astype(object).where(rows[hp_cols].notna(), "").astype(str)
+
+
 def _setting_key(rows: pd.DataFrame, hp_cols: list[str]) -> pd.Series:
     """One string per row naming its combination of ``hp_cols`` (missing values included)."""
     if not hp_cols:
         return pd.Series("", index=rows.index)
-    text = rows[hp_cols].astype(object).where(rows[hp_cols].notna(), "").astype(str)
-    return text.agg("|".join, axis=1)
+    return _hp_text(rows, hp_cols).agg("|".join, axis=1)
 
 
 def _fmt_value(value: object) -> str:
@@ -460,11 +464,11 @@ def regime_matrix(
     and runs at fixed ones, the matrix is the tuned runs', and fixed_verdict / fixed_best_entry /
     verdict_changed say what the fixed runs concluded and whether tuning changed the verdict."""
     tuned = tuned_runs(df)
-    membership = run_membership(df)
-    if not tuned or all(set(runs) <= tuned for runs in membership):
+    fixed_runs = set().union(*run_membership(df)) - tuned
+    if not tuned or not fixed_runs:
         return measured_matrix(df, metric, thresholds)
     matrix = measured_matrix(of_runs(df, tuned), metric, thresholds)
-    fixed = measured_matrix(df[[bool(set(runs) - tuned) for runs in membership]], metric, thresholds)
+    fixed = measured_matrix(of_runs(df, fixed_runs), metric, thresholds)
     matrix["fixed_verdict"] = fixed["verdict"].to_numpy()
     matrix["fixed_best_entry"] = fixed.get("best_entry", pd.Series([None] * len(fixed))).to_numpy()
     measured = (matrix["verdict"] != "not measured") & (matrix["fixed_verdict"] != "not measured")
@@ -495,7 +499,7 @@ def tuned_runs(df: pd.DataFrame) -> set[str]:
     hp_cols = sorted(c for c in rows.columns if c.startswith("hp_") and c not in _SCHEDULE_COLUMNS)
     if rows.empty or not hp_cols:
         return set()
-    rows["_hp"] = rows[hp_cols].astype(object).map(str).agg("|".join, axis=1)
+    rows["_hp"] = _setting_key(rows, hp_cols)
     rows = rows.assign(_run=run_membership(rows)).explode("_run")
     settings = rows.groupby(["_run", *CELL, "entry", "seed"], dropna=False)["_hp"].nunique()
     return {run for (run, *_), n in settings.items() if n > 1}
@@ -672,10 +676,14 @@ def display_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
     )
     if searched and "trials_run" in board:  # a sweep or a search: show what it cost
         out["search cost"] = [
-            f"{int(n)} trials ({int(k)} stopped), {t:.0f} s"
+            _cost_text(n, k, t)
             for n, k, t in zip(board["trials_run"], board["trials_stopped"], board["compute_seconds"])
         ]
     return out
+
+
+def _cost_text(trials: float, stopped: float, seconds: float) -> str:
+    return f"{int(trials)} trials ({int(stopped)} stopped), {seconds:.0f} s"
 
 
 def display_overall(overall: pd.DataFrame) -> pd.DataFrame:
@@ -714,9 +722,7 @@ def display_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
         )
         if "trials_run" in matrix and matrix["hyperparameters"].isin(("tuned", "partly tuned")).any():
             out[-1]["search cost"] = (
-                f"{int(r['trials_run'])} trials ({int(r['trials_stopped'])} stopped), {r['compute_seconds']:.0f} s"
-                if measured
-                else ""
+                _cost_text(r["trials_run"], r["trials_stopped"], r["compute_seconds"]) if measured else ""
             )
         if "fixed_verdict" in matrix:
             out[-1]["at fixed hyperparameters"] = (

@@ -236,12 +236,7 @@ class _RowWriter(tune.Callback):
         done = self._done()
         elapsed = time.monotonic() - self.started
         eta = elapsed / (done - self.before) * (self.pending - done) if done > self.before else float("nan")
-        label = (
-            f"{row['backbone']}{'' if row.get('pretrained') in (True, None) else '(scratch)'} "
-            f"{row['dataset']} freeze={row['freeze']} "
-            f"{'shots=' + str(row['shots']) if row.get('shots') else 'frac=' + str(row['data_fraction'])} "
-            f"seed={row['seed']}"
-        )
+        label = _label(row)
         outcome = f"top1={row['metric_top1']:.1f}" if row.get("metric_top1") is not None else status.upper()
         if status == "stopped" and row.get("metric_val_top1") is not None:
             outcome += f" (val_top1={row['metric_val_top1']:.1f})"
@@ -357,7 +352,7 @@ def run_suite(
         run_dir = runs.create_run_dir(out, suite.name)
     with runs.RunLock(run_dir):
         runs.write_suite(run_dir, suite.resolved)
-        done_ids = _finished_ids(run_dir)
+        done_ids, _ = _finished(run_dir)
         cache = str(cache_dir or out / ".cache")
         trials = [_placed(t, cache) for t in suite.trials() if t.trial_id not in done_ids]
         total = suite.trial_count()
@@ -374,10 +369,11 @@ def run_suite(
         if trials:
             _run_stage(suite, trials, run_dir, summary, cache, cluster, search=True)
         if suite.two_stage:
-            confirm, unselected = suite.confirm_trials(_validation_top1(run_dir))
+            done_ids, val_top1 = _finished(run_dir)
+            confirm, unselected = suite.confirm_trials(val_top1)
             for config in unselected:
-                print(f"bench: no sample of {_label(config)} finished: its other seeds are not run", flush=True)
-            done_ids = _finished_ids(run_dir)
+                label = _label(config.to_dict())
+                print(f"bench: no sample of {label} finished: its other seeds are not run", flush=True)
             confirm = [_placed(t, cache) for t in confirm if t.trial_id not in done_ids]
             if confirm:
                 print(f"bench: the selected settings on the other seeds: {len(confirm)} trials", flush=True)
@@ -434,28 +430,24 @@ def _placed(config: TrialConfig, cache: str) -> TrialConfig:
     return TrialConfig.from_dict(values)
 
 
-def _finished_ids(run_dir: Path) -> set[str]:
+def _finished(run_dir: Path) -> tuple[set[str], dict[str, float]]:
+    """From the run folder's rows: the trials not to run again (every status but failed), and the validation
+    top-1 of each trial that finished ``ok`` (what a two-stage search selects on)."""
     path = run_dir / results.TRIALS_FILE
     if not path.exists():
-        return set()
+        return set(), {}
     table = results.read_table(path, required=("trial_id", "status"))
-    return set(table.loc[table["status"] != "failed", "trial_id"])
-
-
-def _validation_top1(run_dir: Path) -> dict[str, float]:
-    """Validation top-1 of each trial that finished ``ok``: what a two-stage search selects on."""
-    path = run_dir / results.TRIALS_FILE
-    if not path.exists():
-        return {}
-    table = results.read_table(path, required=("trial_id", "status", "metric_val_top1"))
     ok = table[table["status"] == "ok"]
-    return {trial_id: float(val) for trial_id, val in zip(ok["trial_id"], ok["metric_val_top1"]) if val == val}
+    val = ok.get("metric_val_top1", [])
+    top1 = {trial_id: float(v) for trial_id, v in zip(ok["trial_id"], val) if v is not None and v == v}
+    return set(table.loc[table["status"] != "failed", "trial_id"]), top1
 
 
-def _label(config: TrialConfig) -> str:
-    size = f"shots={config.shots}" if config.shots else f"frac={config.data_fraction}"
-    scratch = "" if config.pretrained else "(scratch)"
-    return f"{config.backbone}{scratch} {config.dataset} freeze={config.freeze} {size} seed={config.seed}"
+def _label(trial: dict[str, Any]) -> str:
+    """A trial's cell in one line, from its config (``to_dict``) or its row."""
+    scratch = "" if trial.get("pretrained") in (True, None) else "(scratch)"
+    size = f"shots={trial['shots']}" if trial.get("shots") else f"frac={trial['data_fraction']}"
+    return f"{trial['backbone']}{scratch} {trial['dataset']} freeze={trial['freeze']} {size} seed={trial['seed']}"
 
 
 def _dataset_configs(trials: list[TrialConfig]) -> dict[str, TrialConfig]:
