@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.errors import StorageError, UserError
+from bench.shipped import default_suite
 
-EMBEDDED_DEFAULT = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
+# The shipped suites/smoke.yaml: package data, found in a checkout, an editable install and a wheel (bench.shipped).
+EMBEDDED_DEFAULT = default_suite()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -29,13 +31,14 @@ def _run(args: argparse.Namespace) -> int:
     with PeakMemory() as peak:
         summary = tune.run_suite(
             suite,
-            out=Path(args.out),
+            out=args.out,  # a folder or a URI (s3://bucket/prefix): run_suite tells them apart
             address=args.address,
             resume=args.resume,
             num_cpus=args.num_cpus,
             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            trackers=args.tracker,
         )
-    _print_leaderboard(summary.run_dir)
+    _print_leaderboard(summary.location or str(summary.run_dir))
     stopped = f"{summary.stopped} stopped early, " if summary.stopped else ""
     print(
         f"bench: {summary.ok} ok, {summary.diverged} diverged, {summary.failed} failed, {stopped}"
@@ -43,17 +46,23 @@ def _run(args: argparse.Namespace) -> int:
     )
     if peak.peak_bytes:
         print(f"bench: peak memory on this machine: {peak.gib:.2f} GiB (PSS of bench and the processes it started)")
-    print(f"bench: run folder: {summary.run_dir}")
+    print(f"bench: run folder: {summary.location or summary.run_dir}")
     return summary.exit_code
 
 
-def _print_leaderboard(run_dir: Path) -> None:
-    from bench.results import leaderboard
+def _print_leaderboard(run_dir: str) -> None:
+    from bench.results import leaderboard, remote
     from bench.results import store as results
 
-    if not (run_dir / results.TRIALS_FILE).exists():
+    if remote.is_uri(run_dir):  # read back from the store: what a reader of the run sees
+        try:
+            data = results.load_runs([run_dir])
+        except UserError:  # no row uploaded (every trial already done elsewhere, or none finished)
+            return
+    elif not (Path(run_dir) / results.TRIALS_FILE).exists():
         return
-    data = results.load_runs([run_dir])
+    else:
+        data = results.load_runs([run_dir])
     print(leaderboard.run_summary(data.trials))
 
 
@@ -91,7 +100,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    if args.what == "backbones":
+    if args.what == "suites":
+        from fnmatch import fnmatch
+
+        from bench.shipped import shipped_suites
+
+        for suite in shipped_suites():
+            if fnmatch(suite.name, args.pattern):
+                print(f"{suite.name:24s} {suite.path}\n{'':24s} {suite.description}")
+    elif args.what == "backbones":
         from bench.models.registry import list_backbones
 
         for row in list_backbones(args.pattern, all_timm=args.all):
@@ -107,13 +124,31 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's own, but the text is read only when asked for (bench.versions)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from bench.versions import version_text
+
+        print(version_text())  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Transfer-learning benchmarks on Ray Tune.")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print bench's version and those of torch, torchvision, timm, Ray"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a suite on a local Ray or an existing cluster")
     run.add_argument("suite", nargs="?", default=str(EMBEDDED_DEFAULT), help="suite file (default: smoke.yaml)")
-    run.add_argument("--out", default="results", help="output folder (default: results/)")
+    run.add_argument(
+        "--out", default="results", help="output folder or URI, e.g. s3://bucket/prefix (default: results/)"
+    )
     run.add_argument("--smoke", action="store_true", help="merge the suite's smoke: block over it")
     run.add_argument(
         "--address",
@@ -122,7 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", action="store_true", help="finish the newest run of this suite under --out")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    run.add_argument("--cache-dir", default=None, help="prepared datasets and features (default: OUT/.cache)")
+    run.add_argument(
+        "--cache-dir",
+        default=None,
+        help="prepared datasets and features (default: OUT/.cache; ./.bench_cache for a URI --out)",
+    )
+    run.add_argument(
+        "--tracker",
+        action="append",
+        choices=("mlflow", "wandb", "tensorboard"),
+        default=[],
+        help="mirror the trials to an experiment tracker (repeatable; settings: the suite's tracking: block)",
+    )
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check a suite file and print its trial count")
@@ -151,11 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write report/report.html, report.md and figures")
     report.add_argument("run_dirs", nargs="+")
-    report.add_argument("--out", default=None, help="report folder (default: <first run>/report)")
+    report.add_argument(
+        "--out", default=None, help="report folder (default: <first run>/report; ./bench-report for a URI)"
+    )
     report.set_defaults(handler=_report)
 
-    listing = commands.add_parser("list", help="what the registries hold")
-    listing.add_argument("what", choices=("backbones", "datasets"))
+    listing = commands.add_parser("list", help="what the registries hold, and the suites bench ships")
+    listing.add_argument("what", choices=("backbones", "datasets", "suites"))
     listing.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'timm:resnet*'")
     listing.add_argument("--all", action="store_true", help="every timm/torchvision model, not only cached ones")
     listing.set_defaults(handler=_list)

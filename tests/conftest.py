@@ -6,11 +6,15 @@ Test modules import these as ``from conftest import ...`` (pytest puts this fold
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +238,32 @@ def write_run(run_dir: Path, rows: list[dict[str, Any]], suite: dict | None = No
                 ],
             )
     return run_dir
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def processes_naming(text: str) -> list[int]:
+    """The processes (but this one) whose command line holds ``text``, from /proc: how a test finds the
+    processes of a Ray it started, to end those and only those (``ray stop`` ends every Ray on the machine)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def kill_processes_naming(text: str, timeout_s: float = 30) -> None:
+    """SIGKILL every process :func:`processes_naming` finds, and wait until none is left."""
+    for pid in processes_naming(text):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while processes_naming(text) and time.monotonic() < deadline:
+        time.sleep(0.2)

@@ -23,6 +23,7 @@ import bench
 from bench.errors import UserError
 from bench.report import figures as figs
 from bench.report.render import Document, save_figures, to_html, to_markdown
+from bench.results import remote
 from bench.results.leaderboard import (
     CELL,
     DEFAULT_THRESHOLDS,
@@ -59,7 +60,8 @@ def write_report(
 ) -> Path:
     """Load the runs, write `<out_dir>/report.html`, `report.md` and `figures/*.png`; return report.html.
 
-    `out_dir` defaults to `<first run dir>/report`. Earlier figures in that folder are replaced.
+    `out_dir` defaults to `<first run dir>/report`, or `./bench-report` when the first run is a URI (s3://...: the
+    report is written locally). Earlier figures in that folder are replaced.
     """
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
@@ -68,7 +70,10 @@ def write_report(
     data = load_runs(run_dirs)
     for problem in data.problems:  # also listed in the report's section 7
         print(f"warning: {problem}", file=sys.stderr)
-    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
+    if out_dir is not None:
+        out = Path(out_dir)
+    else:
+        out = Path("bench-report") if remote.is_uri(run_dirs[0]) else Path(run_dirs[0]) / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

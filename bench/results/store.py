@@ -17,6 +17,7 @@ import fcntl
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ import yaml
 
 from bench.config import STRATEGY_DEPTH
 from bench.errors import UserError
+from bench.results import remote
 from bench.results.schema import (
     EPOCH_COLUMNS,
     ESSENTIAL_EPOCH_COLUMNS,
@@ -240,7 +242,7 @@ class RunData:
     suite.yaml / env.json; env.json's list of sessions becomes its first session plus `sessions` (all).
     """
 
-    run_dirs: list[Path]
+    run_dirs: list[Path | str]  # a run read from a URI is named by its URI (a string)
     trials: pd.DataFrame
     epochs: pd.DataFrame
     suites: dict[str, dict] = field(default_factory=dict)
@@ -259,8 +261,12 @@ def find_run_dirs(path: Path) -> list[Path]:
     return sorted(d for d in found if not any(parent in found for parent in d.parents))
 
 
-def load_runs(paths: Sequence[str | Path]) -> RunData:
+def load_runs(paths: Sequence[str | Path] | str | Path) -> RunData:
     """Load and merge run folders (or folders of run folders) into one RunData.
+
+    A path may be a URI (``s3://bucket/prefix``, any ``pyarrow.fs`` URI; ``bench.results.remote``): its run
+    folders' files are copied to a temporary folder and read from there; they are named by their URIs in
+    ``run_dirs``, the ``run_dir`` column, ``suites``, ``envs`` and ``problems``.
 
     The same trial (same `trial_id`) in several runs counts once: an "ok" row wins over a failed one, and
     among equals the one that finished last. Unreadable files, missing columns and empty runs become lines
@@ -268,9 +274,22 @@ def load_runs(paths: Sequence[str | Path]) -> RunData:
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as scratch:
+        return _load_runs(paths, Path(scratch))
+
+
+def _load_runs(paths: Sequence[str | Path], scratch: Path) -> RunData:
     run_dirs: list[Path] = []
     problems: list[str] = []
-    for raw in paths:
+    names: dict[Path, str] = {}  # local copy -> URI of a remote run folder
+    for index, raw in enumerate(paths):
+        if remote.is_uri(raw):
+            copies = remote.download_runs(str(raw), scratch / str(index))
+            if not copies:
+                problems.append(f"{raw}: no run folder found (no {TRIALS_FILE} under it)")
+            names.update({local: uri for uri, local in copies})
+            run_dirs.extend(local for _, local in copies if local not in run_dirs)
+            continue
         path = Path(raw)
         if not path.exists():
             raise UserError(f"{path}: no such run folder")
@@ -286,7 +305,7 @@ def load_runs(paths: Sequence[str | Path]) -> RunData:
     suites: dict[str, dict] = {}
     envs: dict[str, dict] = {}
     for run_dir in run_dirs:
-        key = str(run_dir)
+        key = names.get(run_dir, str(run_dir))
         suites[key] = _read_mapping(run_dir / "suite.yaml", problems)
         envs[key] = _read_mapping(run_dir / "env.json", problems)
         trials = _read_run_table(run_dir / TRIALS_FILE, TRIAL_TYPES, ESSENTIAL_TRIAL_COLUMNS, problems)
@@ -301,6 +320,8 @@ def load_runs(paths: Sequence[str | Path]) -> RunData:
         if epochs is not None and not epochs.empty:
             epoch_frames.append(epochs)
 
+    for local, uri in sorted(names.items(), key=lambda item: -len(str(item[0]))):  # name objects, not copies
+        problems = [problem.replace(str(local), uri) for problem in problems]
     if not trial_frames:
         detail = f"; {problems[0]}" if problems else ""
         raise UserError(f"no readable trial rows in {', '.join(str(p) for p in paths)}{detail}")
@@ -315,7 +336,7 @@ def load_runs(paths: Sequence[str | Path]) -> RunData:
         epochs = epochs.reset_index(drop=True)
     else:
         epochs = pd.DataFrame({name: pd.Series(dtype=object) for name in EPOCH_COLUMNS})
-    return RunData(run_dirs, trials, epochs, suites, envs, problems)
+    return RunData([names.get(d, d) for d in run_dirs], trials, epochs, suites, envs, problems)
 
 
 def _merge_trials(trials: pd.DataFrame) -> pd.DataFrame:

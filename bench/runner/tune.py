@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -39,8 +40,10 @@ from bench.errors import StorageError, UserError
 from bench.results import store as results
 from bench.results.schema import trial_row, utc_now
 from bench.runner import run_dir as runs
+from bench.runner import tracking
 from bench.runner.schedulers import PerCellScheduler, scheduler_factory
 from bench.suite import Suite
+from bench.suite.spec import TrackingSpec
 from bench.utils import memory
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class RunSummary:
     stopped: int = 0  # ended early by the search's scheduler
     seconds: float = 0.0
     nodes: set[str] = field(default_factory=set)
+    location: str = ""  # the run folder as the user names it: a path, or a URI (run_dir is then its staging copy)
 
     @property
     def exit_code(self) -> int:
@@ -133,15 +137,25 @@ def _trainable(
 
 def _evaluation_report(epochs: list[dict[str, Any]], *, started_at: str, final: bool) -> dict[str, Any]:
     """What a trial reports to Tune: its validation top-1 after ``evaluation`` evaluations (the schedulers'
-    metric and time), and its evaluation rows so far (a stopped trial's row is built from them)."""
-    last = epochs[-1]["val_top1"] if epochs else None
+    metric and time), the optimiser step and the latest curve values (what trackers plot), and its evaluation
+    rows so far (a stopped trial's row is built from them)."""
+    last = epochs[-1] if epochs else {}
+    val_top1 = last.get("val_top1")
     return {
         "final": final,
         "evaluation": len(epochs),
-        "val_top1": float("nan") if last is None else float(last),
+        "val_top1": float("nan") if val_top1 is None else float(val_top1),
+        "step": _global_step(epochs),
+        "curve": {key: last.get(key) for key in tracking.CURVE},  # what trackers plot
         "started_at": started_at,
         "epochs_json": json.dumps(epochs, default=str),
     }
+
+
+def _global_step(epochs: list[dict[str, Any]]) -> int:
+    """Optimiser steps so far over every phase (an LP-FT trial counts its steps per phase)."""
+    last_per_phase = {row["phase"]: row["step"] for row in epochs}
+    return int(sum(step for step in last_per_phase.values() if step is not None))
 
 
 def _stopped_row(config: TrialConfig, run_id: str, result: dict[str, Any]) -> tuple[dict[str, Any], list]:
@@ -268,6 +282,8 @@ def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list
     for trial_id in written:
         if epochs.get(trial_id):
             results.replace_epochs(run_dir / results.EPOCHS_FILE, trial_id, epochs[trial_id])
+    if written:  # a URI --out: each table as one object, the curves first (a row seen has its curve)
+        runs.sync(run_dir, results.EPOCHS_FILE, results.TRIALS_FILE)
 
 
 def _failed_row(config: TrialConfig, run_id: str, error: str) -> dict[str, Any]:
@@ -304,13 +320,42 @@ def _connect(address: str | None, num_cpus: int | None) -> dict[str, Any]:
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
         if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            _reachable(address)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, ValueError) as error:  # e.g. a token the cluster refuses
+                raise UserError(f"cannot join the Ray cluster at {address}: {_first_line(error)}") from None
+        else:  # a Ray of this run's own: never one that another program left on the machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     # Tune's end-of-run analysis looks for per-trial CSV/JSON logs we deliberately do not write.
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return {"address": address or "local", "nodes": len(nodes), "resources": ray.cluster_resources()}
+
+
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """The cluster's address answers on TCP within ``timeout_s``, or one line naming it (Ray itself would
+    retry for minutes). ``auto`` is the cluster ``ray start`` recorded on this machine."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    target = address.removeprefix("ray://")
+    try:
+        resolved = target if address.startswith("ray://") else canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as error:
+        raise UserError(f"cannot find the Ray cluster '{address}': {_first_line(error)}") from None
+    host, _, port = (resolved or "").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} ({resolved}): {getattr(error, 'strerror', None) or error}; "
+            "is its head node up (ray start --head)? Without --address and RAY_ADDRESS bench starts a local Ray"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 class _Cluster:
@@ -336,38 +381,36 @@ class _Cluster:
 def run_suite(
     suite: Suite,
     *,
-    out: Path,
+    out: Path | str,
     address: str | None = None,
     resume: bool = False,
     num_cpus: int | None = None,
     cache_dir: Path | None = None,
+    trackers: list[str] | None = None,
 ) -> RunSummary:
-    """Run every trial of ``suite`` that has no ``ok`` row yet; return the counts."""
-    out = Path(out)
-    if resume:
-        run_dir = runs.latest_run(out, suite.name)
-        if run_dir is None:
-            raise UserError(f"nothing to resume: no run of suite '{suite.name}' under '{out}'")
-    else:
-        run_dir = runs.create_run_dir(out, suite.name)
-    with runs.RunLock(run_dir):
+    """Run every trial of ``suite`` that has no ``ok`` row yet; return the counts. ``trackers``: tracker names
+    added to the suite's ``tracking:`` block (``--tracker``)."""
+    tracking_spec = tracking.with_trackers(suite.spec.tracking, trackers or [])
+    tracking.check_installed(tracking_spec)
+    with runs.open_run(out, suite.name, resume=resume) as opened:  # a URI: a staging folder uploaded as it changes
+        run_dir = opened.path
         runs.write_suite(run_dir, suite.resolved)
         done_ids, _ = _finished(run_dir)
-        cache = str(cache_dir or out / ".cache")
+        cache = str(cache_dir or opened.cache)
         trials = [_placed(t, cache) for t in suite.trials() if t.trial_id not in done_ids]
         total = suite.trial_count()
         skipped = len(done_ids) if suite.two_stage else total - len(trials)
-        summary = RunSummary(run_dir=run_dir, total=total, skipped=skipped)
+        summary = RunSummary(run_dir=run_dir, total=total, skipped=skipped, location=opened.location)
         stages = " (two stages: the search on the first seed, then each cell's selection on the others)"
         print(
             f"bench: suite '{suite.name}': {total} trials{stages if suite.two_stage else ''}, "
-            f"{summary.skipped} already done, {total - summary.skipped} to run -> {run_dir}",
+            f"{summary.skipped} already done, {total - summary.skipped} to run -> {opened.location}",
             flush=True,
         )
         started = time.monotonic()
         cluster = _Cluster(address, num_cpus, run_dir)
         if trials:
-            _run_stage(suite, trials, run_dir, summary, cache, cluster, search=True)
+            _run_stage(suite, trials, run_dir, summary, cache, cluster, tracking_spec, search=True)
         if suite.two_stage:
             done_ids, val_top1 = _finished(run_dir)
             confirm, unselected = suite.confirm_trials(val_top1)
@@ -377,7 +420,7 @@ def run_suite(
             confirm = [_placed(t, cache) for t in confirm if t.trial_id not in done_ids]
             if confirm:
                 print(f"bench: the selected settings on the other seeds: {len(confirm)} trials", flush=True)
-                _run_stage(suite, confirm, run_dir, summary, cache, cluster, search=False)
+                _run_stage(suite, confirm, run_dir, summary, cache, cluster, tracking_spec, search=False)
         summary.seconds = time.monotonic() - started
     return summary
 
@@ -389,6 +432,7 @@ def _run_stage(
     summary: RunSummary,
     cache: str,
     cluster: _Cluster,
+    tracking_spec: TrackingSpec,
     *,
     search: bool,
 ) -> None:
@@ -421,7 +465,7 @@ def _run_stage(
             )
     runnable = [t for t in trials if _dataset_key(t) not in unavailable]
     if runnable:
-        _tune(suite, runnable, refs, run_dir, summary, search=search)
+        _tune(suite, runnable, refs, run_dir, summary, tracking_spec, search=search)
 
 
 def _placed(config: TrialConfig, cache: str) -> TrialConfig:
@@ -515,9 +559,18 @@ def _scheduler(suite: Suite) -> PerCellScheduler | None:
 
 
 def _tune(
-    suite: Suite, trials: list[TrialConfig], refs: dict[str, Any], run_dir: Path, summary: RunSummary, *, search: bool
+    suite: Suite,
+    trials: list[TrialConfig],
+    refs: dict[str, Any],
+    run_dir: Path,
+    summary: RunSummary,
+    tracking_spec: TrackingSpec,
+    *,
+    search: bool,
 ) -> None:
     scheduler = _scheduler(suite) if search else None
+    context = tracking.Context(suite=suite.name, run_id=run_dir.name, run_dir=run_dir, label=_label)
+    trackers = tracking.callbacks(tracking_spec, context)
     resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -525,7 +578,7 @@ def _tune(
             datasets=refs,
             run_id=run_dir.name,
             timeout_s=suite.tune.trial_timeout_s,
-            report_evaluations=scheduler is not None,
+            report_evaluations=scheduler is not None or bool(trackers),  # trackers plot each evaluation
         ),
         resources,
     )
@@ -546,7 +599,7 @@ def _tune(
             name="tune",
             storage_path=scratch,
             verbose=0,
-            callbacks=[writer],
+            callbacks=[writer, *trackers],  # the row first: a tracker never delays or loses it
             stop=_StopAll(writer),
             failure_config=tune.FailureConfig(max_failures=suite.tune.max_failures),
         ),
@@ -567,5 +620,5 @@ def _tune(
         where = error.filename or run_dir
         raise StorageError(
             f"cannot write {where}: {error.strerror or error}; the {summary.ok + summary.diverged + summary.stopped} "
-            "trial(s) finished before it are kept; free space, then bench run --resume"
+            "trial(s) finished before it are kept; free space (or fix the store's access), then bench run --resume"
         )

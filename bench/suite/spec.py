@@ -292,6 +292,43 @@ class AnalysisSpec(_Strict):
     data_regimes: DataRegimesSpec = DataRegimesSpec()
 
 
+class MLflowSpec(_Strict):
+    """Ray Tune's MLflow callback: ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI`` (MLflow's own default
+    without it), ``experiment_name`` to the suite's name."""
+
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+
+
+class WandbSpec(_Strict):
+    """Ray Tune's W&B callback: ``project`` defaults to the suite's name, ``mode`` to ``WANDB_MODE`` (W&B's
+    own default without it); ``dir`` holds the local run folders (default: the run folder)."""
+
+    project: str | None = None
+    group: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+    dir: str | None = None
+
+
+class TensorBoardSpec(_Strict):
+    """Ray Tune's TensorBoard callback: one event folder per trial under ``log_dir`` (default: the run
+    folder's ``tensorboard/``)."""
+
+    log_dir: str | None = None
+
+
+class TrackingSpec(_Strict):
+    """Experiment trackers that mirror the trials (the Parquet tables stay the record). Not part of a run's
+    identity: ``--resume`` may add or drop trackers."""
+
+    mlflow: MLflowSpec | None = None
+    wandb: WandbSpec | None = None
+    tensorboard: TensorBoardSpec | None = None
+
+    def names(self) -> list[str]:
+        return [name for name in ("mlflow", "wandb", "tensorboard") if getattr(self, name) is not None]
+
+
 class SuiteSpec(_Strict):
     """A whole suite file, without its `smoke` block (that is merged in before this is validated)."""
 
@@ -304,6 +341,7 @@ class SuiteSpec(_Strict):
     tune: TuneSpec = TuneSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     search: SearchSpec | None = None
+    tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("backbones")
     @classmethod

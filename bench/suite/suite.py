@@ -210,7 +210,8 @@ def load_suite(path: str | Path, *, smoke: bool = False) -> Suite:
     elif smoke:
         raise UserError(f"{label}: smoke: expected a smoke block for --smoke, got a suite without one")
 
-    resolved = spec.model_dump(mode="json", exclude_none=True)
+    # Trackers mirror results and change none: they stay out of the saved suite, which --resume compares.
+    resolved = spec.model_dump(mode="json", exclude_none=True, exclude={"tracking"})
     if smoke_block is not None and not smoke:
         resolved["smoke"] = smoke_block
     return Suite(path=path, spec=spec, resolved=resolved)

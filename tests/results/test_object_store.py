@@ -1,0 +1,285 @@
+"""Run folders in object storage: `bench run --out s3://...`, resume, the lease lock, and reading URIs back.
+
+A real S3 server on 127.0.0.1 (moto's `ThreadedMotoServer`, with request signing checked: a wrong secret is
+refused as by AWS), started once for this module. `bench` gets its credentials and endpoint the way a user gives
+them: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` in the environment, or the URI's query
+(`?endpoint_override=127.0.0.1:PORT&scheme=http`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from conftest import bench, bench_env, require, write_suite
+
+from bench.errors import UserError
+from bench.results import remote
+from bench.results.store import EPOCHS_FILE, TRIALS_FILE, load_runs
+
+BUCKET = "bench-results"
+REGION = "us-east-1"
+
+
+@dataclass
+class S3:
+    port: int
+    key: str
+    secret: str
+    iam: object  # a boto3 IAM client allowed everything: makes and revokes users' keys
+
+    def new_user(self, name: str) -> tuple[str, str]:
+        """A user allowed every S3 action; its access key and secret."""
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        self.iam.create_user(UserName=name)
+        self.iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = self.iam.create_access_key(UserName=name)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """A `bench` process's environment with this server's credentials and endpoint, as a user sets them."""
+        env = bench_env(drop=("AWS_PROFILE", "AWS_SESSION_TOKEN"))
+        env.update(
+            AWS_ACCESS_KEY_ID=self.key,
+            AWS_SECRET_ACCESS_KEY=self.secret,
+            AWS_ENDPOINT_URL=self.endpoint,
+            AWS_REGION=REGION,
+            AWS_DEFAULT_REGION=REGION,
+        )
+        env.update(overrides)
+        return env
+
+    def fs(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(
+            access_key=self.key, secret_key=self.secret, endpoint_override=f"127.0.0.1:{self.port}", scheme="http"
+        )
+
+    def objects(self, prefix: str = "") -> dict[str, int]:
+        """Every object under ``BUCKET/prefix``: key -> size."""
+        infos = self.fs().get_file_info(
+            pafs.FileSelector(f"{BUCKET}/{prefix}".rstrip("/"), recursive=True, allow_not_found=True)
+        )
+        return {i.path: i.size for i in infos if i.type == pafs.FileType.File}
+
+    def read(self, key: str) -> pd.DataFrame:
+        with self.fs().open_input_file(f"{BUCKET}/{key}") as handle:
+            return pq.read_table(handle).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    try:
+        import boto3
+        import moto.settings
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        boto3 = None
+    require(boto3 is not None, "moto[server] and boto3 are not installed (pip install -e '.[dev]')")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    admin = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "aws_access_key_id": "admin",
+        "aws_secret_access_key": "admin",
+        "region_name": REGION,
+    }
+    boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
+    iam = boto3.client("iam", **admin)
+    iam.create_user(UserName="admin")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=json.dumps(policy))
+    root = iam.create_access_key(UserName="admin")["AccessKey"]
+    admin.update(aws_access_key_id=root["AccessKeyId"], aws_secret_access_key=root["SecretAccessKey"])
+    server_s3 = S3(port, "", "", boto3.client("iam", **admin))
+    checked = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request is signed and checked
+    try:
+        server_s3.key, server_s3.secret = server_s3.new_user("bench")
+        yield server_s3
+    finally:
+        moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = checked
+        server.stop()
+
+
+@pytest.fixture
+def user_env(s3: S3, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """This process's environment as the user's (for `load_runs` called in-process)."""
+    for name, value in s3.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    return s3
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: error: "), done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fast: the lock, and bad input before anything runs
+
+
+def test_the_lease_lock_refuses_a_second_writer_and_ignores_an_expired_lease(user_env: S3):
+    run = remote.resolve(f"s3://{BUCKET}/locks/tiny/20000101T000000Z")
+    with remote.LeaseLock(run, lease_s=30):
+        with pytest.raises(UserError, match="in use by another bench run"):
+            remote.LeaseLock(run, lease_s=30).__enter__()
+        assert len(user_env.objects("locks")) == 1  # the refused writer took its lock object away again
+    assert user_env.objects("locks") == {}  # released
+    with remote.LeaseLock(run, lease_s=2):  # a writer that dies without releasing: its object stays
+        pass
+    dead = remote.LeaseLock(run, lease_s=2)
+    dead._put()
+    with pytest.raises(UserError, match="in use"):
+        remote.LeaseLock(run, lease_s=2).__enter__()
+    time.sleep(3.5)  # the dead writer's lease runs out (the store's clock has whole seconds)
+    with remote.LeaseLock(run, lease_s=2) as lock:
+        assert list(user_env.objects("locks")) == [lock.object.path]  # the expired object was cleared away
+
+
+def test_missing_bucket_and_wrong_credentials_are_one_line_exit_2_and_nothing_is_lost(s3: S3, tmp_path):
+    suite = write_suite(tmp_path, freeze="[linear_probe]", sizes="data_fraction: [0.05]", seeds="[0]")
+    before = s3.objects()
+    missing = bench("run", suite, "--out", "s3://no-such-bucket/results", cwd=tmp_path, env=s3.env(), timeout=120)
+    assert missing.returncode == 2
+    assert "bucket 'no-such-bucket' does not exist" in one_line_error(missing)
+    wrong = bench(
+        "run", suite, "--out", f"s3://{BUCKET}/results", cwd=tmp_path, env=s3.env(AWS_SECRET_ACCESS_KEY="wrong")
+    )
+    assert wrong.returncode == 2
+    assert "ACCESS_DENIED" in one_line_error(wrong) and "check the credentials" in wrong.stderr
+    unknown = bench("run", suite, "--out", f"s3://{BUCKET}/results?bogus=1", cwd=tmp_path, env=s3.env())
+    assert unknown.returncode == 2 and "bogus" in one_line_error(unknown)
+    refused = bench("leaderboard", f"s3://{BUCKET}/results", env=s3.env(AWS_SECRET_ACCESS_KEY="wrong"))
+    assert refused.returncode == 2 and "ACCESS_DENIED" in one_line_error(refused)
+    assert s3.objects() == before  # nothing written, nothing removed
+    assert not (tmp_path / ".bench_cache").exists()  # nothing ran
+
+
+# ---------------------------------------------------------------------------------------------------------
+# slow: bench run on Ray into the store
+
+
+@pytest.mark.slow
+def test_run_into_s3_then_load_runs_leaderboard_and_report_read_it_back(user_env: S3, tmp_path):
+    s3 = user_env
+    suite = write_suite(tmp_path, freeze="[linear_probe]", seeds="[0, 1]")  # 4 trials
+    done = bench("run", suite, "--out", f"s3://{BUCKET}/run", "--num-cpus", "2", cwd=tmp_path, env=s3.env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    objects = s3.objects("run")
+    (trials_key,) = [k for k in objects if k.endswith(TRIALS_FILE)]
+    run_uri = "s3://" + trials_key.rsplit("/", 1)[0]
+    assert f"run folder: {run_uri}" in done.stdout and "| digits |" in done.stdout  # the leaderboard, read back
+    assert {k.rsplit("/", 1)[1] for k in objects} == {TRIALS_FILE, EPOCHS_FILE, "suite.yaml", "env.json"}  # no lock
+    assert (tmp_path / ".bench_cache").is_dir()  # the caches stay local
+
+    table = s3.read(trials_key.removeprefix(f"{BUCKET}/"))
+    assert len(table) == 4 and set(table["status"]) == {"ok"} and table["trial_id"].is_unique
+
+    data = load_runs(f"s3://{BUCKET}/run")
+    assert data.run_dirs == [run_uri] and set(data.trials["run_dir"]) == {run_uri}
+    assert sorted(data.trials["trial_id"]) == sorted(table["trial_id"]) and not data.problems
+    assert set(data.epochs["trial_id"]) == set(table["trial_id"]) and data.suites[run_uri]["name"] == "tiny"
+
+    # The endpoint in the URI's query instead of AWS_ENDPOINT_URL.
+    query = f"?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+    board = bench("leaderboard", f"s3://{BUCKET}/run{query}", env=s3.env(AWS_ENDPOINT_URL="http://127.0.0.1:9"))
+    assert board.returncode == 0 and "| digits |" in board.stdout, board.stderr[-2000:]
+    report = bench("report", f"s3://{BUCKET}/run", cwd=tmp_path, env=s3.env())
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "bench-report" / "report.html").read_text()
+    assert run_uri in html and "efficientnet_lite0" in html
+
+
+@pytest.mark.slow
+def test_second_run_refused_then_kill_minus_nine_and_resume_keeps_every_uploaded_row(s3: S3, tmp_path):
+    suite = write_suite(tmp_path, concurrent=1, steps=6)  # 8 trials, one at a time
+    out = f"s3://{BUCKET}/killed"
+    env = s3.env(BENCH_LOCK_LEASE_S="6")  # a dead driver's lock is ignored after 6 s (default 60 s)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as handle:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", out, "--num-cpus", "1"],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(k.endswith(TRIALS_FILE) for k in s3.objects("killed")):
+            assert driver.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        refused = bench("run", suite, "--out", out, "--resume", "--num-cpus", "1", cwd=tmp_path, env=env)
+        assert refused.returncode == 2 and "in use by another bench run" in one_line_error(refused)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # the local Ray the driver started
+    (trials_key,) = [k.removeprefix(f"{BUCKET}/") for k in s3.objects("killed") if k.endswith(TRIALS_FILE)]
+    before = s3.read(trials_key)
+    assert 1 <= len(before) < 8, log.read_text()[-2000:]
+    ok_before = before[before["status"] == "ok"].set_index("trial_id").sort_index()
+
+    time.sleep(7)  # the killed driver's lease runs out
+    resumed = bench("run", suite, "--out", out, "--resume", "--num-cpus", "2", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{len(before)} already done" in resumed.stdout
+    after = s3.read(trials_key)
+    assert len(after) == 8 and after["trial_id"].is_unique and set(after["status"]) == {"ok"}
+    kept = after.set_index("trial_id").loc[ok_before.index].sort_index()
+    pd.testing.assert_frame_equal(kept, ok_before)  # no ok row rewritten: same finished_at, same metrics
+    assert not [k for k in s3.objects("killed") if "/.leases/" in k]  # the stale lock was cleared, ours released
+
+
+@pytest.mark.slow
+def test_credentials_revoked_mid_run_stop_it_with_exit_3_keeping_the_uploaded_rows(s3: S3, tmp_path):
+    key, secret = s3.new_user("revoked")
+    suite = write_suite(tmp_path, concurrent=1, steps=6)  # 8 trials, one at a time
+    env = s3.env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", f"s3://{BUCKET}/revoked", "--num-cpus", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(k.endswith(TRIALS_FILE) for k in s3.objects("revoked")):
+        assert driver.poll() is None, driver.communicate()
+        time.sleep(0.5)
+    (trials_key,) = [k.removeprefix(f"{BUCKET}/") for k in s3.objects("revoked") if k.endswith(TRIALS_FILE)]
+    s3.iam.delete_access_key(UserName="revoked", AccessKeyId=key)  # the store refuses the driver from now on
+    uploaded = s3.read(trials_key)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 3, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("bench: error: ")]
+    assert len(errors) == 1 and "s3://" in errors[0] and "Traceback" not in stderr, stderr[-2000:]
+    kept = s3.read(trials_key)
+    assert len(kept) < 8 and set(uploaded["trial_id"]) <= set(kept["trial_id"])  # rows uploaded before: kept

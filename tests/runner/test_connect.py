@@ -1,0 +1,65 @@
+"""Which Ray a run uses: an address that cannot be reached is one line within seconds, and without an address
+bench starts its own Ray, even where a `ray start` cluster died and left its record on the machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import bench, bench_env, free_port, kill_processes_naming, processes_naming, write_suite
+
+from bench.results import store as results
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).parent / "ray")
+RECORD = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records the cluster a plain ray.init() joins
+
+
+def test_an_address_with_nothing_listening_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, freeze="[linear_probe]", sizes="data_fraction: [0.05]", seeds="[0]")
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--address", address, timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"bench: error: cannot reach the Ray cluster at {address}"), lines
+    assert time.monotonic() - started < 60
+
+
+@pytest.fixture
+def dead_cluster_record():
+    """A `ray start --head` cluster killed with -9 (no `ray stop`): Ray's record of it stays on the machine."""
+    assert not RECORD.exists(), f"{RECORD} exists before the test: another cluster is recorded on this machine"
+    port = free_port()
+    started = subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=bench_env(),
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert processes_naming(str(port)), "no process of the started cluster was found"
+    kill_processes_naming(str(port))
+    assert RECORD.exists() and RECORD.read_text().strip().endswith(f":{port}")
+    yield port
+    if RECORD.exists() and RECORD.read_text().strip().endswith(f":{port}"):
+        RECORD.unlink()  # only the record this test left; a `ray stop` would end other Ray instances too
+
+
+def test_a_dead_recorded_cluster_is_never_joined_without_an_address(tmp_path: Path, dead_cluster_record) -> None:
+    suite = write_suite(tmp_path, freeze="[linear_probe]", sizes="data_fraction: [0.05]", seeds="[0]")
+    done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "1", timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "bench: ray local: 1 node(s)" in done.stdout
+    run_dir = next((tmp_path / "out" / "tiny").iterdir())
+    assert len(results.load_runs([run_dir]).trials) == 1
+    # Asked for explicitly, the recorded cluster is tried, and refused in one line.
+    asked = bench("run", str(suite), "--out", str(tmp_path / "out2"), "--address", "auto", timeout=120)
+    assert asked.returncode == 2, asked.stderr[-2000:]
+    lines = [line for line in asked.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f":{dead_cluster_record}" in lines[0] and "cannot reach" in lines[0], lines
