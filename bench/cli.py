@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.config import TRACKERS
 from bench.errors import StorageError, UserError
 from bench.shipped import default_suite
 
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tracker",
         action="append",
-        choices=("mlflow", "wandb", "tensorboard"),
+        choices=TRACKERS,
         default=[],
         help="mirror the trials to an experiment tracker (repeatable; settings: the suite's tracking: block)",
     )

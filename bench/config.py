@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 Strategy = Literal["linear_probe", "full", "lp_ft"]
+TRACKERS = ("mlflow", "wandb", "tensorboard")  # experiment trackers a run can mirror its trials to
+
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 # The freeze depth each named strategy ends at: lp_ft ends fully fine-tuned.
 STRATEGY_DEPTH: dict[str, float] = {"linear_probe": 1.0, "full": 0.0, "lp_ft": 0.0}

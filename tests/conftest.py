@@ -267,3 +267,12 @@ def kill_processes_naming(text: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while processes_naming(text) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+RAY_RECORD = Path("/tmp/ray/ray_current_cluster")  # the cluster `ray start` recorded: what `auto` and ray.init() join
+
+
+def forget_recorded_cluster(port: int) -> None:
+    """Remove Ray's record of the cluster on ``port`` a test started, and only that one."""
+    if RAY_RECORD.exists() and RAY_RECORD.read_text().strip().endswith(f":{port}"):
+        RAY_RECORD.unlink()

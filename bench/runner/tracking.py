@@ -35,7 +35,6 @@ from bench.errors import UserError
 from bench.results.schema import trial_row
 from bench.suite.spec import MLflowSpec, TensorBoardSpec, TrackingSpec, WandbSpec
 
-TRACKERS = ("mlflow", "wandb", "tensorboard")
 _MODULE = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
 _IDENTITY = frozenset(
     {"backbone", "pretrained", "dataset", "strategy", "freeze", "freeze_depth", "data_fraction", "shots", "seed"}

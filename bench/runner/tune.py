@@ -172,7 +172,7 @@ def _stopped_row(config: TrialConfig, run_id: str, result: dict[str, Any]) -> tu
         started_at=result.get("started_at") or utc_now(),
         metric_val_top1=val[-1] if val else None,
         metric_best_val_top1=max(val) if val else None,
-        steps_run=sum(row["step"] for row in last_per_phase),
+        steps_run=_global_step(epochs),
         train_seconds=sum(row["elapsed_seconds"] for row in last_per_phase),
     )
     return row, epochs

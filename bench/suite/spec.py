@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from bench.config import STRATEGIES, TrialConfig
+from bench.config import STRATEGIES, TRACKERS, TrialConfig
 from bench.errors import UserError
 from bench.suite.reading import expand_dataset_name, expand_optional, shorten
 from bench.suite.search import STRATEGY_KEYS, SearchSpec
@@ -326,7 +326,7 @@ class TrackingSpec(_Strict):
     tensorboard: TensorBoardSpec | None = None
 
     def names(self) -> list[str]:
-        return [name for name in ("mlflow", "wandb", "tensorboard") if getattr(self, name) is not None]
+        return [name for name in TRACKERS if getattr(self, name) is not None]
 
 
 class SuiteSpec(_Strict):

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import bench, bench_env, require, write_suite
+from conftest import bench, bench_env, free_port, require, write_suite
 
 from bench.errors import UserError
 from bench.results import remote
@@ -93,9 +92,7 @@ def s3() -> Iterator[S3]:
         boto3 = None
     require(boto3 is not None, "moto[server] and boto3 are not installed (pip install -e '.[dev]')")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     admin = {

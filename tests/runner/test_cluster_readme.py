@@ -12,13 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, bench_env, free_port, kill_processes_naming, write_suite
+from conftest import RAY_RECORD, REPO, bench_env, forget_recorded_cluster, free_port, kill_processes_naming, write_suite
 
 from bench.results import store as results
 
 pytestmark = pytest.mark.slow
-
-RECORD = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records the cluster `auto` means
 
 
 def readme_cluster_commands() -> list[str]:
@@ -32,14 +30,13 @@ def readme_cluster_commands() -> list[str]:
 def _stop(port: int) -> None:
     """This cluster's processes only (a `ray stop` would end every Ray on the machine), and its record."""
     kill_processes_naming(f":{port}")
-    if RECORD.exists() and RECORD.read_text().strip().endswith(f":{port}"):
-        RECORD.unlink()
+    forget_recorded_cluster(port)
 
 
 def test_the_readme_cluster_commands_run_as_written(tmp_path: Path) -> None:
     import ray._private.services
 
-    assert not RECORD.exists(), f"{RECORD} exists: another `ray start` cluster is recorded on this machine"
+    assert not RAY_RECORD.exists(), f"{RAY_RECORD} exists: another `ray start` cluster is recorded on this machine"
     commands = readme_cluster_commands()
     head_ip = ray._private.services.get_node_ip_address()
     gcs_port, dashboard_port = free_port(), free_port()

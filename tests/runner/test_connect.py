@@ -9,14 +9,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bench, bench_env, free_port, kill_processes_naming, processes_naming, write_suite
+from conftest import (
+    RAY_RECORD,
+    bench,
+    bench_env,
+    forget_recorded_cluster,
+    free_port,
+    kill_processes_naming,
+    processes_naming,
+    write_suite,
+)
 
 from bench.results import store as results
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).parent / "ray")
-RECORD = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records the cluster a plain ray.init() joins
 
 
 def test_an_address_with_nothing_listening_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -33,7 +41,7 @@ def test_an_address_with_nothing_listening_is_one_line_and_exit_2(tmp_path: Path
 @pytest.fixture
 def dead_cluster_record():
     """A `ray start --head` cluster killed with -9 (no `ray stop`): Ray's record of it stays on the machine."""
-    assert not RECORD.exists(), f"{RECORD} exists before the test: another cluster is recorded on this machine"
+    assert not RAY_RECORD.exists(), f"{RAY_RECORD} exists before the test: another cluster is recorded on this machine"
     port = free_port()
     started = subprocess.run(
         [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
@@ -45,10 +53,9 @@ def dead_cluster_record():
     assert started.returncode == 0, started.stderr[-2000:]
     assert processes_naming(str(port)), "no process of the started cluster was found"
     kill_processes_naming(str(port))
-    assert RECORD.exists() and RECORD.read_text().strip().endswith(f":{port}")
+    assert RAY_RECORD.exists() and RAY_RECORD.read_text().strip().endswith(f":{port}")
     yield port
-    if RECORD.exists() and RECORD.read_text().strip().endswith(f":{port}"):
-        RECORD.unlink()  # only the record this test left; a `ray stop` would end other Ray instances too
+    forget_recorded_cluster(port)  # not `ray stop`: that would end every Ray on the machine
 
 
 def test_a_dead_recorded_cluster_is_never_joined_without_an_address(tmp_path: Path, dead_cluster_record) -> None:

@@ -5,7 +5,6 @@ Parquet rows. A tracker that cannot be reached costs no row."""
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bench
+from conftest import bench, free_port
 
 from bench.results import store as results
 
@@ -163,9 +162,7 @@ def test_wandb_offline_runs_hold_the_trials(tracked: dict) -> None:
 
 
 def test_an_unreachable_tracking_server_loses_no_row(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     suite = _suite(tmp_path, f'tracking: {{mlflow: {{tracking_uri: "http://127.0.0.1:{port}"}}}}')
     done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "2")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
