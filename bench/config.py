@@ -21,6 +21,7 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 STRATEGY_DEPTH: dict[str, float] = {"linear_probe": 1.0, "full": 0.0, "lp_ft": 0.0}
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("none", "flip", "crop_flip")
+COMPILE_SETTINGS = ("off", "on", "auto")  # train.compile (bench.training.compiled)
 
 # Fields that say where or how a trial runs but not what it computes: left out of trial_id.
 _PLACEMENT_FIELDS = (
@@ -34,6 +35,7 @@ _PLACEMENT_FIELDS = (
     "similarity",
     "similarity_threshold",
     "gpu_share",
+    "compile",
 )
 # Fields added after trial ids were first published: part of the identity only when set, so the trials of
 # earlier runs keep their ids (and resume) unless they use the field.
@@ -96,6 +98,7 @@ class TrialConfig:
         None  # regime cut on similarity_score; None = bench.similarity.scores's default
     )
     gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
+    compile: str = "auto"  # "off" | "on" | "auto": forward passes through torch.compile (bench.training.compiled)
 
     @property
     def strategy(self) -> str:

@@ -1,11 +1,14 @@
 """Datasets: the registry of named datasets, their one-off preparation, and the canonical splits."""
 
+from bench.data.names import HF_PREFIX, IMAGEFOLDER_PREFIX, display_name
 from bench.data.prepare import PreparedDataset, contents_digest, dataset_fingerprint, prepare_dataset
 from bench.data.registry import (
     GROUPS,
-    IMAGEFOLDER_PREFIX,
+    MIN_CLASSES,
     DatasetEntry,
+    TooFewClasses,
     check_dataset_name,
+    check_dataset_source,
     dataset_group,
     entry_as_dict,
     list_datasets,
@@ -16,13 +19,18 @@ __all__ = [
     "GROUPS",
     "HELDOUT_SPLIT_SEED",
     "HELDOUT_TEST_FRACTION",
+    "HF_PREFIX",
     "IMAGEFOLDER_PREFIX",
+    "MIN_CLASSES",
     "DatasetEntry",
     "PreparedDataset",
+    "TooFewClasses",
     "check_dataset_name",
+    "check_dataset_source",
     "contents_digest",
     "dataset_fingerprint",
     "dataset_group",
+    "display_name",
     "entry_as_dict",
     "list_datasets",
     "prepare_dataset",

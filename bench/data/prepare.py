@@ -1,7 +1,8 @@
 """Preparation: every image decoded, converted to RGB, resized and centre-cropped once per dataset and size.
 
 A prepared dataset is a uint8 NCHW array per split; with a ``cache_dir`` it is kept on disk under a
-fingerprint (source, size, preprocessing version and, for image folders, a stat digest of the files) that
+fingerprint (source, size, preprocessing version and, for image folders and ``hf:`` folders, a stat digest of
+the files; for ``hf:`` Hub datasets, the `datasets` fingerprints of their splits) that
 every downstream cache (frozen features, prefix outputs, similarity scores) keys on, so changed files can
 never hit an older cache. Trials then only index arrays (``bench.data.splits``).
 """
@@ -9,6 +10,7 @@ never hit an older cache. Trials then only index arrays (``bench.data.splits``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -16,6 +18,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from bench.data.decode import PREPROCESS_VERSION, Source, decode_all
-from bench.data.registry import _REGISTRY, IMAGEFOLDER_PREFIX, DatasetEntry, _split_imagefolder, check_dataset_name
-from bench.data.sources import LoadRequest, load_image_folder
+from bench.data.registry import _REGISTRY, DatasetEntry, check_dataset_name, count_classes_refused, parse_checked
+from bench.data.sources import LoadRequest, load_image_folder, resolve_folder
 from bench.errors import UserError
 from bench.utils.atomic import atomic_write_text
 
@@ -52,21 +55,50 @@ class PreparedDataset:
         return len(self.classes)
 
 
-def _resolve(name: str, root: str | None) -> tuple[DatasetEntry, str, Path | None]:
-    """(registry row, name used in the fingerprint, resolved root). A relative image-folder path is taken
-    relative to `root` when one is given, else to the current directory; resolution makes it absolute so
-    that Ray workers with another working directory see the same folder and the same fingerprint."""
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        path, group = _split_imagefolder(name)
-        folder = Path(path).expanduser()
-        if not folder.is_absolute() and root is not None:
-            folder = Path(root).expanduser() / folder
-        entry = DatasetEntry(name, group, "class folders", str(folder), "user data", True, load_image_folder)
-        return entry, "imagefolder", Path(os.path.realpath(folder))
-    entry = _REGISTRY[name]
+@dataclass(frozen=True)
+class _Resolved:
+    """A dataset name made concrete: its registry row (built on the fly for folders and ``hf:``), the name its
+    source key uses (data-changing options included, display options not), its resolved root, and how to digest
+    its contents (None: nothing to digest, or not available here)."""
+
+    entry: DatasetEntry
+    key_name: str
+    root: Path | None
+    contents: Callable[[], str | None] = field(repr=False, compare=False)
+
+
+def _no_contents() -> str | None:
+    return None
+
+
+def _resolve(name: str, root: str | None, download: bool = False) -> _Resolved:
+    """A relative folder path is taken relative to `root` when one is given, else to the current directory;
+    resolution makes it absolute so that Ray workers with another working directory see the same folder and
+    the same fingerprint."""
+    ref = parse_checked(name)
+    group = ref.options.get("group", "natural")
+    if ref.kind == "imagefolder":
+        resolved = resolve_folder(ref.target, root)
+        entry = DatasetEntry(name, group, "class folders", str(resolved), "user data", True, load_image_folder)
+        return _Resolved(entry, "imagefolder", resolved, functools.partial(folder_digest, resolved))
+    if ref.kind == "hf":
+        from bench.data import hf
+
+        location = hf.locate(ref, root)
+        data = json.dumps(ref.data_options(), sort_keys=True)
+        key_name = f"hf:{location.mode}:{data}" if location.mode != "hub" else f"hf:hub:{location.where}:{data}"
+        loader = functools.partial(hf.load_hf, ref, location)
+        entry = DatasetEntry(name, group, "Hugging Face datasets", location.where, "the dataset card's", False, loader)
+        if location.folder is not None:
+            return _Resolved(entry, key_name, location.folder, functools.partial(folder_digest, location.folder))
+        contents = functools.partial(hf.hub_contents, name, ref, location, download)
+        cache = Path(location.cache_dir) if location.cache_dir else None
+        return _Resolved(entry, key_name, cache, contents)
+    entry = _REGISTRY[ref.target]
     if entry.offline:
-        return entry, name, None
-    return entry, name, Path(os.path.realpath(Path(root).expanduser())) if root is not None else None
+        return _Resolved(entry, ref.target, None, _no_contents)
+    resolved_root = Path(os.path.realpath(Path(root).expanduser())) if root is not None else None
+    return _Resolved(entry, ref.target, resolved_root, _no_contents)
 
 
 def _source_key(key_name: str, root: Path | None, img_size: int) -> str:
@@ -78,12 +110,10 @@ def _source_key(key_name: str, root: Path | None, img_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def contents_digest(key_name: str, root: Path | None) -> str | None:
-    """For an image folder: sha256 of every file's relative path, size and modification time under it (a stat
-    walk, no reads), so an image added, removed, replaced or edited changes it. None when the folder is not on
-    disk, and for torchvision datasets: their root is often shared by many datasets (a walk would cover them
-    all) and their files are fixed releases that torchvision checks itself."""
-    if key_name != "imagefolder" or root is None or not root.exists():
+def folder_digest(root: Path) -> str | None:
+    """sha256 of every file's relative path, size and modification time under `root` (a stat walk, no reads),
+    so a file added, removed, replaced or edited changes it; None when the folder is not on disk."""
+    if not root.exists():
         return None
     digest = hashlib.sha256()
     for folder, subfolders, files in os.walk(root):
@@ -96,6 +126,15 @@ def contents_digest(key_name: str, root: Path | None) -> str | None:
     return digest.hexdigest()
 
 
+def contents_digest(key_name: str, root: Path | None) -> str | None:
+    """For an image folder (`key_name` "imagefolder"): `folder_digest` of its root. None for other sources:
+    torchvision roots are often shared by many datasets (a walk would cover them all) and their files are fixed
+    releases that torchvision checks itself. (``hf:`` sources digest theirs through `_resolve`.)"""
+    if key_name != "imagefolder" or root is None:
+        return None
+    return folder_digest(root)
+
+
 def _fingerprint(source_key: str, contents: str | None) -> str:
     """Cache key of a prepared dataset (and, through it, of every frozen-feature cache built on it): the source
     key plus the contents digest, so changed files under a root can never hit an older cache."""
@@ -104,11 +143,12 @@ def _fingerprint(source_key: str, contents: str | None) -> str:
     return hashlib.sha256(f"{source_key}:{contents}".encode()).hexdigest()[:16]
 
 
-def dataset_fingerprint(name: str, img_size: int, root: str | None = None) -> str:
-    """The `fingerprint` that `prepare_dataset` would give, without decoding anything (a stat walk of the root)."""
+def dataset_fingerprint(name: str, img_size: int, root: str | None = None, download: bool = False) -> str:
+    """The `fingerprint` that `prepare_dataset` would give, without decoding anything (a stat walk of the root;
+    for an ``hf:`` Hub dataset, opening it from the cache)."""
     check_dataset_name(name)
-    _, key_name, resolved_root = _resolve(name, root)
-    return _fingerprint(_source_key(key_name, resolved_root, img_size), contents_digest(key_name, resolved_root))
+    resolved = _resolve(name, root, download)
+    return _fingerprint(_source_key(resolved.key_name, resolved.root, img_size), resolved.contents())
 
 
 def _allocate(folder: Path | None, stem: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
@@ -200,16 +240,17 @@ def prepare_dataset(
     check_dataset_name(name)
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
         raise UserError(f"dataset '{name}': img_size must be a positive integer, got {img_size!r}")
-    entry, key_name, resolved_root = _resolve(name, root)
-    source_key = _source_key(key_name, resolved_root, img_size)
-    contents = contents_digest(key_name, resolved_root)
+    resolved = _resolve(name, root, download)
+    entry, resolved_root = resolved.entry, resolved.root
+    source_key = _source_key(resolved.key_name, resolved_root, img_size)
+    contents = resolved.contents()
     fingerprint = _fingerprint(source_key, contents)
 
     final: Path | None = None
     if cache_dir is not None:
         datasets_dir = Path(os.path.abspath(Path(cache_dir).expanduser())) / "datasets"
         latest = datasets_dir / f"{source_key}.latest"
-        if resolved_root is not None and contents is None and latest.is_file():
+        if contents is None and resolved.contents is not _no_contents and latest.is_file():
             # No files here (a worker node, a moved disk): the newest preparation of this source stands in.
             with contextlib.suppress(OSError):
                 fingerprint = latest.read_text().strip() or fingerprint
@@ -219,6 +260,7 @@ def prepare_dataset(
 
     started = time.perf_counter()
     raw = entry.loader(LoadRequest(name=name, root=resolved_root, download=download, img_size=img_size))
+    count_classes_refused(name, len(raw.classes), raw.classes)
     temporary: Path | None = None
     if final is not None:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +272,9 @@ def prepare_dataset(
         _warn_skipped(name, skipped)
         if len(y_train) == 0:
             raise UserError(f"dataset '{name}': no readable training images (root '{resolved_root}')")
-        empty = [raw.classes[c] for c in sorted(set(range(len(raw.classes))) - set(np.unique(y_train).tolist()))]
+        present = np.unique(y_train).tolist()
+        count_classes_refused(name, len(present), [raw.classes[c] for c in present])
+        empty = [raw.classes[c] for c in sorted(set(range(len(raw.classes))) - set(present))]
         if empty:
             warnings.warn(f"dataset '{name}': no readable training image in class(es) {', '.join(empty)}", stacklevel=2)
         meta: dict[str, Any] = {

@@ -2,11 +2,13 @@
 
 Bundled and offline: ``digits``, ``photo_patches``. Torchvision datasets by name, with ``root`` and
 ``download`` (never downloaded unless asked). ``imagefolder:<path>[?group=<group>]``: class folders.
+``hf:<hub id | path | imagefolder:path>``: the Hugging Face ``datasets`` library (``bench.data.hf``).
+Every name may carry options after a ``?`` (``bench.data.names``), among them ``display_name``.
 Groups follow VTAB (Zhai et al. 2019): ``natural`` (camera photographs), ``specialized`` (specialist
 equipment: remote sensing, microscopy, medical), ``structured`` (synthetic or isolated renderings: shape and
 layout). ``digits``, ``mnist`` and ``fashion_mnist`` are ``structured``: centred glyphs on a blank background,
 like VTAB's dSprites and smallNORB. ``imagefolder:`` sets are ``natural`` unless their ``?group=`` says
-otherwise (the suffix changes neither the data nor its fingerprint).
+otherwise (the suffix changes neither the data nor its fingerprint); so are ``hf:`` sets.
 """
 
 from __future__ import annotations
@@ -19,19 +21,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.data.names import (
+    HF_PREFIX,
+    DatasetNameError,
+    DatasetRef,
+    parse_dataset_name,
+)
 from bench.data.sources import (
     LoadRequest,
     RawDataset,
     TorchvisionSpec,
+    class_folder_names,
     load_digits_dataset,
     load_photo_patches,
     load_torchvision,
+    resolve_folder,
 )
 from bench.errors import UserError
 
 GROUPS = ("natural", "specialized", "structured")  # VTAB groups
-IMAGEFOLDER_PREFIX = "imagefolder:"
-_GROUP_SUFFIX = "?group="
+MIN_CLASSES = 2  # a dataset with fewer classes is refused: its top-1 would mean nothing
 
 
 @dataclass(frozen=True)
@@ -283,40 +292,75 @@ def list_datasets(pattern: str = "*") -> list[DatasetEntry]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY) if fnmatch.fnmatchcase(name, pattern)]
 
 
-def _split_imagefolder(name: str) -> tuple[str, str]:
-    """`imagefolder:<path>[?group=<group>]` -> (path, group)."""
-    rest = name[len(IMAGEFOLDER_PREFIX) :]
-    path, suffix, group = rest.rpartition(_GROUP_SUFFIX)
-    if not suffix:
-        path, group = rest, "natural"
-    if not path.strip():
-        raise UserError(f"dataset '{name}': expected 'imagefolder:<path>', the path is empty")
+def parse_checked(name: str) -> DatasetRef:
+    """The parsed name, or UserError naming the dataset: an unknown registry name (with close matches), a bad
+    option, an unknown group. Paths are not checked (they may exist only on the workers)."""
+    if not isinstance(name, str):
+        raise UserError(f"dataset name must be a string, got {name!r}")
+    try:
+        ref = parse_dataset_name(name)
+    except DatasetNameError as error:
+        raise UserError(f"dataset '{name}': {error}") from None
+    group = ref.options.get("group", "natural")
     if group not in GROUPS:
         raise UserError(f"dataset '{name}': group '{group}' is not one of {', '.join(GROUPS)}")
-    return path, group
+    if ref.kind == "registry" and ref.target not in _REGISTRY:
+        close = difflib.get_close_matches(ref.target, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(
+            f"unknown dataset '{ref.target}'{hint} (known: {', '.join(sorted(_REGISTRY))}, imagefolder:<path> or "
+            f"{HF_PREFIX}<hub id or path>)"
+        )
+    return ref
 
 
 def check_dataset_name(name: str) -> None:
-    """UserError for an unknown name (with close matches); any `imagefolder:<path>` passes (path not checked)."""
-    if not isinstance(name, str):
-        raise UserError(f"dataset name must be a string, got {name!r}")
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        _split_imagefolder(name)
-        return
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(
-            f"unknown dataset '{name}'{hint} (known: {', '.join(sorted(_REGISTRY))}, or imagefolder:<path>)"
-        )
+    """UserError for an unknown name (with close matches) or a malformed option; any `imagefolder:<path>` and
+    `hf:<...>` passes (path not checked), but `hf:` needs the `datasets` package installed."""
+    ref = parse_checked(name)
+    if ref.kind == "hf":
+        from bench.data.hf import require_datasets
+
+        require_datasets(name)
 
 
 def dataset_group(name: str) -> str:
-    """The declared VTAB group; `imagefolder:` sets are `natural` unless named `imagefolder:<path>?group=<g>`."""
-    check_dataset_name(name)
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        return _split_imagefolder(name)[1]
-    return _REGISTRY[name].group
+    """The declared VTAB group; `imagefolder:` and `hf:` sets are `natural` unless their `?group=` says
+    otherwise."""
+    ref = parse_checked(name)
+    if ref.kind == "registry":
+        return _REGISTRY[ref.target].group
+    return ref.options.get("group", "natural")
+
+
+class TooFewClasses(UserError):
+    """A dataset with fewer than MIN_CLASSES classes: the same input fails every trial of it (a runner may stop
+    the run on it rather than record failed rows)."""
+
+
+def count_classes_refused(name: str, count: int, classes: list[str] | None = None) -> None:
+    """TooFewClasses when `count` < MIN_CLASSES: one line naming the dataset and what it holds."""
+    if count < MIN_CLASSES:
+        shown = f" ({', '.join(classes)})" if classes else ""
+        raise TooFewClasses(
+            f"dataset '{name}': {count} class{'' if count == 1 else 'es'}{shown}; a benchmark needs at least "
+            f"{MIN_CLASSES} (top-1 over one class is 100% whatever the model)"
+        )
+
+
+def check_dataset_source(name: str, root: str | None = None) -> None:
+    """What validation can check cheaply beyond the name, where the data is on this machine (else nothing:
+    it may exist only on the workers): an image folder has at least two class folders; an ``hf:`` folder
+    written by ``save_to_disk`` has its splits, columns and at least two classes. UserError otherwise."""
+    ref = parse_checked(name)
+    if ref.kind == "imagefolder":
+        classes = class_folder_names(resolve_folder(ref.target, root))
+        if classes is not None:
+            count_classes_refused(name, len(classes), classes)
+    elif ref.kind == "hf":
+        from bench.data.hf import check_at_validation
+
+        check_at_validation(name, ref, root)
 
 
 def entry_as_dict(entry: DatasetEntry) -> dict[str, Any]:

@@ -161,6 +161,24 @@ def load_photo_patches(request: LoadRequest) -> RawDataset:
 # ------------------------------------------------------------------------------------------ imagefolder
 
 
+def resolve_folder(path: str, root: str | Path | None) -> Path:
+    """A dataset folder as an absolute, symlink-free path: a relative `path` is taken relative to `root` when
+    given, else to the current directory (so Ray workers with another working directory see the same folder)."""
+    folder = Path(path).expanduser()
+    if not folder.is_absolute() and root is not None:
+        folder = Path(root).expanduser() / folder
+    return Path(os.path.realpath(folder))
+
+
+def class_folder_names(root: Path) -> list[str] | None:
+    """The class folder names an image folder would use (those of ``train/`` when it has ``train/`` and
+    ``test/``), by one directory listing: empty class folders are counted too. None when `root` is missing."""
+    if not root.is_dir():
+        return None
+    side = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() else root
+    return sorted(e.name for e in os.scandir(side) if e.is_dir() and not e.name.startswith("."))
+
+
 def _image_files(folder: Path) -> list[str]:
     """Image files under `folder` (recursively, like torchvision's ImageFolder), sorted; hidden entries and
     files without an image extension are skipped."""

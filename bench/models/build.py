@@ -1,12 +1,14 @@
 """Building a backbone from its name: a body, its preprocessing, a fresh classifier head and the ImageNet head.
 
 ``build_backbone`` turns a registry name (``bench.models.registry``: the bundled ``efficientnet_lite0/1/2``,
-``timm:<model>[.<tag>]``, ``tv:<model>``) into a ``Backbone``: a *body* that maps images to pooled pre-logit
-features, a new linear *head* (``new_head``, seeded on its own), and, where the weights have one, the ImageNet
-classifier kept aside as ``source_head`` for LEEP, NCE and the similarity scores. ``pretrained=False`` gives the
-same architecture randomly initialised: the from-scratch baseline. Bundled weights are mapped onto timm's tensors
-by position, with a shape check. Weights files are read with ``torch.load(weights_only=True)`` or safetensors, so
-they never run code. A process keeps a template of each body it built (``build_backbone``). (docs/design.md,
+``timm:<model>[.<tag>]``, ``timm:hf-hub:<org>/<repo>[@<revision>]``, ``tv:<model>``) into a ``Backbone``: a *body*
+that maps images to pooled pre-logit features, a new linear *head* (``new_head``, seeded on its own), and, where
+the weights have one, the ImageNet classifier kept aside as ``source_head`` for LEEP, NCE and the similarity
+scores. ``pretrained=False`` gives the same architecture randomly initialised: the from-scratch baseline. Bundled
+weights are mapped onto timm's tensors by position, with a shape check. Weights files are read with
+``torch.load(weights_only=True)`` or safetensors, so they never run code. A timm model whose input size is part
+of the architecture (a ViT) is built at the trial's ``img_size``, its pretrained position embeddings resampled
+as timm resamples them. A process keeps a template of each body it built (``build_backbone``). (docs/design.md,
 "Vocabulary"; "A trial, step by step")
 """
 
@@ -16,6 +18,7 @@ import copy
 import functools
 import hashlib
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ import torchvision
 from torch import nn
 
 from bench.errors import UserError
-from bench.models.registry import BUNDLED, check_backbone_name, split_name
+from bench.models.registry import BUNDLED, check_backbone_name, hub_model, size_kwargs, split_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -186,9 +189,20 @@ def bundled_weights_path(name: str) -> Path:
 
 
 def build_backbone(
-    name: str, num_classes: int, *, pretrained: bool = True, weights: str | None = None, head_seed: int = 0
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    weights: str | None = None,
+    head_seed: int = 0,
+    img_size: int | None = None,
 ) -> Backbone:
-    """Build ``name`` with a new ``num_classes`` head initialised from ``head_seed``.
+    """Build ``name`` with a new ``num_classes`` head initialised from ``head_seed``, for ``img_size`` px images.
+
+    ``img_size`` reaches the model only where the size is part of it (``bench.models.registry.size_kwargs``:
+    ViTs and other fixed-size timm models, built at that size with their pretrained position embeddings
+    resampled by the model's own checkpoint filter, as timm loads a 224 checkpoint into a 384 model); every
+    other model, and ``img_size=None``, is built exactly as timm builds it by default.
 
     Randomly initialised parts (the whole body when ``pretrained`` is False) draw from torch's global RNG:
     seed it before calling for a reproducible scratch baseline.
@@ -198,18 +212,20 @@ def build_backbone(
     from the RNG alone) is kept as a template per process, keyed by everything the build depends on: the name,
     the weights file's path, size and mtime, and torch's RNG state on entry. A later build with the same key is
     a deep copy of the template, with the RNG left in the state the build would have left it in: the same
-    tensors, bit for bit, and the same random numbers drawn afterwards (tested).
+    tensors, bit for bit, and the same random numbers drawn afterwards (tested). The key holds the size the
+    model is built at, and for a Hub name the snapshot (commit) its files come from.
     """
     check_backbone_name(name)
     family, model_name = split_name(name)
-    key = _template_key(family, model_name, name, pretrained=pretrained, weights=weights)
+    size = size_kwargs(name, img_size).get("img_size")
+    key = _template_key(family, model_name, name, pretrained=pretrained, weights=weights, size=size)
     template = _TEMPLATES.get(key) if key else None
     if template is not None:
         backbone = copy.deepcopy(template.backbone)
         torch.set_rng_state(template.rng_after)
     else:
         builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm, "tv": _build_tv}[family]
-        backbone = builder(name, model_name, pretrained=pretrained, weights=weights)
+        backbone = builder(name, model_name, pretrained=pretrained, weights=weights, img_size=size)
         if backbone.weights_sha256 is None:
             backbone.init_sha256 = state_sha256(backbone.body)
         if key:
@@ -255,10 +271,14 @@ class _Templates:
 _TEMPLATES = _Templates(max_bytes=512 * 2**20)
 
 
-def _template_key(family: str, model_name: str, name: str, *, pretrained: bool, weights: str | None) -> tuple | None:
-    """What a build depends on, or None where it also depends on a hub cache (not kept: the cache can change)."""
+def _template_key(
+    family: str, model_name: str, name: str, *, pretrained: bool, weights: str | None, size: int | None
+) -> tuple | None:
+    """What a build depends on, or None where it also depends on hub weights (not kept: the cache can change).
+    A Hub name's architecture comes from the cached config.json: the key holds the snapshot it was read from."""
     if pretrained and not weights and family != "bundled":
         return None
+    hub = hub_model(name)
     source = None
     if pretrained:
         path = Path(weights) if weights else bundled_weights_path(model_name)
@@ -268,7 +288,7 @@ def _template_key(family: str, model_name: str, name: str, *, pretrained: bool, 
             return None  # the builder says what is wrong with it
         source = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     rng = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
-    return (name, pretrained, source, rng)
+    return (name, pretrained, source, rng, size, hub.commit if hub else None)
 
 
 def state_sha256(module: nn.Module) -> str:
@@ -317,7 +337,9 @@ def _from_timm_model(
     )
 
 
-def _build_bundled(name: str, model_name: str, *, pretrained: bool, weights: str | None) -> Backbone:
+def _build_bundled(
+    name: str, model_name: str, *, pretrained: bool, weights: str | None, img_size: int | None
+) -> Backbone:  # a CNN: any size as built (img_size is always None here)
     row = BUNDLED[model_name]
     model = timm.create_model(row.timm_arch, pretrained=False)
     if not pretrained:
@@ -332,26 +354,49 @@ def _build_bundled(name: str, model_name: str, *, pretrained: bool, weights: str
     return _from_timm_model(name, model, pretrained=True, weights=label, weights_sha256=file_sha256(path))
 
 
-def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | None) -> Backbone:
+def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | None, img_size: int | None) -> Backbone:
+    """``model_name`` is a timm name or ``hf-hub:<repo>[@<revision>]``; ``img_size`` (None: timm's default) is
+    the size to build a fixed-size model at."""
+    sized = {"img_size": img_size} if img_size is not None else {}
     if not pretrained:
-        model = timm.create_model(model_name, pretrained=False)
+        model = timm.create_model(model_name, pretrained=False, **sized)
         return _from_timm_model(name, model, pretrained=False, weights="random", weights_sha256=None)
     if weights:
         path = Path(weights)
         state = load_state_dict(path)  # validates the file before timm sees it
-        model = timm.create_model(model_name, pretrained=False)
+        model = timm.create_model(model_name, pretrained=False, **sized)
+        if img_size is not None:
+            state = _timm_checkpoint_filter(model, state, str(path))
         _load_by_name(model, state, str(path))
         return _from_timm_model(name, model, pretrained=True, weights=f"file:{path}", weights_sha256=file_sha256(path))
-    try:
-        model = timm.create_model(model_name, pretrained=True)
+    try:  # timm's own load: the model's checkpoint filter resamples position embeddings to img_size
+        model = timm.create_model(model_name, pretrained=True, **sized)
     except Exception as error:  # offline with an empty cache, a tag that does not exist, ...
         raise UserError(
             f"backbone '{name}': pretrained weights are not in the local timm/Hugging Face cache "
             f"and could not be fetched ({type(error).__name__}); give `weights: <file>` or "
             "`pretrained: false`"
         ) from None
-    tag = (model.pretrained_cfg or {}).get("hf_hub_id") or model_name
+    hub = hub_model(name)
+    tag = f"hf-hub:{hub.repo}@{hub.commit}" if hub else (model.pretrained_cfg or {}).get("hf_hub_id") or model_name
     return _from_timm_model(name, model, pretrained=True, weights=f"timm:{tag}", weights_sha256=None)
+
+
+def _timm_checkpoint_filter(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``state`` as timm would load it into ``model``: through the ``checkpoint_filter_fn`` of the model's
+    module where it has one (a ViT's resamples ``pos_embed`` to the model's grid with
+    ``resample_abs_pos_embed``), unchanged where it has none."""
+    module = sys.modules[type(model).__module__]
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if not callable(filter_fn):
+        return state
+    try:
+        return dict(filter_fn(dict(state), model))
+    except Exception as error:
+        raise UserError(
+            f"weights file '{source}' cannot be adapted to {type(model).__name__} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})"
+        ) from None
 
 
 def _replace_last_linear(model: nn.Module) -> nn.Linear:
@@ -367,7 +412,7 @@ def _replace_last_linear(model: nn.Module) -> nn.Linear:
     return last
 
 
-def _build_tv(name: str, model_name: str, *, pretrained: bool, weights: str | None) -> Backbone:
+def _build_tv(name: str, model_name: str, *, pretrained: bool, weights: str | None, img_size: int | None) -> Backbone:
     model = torchvision.models.get_model(model_name, weights=None)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     label, sha = "random", None

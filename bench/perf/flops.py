@@ -60,7 +60,7 @@ def depthwise_step_times(
     from bench.speedups import depthwise
 
     torch.manual_seed(0)
-    built = build_backbone(backbone, 10, pretrained=False)
+    built = build_backbone(backbone, 10, pretrained=False, img_size=img_size)
     model = nn.Sequential(built.body, built.head).to(memory_format=torch.channels_last).train()
     images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch,))
@@ -153,7 +153,7 @@ def training_flops_per_image(config: TrialConfig, n_classes: int) -> float:
     """Forward + backward FLOPs of one training batch of the fully trainable model, per image."""
     from bench.models.build import TransferModel, build_backbone
 
-    backbone = build_backbone(config.backbone, n_classes, pretrained=False)
+    backbone = build_backbone(config.backbone, n_classes, pretrained=False, img_size=config.img_size)
     model = TransferModel(backbone.body, backbone.head).train()
     images = torch.randn(config.batch_size, 3, config.img_size, config.img_size)
     return count_training_flops(model, images) / config.batch_size

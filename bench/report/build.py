@@ -10,6 +10,7 @@ never disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from bench.results.leaderboard import (
     CELL,
     DEFAULT_THRESHOLDS,
     DataThresholds,
+    dataset_labels,
     display_leaderboard,
     display_matrix,
     display_overall,
@@ -40,6 +42,7 @@ from bench.results.leaderboard import (
     regime_matrix,
     seed_stats,
     select_hparams,
+    shown_datasets,
     tuned_runs,
 )
 from bench.results.schema import STATUSES
@@ -91,7 +94,10 @@ def write_report(
 
 
 def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS) -> Document:
-    """The report as a `Document` (its seven sections), ready to render."""
+    """The report as a `Document` (its seven sections), ready to render. Datasets appear under their display
+    names (`shown_datasets`); section 7 says which data each name stands for."""
+    names = _dataset_names_table(data.trials)
+    data = dataclasses.replace(data, trials=shown_datasets(data.trials))
     trials = data.trials
     prepared = prepare(trials, thresholds)
     selected = select_hparams(prepared, tried=trials)
@@ -105,8 +111,14 @@ def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS)
     _section_cost(doc, trials, board, thresholds)
     _section_hyperparameters(doc, prepared, selected)
     _section_transferability(doc, prepared, selected)
-    _section_reproduce(doc, data)
+    _section_reproduce(doc, data, names)
     return doc
+
+
+def _dataset_names_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Display name -> dataset string, for the reproducibility section."""
+    labels = dataset_labels(trials)
+    return pd.DataFrame({"dataset": list(labels.values()), "data": [f"`{d}`" for d in labels]}).sort_values("dataset")
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -531,8 +543,11 @@ def _section_transferability(doc: Document, prepared: pd.DataFrame, selected: pd
     doc.table(points.round(3))
 
 
-def _section_reproduce(doc: Document, data: RunData) -> None:
+def _section_reproduce(doc: Document, data: RunData, names: pd.DataFrame) -> None:
     doc.heading("7. Suite, environment and failed trials")
+    if not names.empty:
+        doc.para("The datasets above, by the name shown, and the data each name stands for:")
+        doc.table(names)
     for run_dir in data.run_dirs:
         key = str(run_dir)
         doc.heading(f"Run `{run_dir}`", 3)

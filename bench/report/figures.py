@@ -23,10 +23,11 @@ MAX_COLS = 4
 
 
 def short_name(dataset: str) -> str:
-    """A panel title for a dataset: ``imagefolder:/data/pbc_blood_cells?group=specialized`` -> ``pbc_blood_cells``."""
-    if ":" not in dataset:
-        return dataset
-    return dataset.split(":", 1)[1].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or dataset
+    """A panel title for a dataset: its display name (``bench.data.names.display_name``), e.g.
+    ``imagefolder:/data/pbc_blood_cells?group=specialized`` -> ``pbc_blood_cells``; a display name stays as is."""
+    from bench.data.names import display_name
+
+    return display_name(dataset)
 
 
 def strategy_order(strategies: list[str]) -> list[str]:

@@ -100,6 +100,34 @@ def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def dataset_labels(df: pd.DataFrame) -> dict[str, str]:
+    """Dataset string -> the name tables and figures show: its rows' `dataset_name` (derived from the string
+    for tables without the column). Names must tell datasets apart: where two datasets of the rows share one
+    (two merged runs naming different data alike), those show their full dataset strings instead."""
+    from bench.results.store import dataset_names
+
+    if df.empty or "dataset" not in df:
+        return {}
+    frame = df[["dataset"]].assign(dataset_name=dataset_names(df)).dropna(subset=["dataset"])
+    labels = frame.drop_duplicates("dataset").set_index("dataset")["dataset_name"].fillna("").astype(str).to_dict()
+    labels = {str(d): name or str(d) for d, name in labels.items()}
+    counts = pd.Series(list(labels.values())).value_counts()
+    clashing = set(counts[counts > 1].index)
+    labels = {d: d if name in clashing else name for d, name in labels.items()}
+    if len(set(labels.values())) < len(labels):  # a short name equal to another's full string: all in full
+        return {d: d for d in labels}
+    return labels
+
+
+def shown_datasets(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (trial rows) with `dataset` replaced by its display label (`dataset_labels`), for renderers that
+    group and show by dataset: the labels are unique, so every grouping is unchanged."""
+    if df.empty or "dataset" not in df:
+        return df
+    labels = dataset_labels(df)
+    return df.assign(dataset=df["dataset"].map(lambda d: labels.get(str(d), d) if isinstance(d, str) else d))
+
+
 def search_cost(df: pd.DataFrame) -> pd.DataFrame:
     """What each (dataset, data size, entry) cost, every trial counted whatever its status: trials_run,
     trials_stopped (ended early by a search's scheduler) and compute_seconds (their training seconds summed)."""
@@ -363,6 +391,7 @@ def leaderboard(
             ascending=[True, True, True, False, True],
             kind="stable",
         )
+        ranked.insert(ranked.columns.get_loc("dataset") + 1, "dataset_name", ranked["dataset"].map(dataset_labels(df)))
         return ranked.drop(columns="_size").reset_index(drop=True)
     if by == "regime":
         usable = _common_cells(selected[selected["similarity_regime"].notna() & selected["data_regime"].notna()])
@@ -377,8 +406,9 @@ def leaderboard(
         )
         stats = _aggregate(pooled, REGIME + ENTRY, metric)
         cells = usable[REGIME + ["entry", "dataset", "data"]].drop_duplicates()
+        labels = dataset_labels(df)
         cover = usable.groupby(REGIME + ["entry"]).agg(
-            datasets=("dataset", lambda s: ", ".join(sorted(set(s)))),
+            datasets=("dataset", lambda s: ", ".join(sorted({labels.get(d, d) for d in s}))),
             similarity_source=("similarity_source", lambda s: ", ".join(sorted(set(s.dropna())))),
             cells_left_out=("cells_left_out", "first"),
         )
@@ -661,6 +691,8 @@ def display_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
         return board
     keys = [c for c in ("similarity_regime", "data_regime", "dataset", "data") if c in board]
     out = board[keys + ["rank", "entry"]].copy()
+    if "dataset_name" in board:  # the short name; the full dataset string stays in the CSV
+        out["dataset"] = board["dataset_name"]
     out["top-1 % (95% CI)"] = [pct(m, h) for m, h in zip(board["mean"], board["ci95"])]
     if "macro_f1_mean" in board:
         out["macro-F1 %"] = [pct(m, h) for m, h in zip(board["macro_f1_mean"], board["macro_f1_ci95"])]
@@ -740,13 +772,13 @@ def run_summary(df: pd.DataFrame) -> str:
     if board.empty:
         return "_(no finished trial to rank)_\n"
     rows = []
-    for (dataset, data), cell in board.groupby(CELL, sort=False):
+    for (_, data), cell in board.groupby(CELL, sort=False):
         best = cell.iloc[0]
         tied = int((cell["rank"] == best["rank"]).sum()) - 1 if best["rank"].startswith("=") else 0
         runner = cell.iloc[1] if len(cell) > 1 else None
         rows.append(
             {
-                "dataset": dataset,
+                "dataset": best["dataset_name"],
                 "data": data,
                 "best": best["entry"],
                 "top-1 % (95% CI)": pct(best["mean"], best["ci95"]),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bench.config import TrialConfig
+from bench.data.names import display_name
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "diverged", "stopped")  # stopped: ended early by a search's scheduler
@@ -116,6 +117,7 @@ ROW_COLUMNS = (
     "weights",
     "weights_sha256",
     "dataset",
+    "dataset_name",  # the short name tables show (bench.data.names.display_name); older tables: derived on read
     "dataset_group",
     "dataset_fingerprint",
     "n_classes",
@@ -169,6 +171,9 @@ ROW_COLUMNS = (
     *SIMILARITY_COLUMNS,
     "eval_folded_bn",
     "padded_depthwise_grad",
+    "compiled",
+    "compile_seconds",
+    "compiled_steps",
     "batch_size_used",
     "oom_halvings",
     "batch_size_search",
@@ -226,6 +231,7 @@ def trial_row(
         "backbone": config.backbone,
         "pretrained": config.pretrained,
         "dataset": config.dataset,
+        "dataset_name": display_name(config.dataset),
         "freeze": str(config.freeze),
         "strategy": config.strategy,
         "freeze_depth": config.freeze_fraction,

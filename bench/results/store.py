@@ -237,9 +237,10 @@ class RunData:
     """Everything `load_runs` found: merged tables plus one line per problem it stepped around.
 
     `trials` has the contract columns (nulls where a file lacked one), any extra columns, `runs` (every run
-    folder holding the trial: a trial in several runs is one row, from the best of them) and `run_dir`
-    (the folder the row was read from). `suites` / `envs` map a run folder (as a string) to its parsed
-    suite.yaml / env.json; env.json's list of sessions becomes its first session plus `sessions` (all).
+    folder holding the trial: a trial in several runs is one row, from the best of them), `run_dir` (the
+    folder the row was read from) and `dataset_name` on every row (derived from `dataset` for older tables).
+    `suites` / `envs` map a run folder (as a string) to its parsed suite.yaml / env.json; env.json's list of
+    sessions becomes its first session plus `sessions` (all).
     """
 
     run_dirs: list[Path | str]  # a run read from a URI is named by its URI (a string)
@@ -315,6 +316,7 @@ def _load_runs(paths: Sequence[str | Path], scratch: Path) -> RunData:
             problems.append(f"{run_dir / TRIALS_FILE}: empty run (no trial rows)")
             continue
         trials["run_dir"] = key
+        trials["dataset_name"] = dataset_names(trials)
         trial_frames.append(trials)
         epochs = _read_run_table(run_dir / EPOCHS_FILE, EPOCH_TYPES, ESSENTIAL_EPOCH_COLUMNS, problems)
         if epochs is not None and not epochs.empty:
@@ -337,6 +339,18 @@ def _load_runs(paths: Sequence[str | Path], scratch: Path) -> RunData:
     else:
         epochs = pd.DataFrame({name: pd.Series(dtype=object) for name in EPOCH_COLUMNS})
     return RunData([names.get(d, d) for d in run_dirs], trials, epochs, suites, envs, problems)
+
+
+def dataset_names(trials: pd.DataFrame) -> pd.Series:
+    """Each row's `dataset_name`: as stored, or (tables written before the column, a null) derived from its
+    `dataset` string as the writer derives it (`bench.data.names.display_name`)."""
+    from bench.data.names import display_name
+
+    derived = trials["dataset"].map(lambda d: display_name(str(d)) if isinstance(d, str) else None)
+    if "dataset_name" not in trials:
+        return derived
+    stored = trials["dataset_name"]
+    return stored.where(stored.notna() & (stored.astype(str) != ""), derived)
 
 
 def _merge_trials(trials: pd.DataFrame) -> pd.DataFrame:

@@ -2,9 +2,9 @@
 
 Contract (each tracker, one run per trial):
 
-- name: the trial's cell in one line (backbone, dataset, freeze, data size, seed);
-- params / config: the trial's identity (backbone, weights, strategy, freeze, data size, dataset, seed) and every
-  ``hp_*`` column of its row; tags: suite, run id, trial id, cell id;
+- name: the trial's cell in one line (backbone, dataset by its display name, freeze, data size, seed);
+- params / config: the trial's identity (backbone, weights, strategy, freeze, data size, dataset and its display
+  name ``dataset_name``, seed) and every ``hp_*`` column of its row; tags: suite, run id, trial id, cell id;
 - metrics: the validation curve, one point per evaluation at its optimiser step (``val_top1``, ``val_nll``,
   ``train_loss``, ``lr``), then the row's numeric measurements at the last step (``metric_top1``,
   ``train_seconds``, ``trainable_params``...);
@@ -37,7 +37,18 @@ from bench.suite.spec import MLflowSpec, TensorBoardSpec, TrackingSpec, WandbSpe
 
 _MODULE = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
 _IDENTITY = frozenset(
-    {"backbone", "pretrained", "dataset", "strategy", "freeze", "freeze_depth", "data_fraction", "shots", "seed"}
+    {
+        "backbone",
+        "pretrained",
+        "dataset",
+        "dataset_name",
+        "strategy",
+        "freeze",
+        "freeze_depth",
+        "data_fraction",
+        "shots",
+        "seed",
+    }
 )
 CURVE = ("val_top1", "val_nll", "train_loss", "lr")  # the evaluation columns a trial reports as it goes
 _RUN_STATUS = {"failed": "FAILED", "stopped": "KILLED"}  # MLflow's; ok and diverged runs finish
@@ -80,7 +91,8 @@ class Context:
         if config.weights:
             params["weights"] = config.weights
         tags = {"suite": self.suite, "run_id": self.run_id, "trial_id": config.trial_id, "cell_id": config.cell_id}
-        return TrialView(name=self.label(config.to_dict()), params=params, tags=tags)
+        name = self.label({**config.to_dict(), "dataset": row["dataset_name"]})  # the short name, not a path
+        return TrialView(name=name, params=params, tags=tags)
 
 
 def metrics(result: dict[str, Any]) -> tuple[dict[str, float], int]:

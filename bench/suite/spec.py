@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     ValidationError,
     field_serializer,
@@ -23,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from bench.config import STRATEGIES, TRACKERS, TrialConfig
 from bench.errors import UserError
-from bench.suite.reading import expand_dataset_name, expand_optional, shorten
+from bench.suite.reading import expand_dataset_name, expand_optional, expand_vars, shorten
 from bench.suite.search import STRATEGY_KEYS, SearchSpec
 from bench.suite.strict import Strict as _Strict
 
@@ -133,11 +134,25 @@ class BackboneSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    """One dataset axis entry; a bare string in YAML is `{name: <string>}`."""
+    """One dataset axis entry; a bare string in YAML is `{name: <string>}`.
+
+    The option keys (`display_name`, `group`, and for ``hf:`` sets `image_column`, `label_column`,
+    `train_split`, `test_split`, `config`, `revision`) are folded into `name` as ``?key=value`` options
+    (``bench.data.names``), so the name alone identifies the data and reaches every worker; after validation
+    they read None. Options that change no data (`display_name`, `group`) are still part of the name.
+    """
 
     name: str
-    root: str | None = None  # where torchvision datasets live; ${VAR} expanded
+    root: str | None = None  # where torchvision datasets live, an hf: Hub cache, or the base of relative paths
     download: bool = False
+    display_name: str | None = None  # the short name tables, figures and trackers show
+    group: str | None = None  # natural | specialized | structured (imagefolder: and hf:)
+    image_column: str | None = None  # hf: options, see bench.data.hf
+    label_column: str | None = None
+    train_split: str | None = None
+    test_split: str | None = None
+    config: str | None = None
+    revision: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -145,15 +160,17 @@ class DatasetSpec(_Strict):
         if isinstance(data, str):
             return {"name": data}
         if not isinstance(data, dict):
-            raise ValueError(f"expected a dataset name or a mapping {{name, root, download}}, got {shorten(data)}")
-        return data
+            raise ValueError(f"expected a dataset name or a mapping {{name, root, download, ...}}, got {shorten(data)}")
+        return _fold_dataset_options(data)
 
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from bench.data import check_dataset_name
+        from bench.data import HF_PREFIX, check_dataset_name
 
         name = expand_dataset_name(name)
+        if name.startswith(HF_PREFIX):
+            name = HF_PREFIX + expand_vars(name[len(HF_PREFIX) :])
         try:
             check_dataset_name(name)
         except UserError as error:
@@ -164,6 +181,47 @@ class DatasetSpec(_Strict):
     @classmethod
     def _expand_root(cls, root: str | None) -> str | None:
         return expand_optional(root)
+
+    @model_validator(mode="after")
+    def _source_holds_classes(self) -> DatasetSpec:
+        """Where the data is on this machine and the check is cheap (bench.data.check_dataset_source)."""
+        from bench.data import check_dataset_source
+
+        try:
+            check_dataset_source(self.name, self.root)
+        except UserError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+
+_DATASET_OPTION_KEYS = (
+    "group",
+    "display_name",
+    "config",
+    "revision",
+    "image_column",
+    "label_column",
+    "train_split",
+    "test_split",
+)
+
+
+def _fold_dataset_options(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its option keys moved into `name` as ``?key=value`` options (bench.data.names)."""
+    from bench.data.names import DatasetNameError, with_options
+
+    options = {key: data[key] for key in _DATASET_OPTION_KEYS if data.get(key) is not None}
+    name = data.get("name")
+    if not options or not isinstance(name, str):
+        return data  # nothing to fold, or the name's own check reports it
+    for key, value in options.items():
+        if not isinstance(value, str):
+            raise ValueError(f"expected {key} to be a string, got {shorten(value)}")
+    try:
+        folded = with_options(name, options)
+    except DatasetNameError as error:
+        raise ValueError(f"dataset '{name}': {error}") from None
+    return {**{k: v for k, v in data.items() if k not in options}, "name": folded}
 
 
 class GridSpec(_Strict):
@@ -216,6 +274,10 @@ class LrByStrategy(_Strict):
         return self.default if value is None else value
 
 
+def _on_off(value: Any) -> Any:
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class TrainSpec(_Strict):
     """Fixed training hyper-parameters; defaults are TrialConfig's."""
 
@@ -236,6 +298,8 @@ class TrainSpec(_Strict):
     padded_depthwise_grad: bool = _DEFAULTS[
         "padded_depthwise_grad"
     ]  # false: PyTorch's own backward (bench.speedups.depthwise)
+    # torch.compile the forward passes; YAML 1.1 reads a bare on/off as true/false
+    compile: Annotated[Literal["off", "on", "auto"], BeforeValidator(_on_off)] = _DEFAULTS["compile"]
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainSpec:
@@ -329,6 +393,22 @@ class TrackingSpec(_Strict):
         return [name for name in TRACKERS if getattr(self, name) is not None]
 
 
+def _unique_display_names(datasets: list[DatasetSpec]) -> list[DatasetSpec]:
+    """Two datasets shown under one name would merge in every table: refuse, naming both entries."""
+    from bench.data import display_name
+
+    seen: dict[str, int] = {}
+    for index, dataset in enumerate(datasets):
+        shown = display_name(dataset.name)
+        if shown in seen:
+            raise ValueError(
+                f"datasets[{seen[shown]}] and datasets[{index}] are both displayed as '{shown}'; "
+                "give one a display_name"
+            )
+        seen[shown] = index
+    return datasets
+
+
 class SuiteSpec(_Strict):
     """A whole suite file, without its `smoke` block (that is merged in before this is validated)."""
 
@@ -351,7 +431,8 @@ class SuiteSpec(_Strict):
     @field_validator("datasets")
     @classmethod
     def _unique_datasets(cls, datasets: list[DatasetSpec]) -> list[DatasetSpec]:
-        return _no_duplicates(datasets, [(d.name, d.root) for d in datasets])  # `download` changes no data
+        _no_duplicates(datasets, [(d.name, d.root) for d in datasets])  # `download` changes no data
+        return _unique_display_names(datasets)
 
     @model_validator(mode="after")
     def _every_strategy_has_lr(self) -> SuiteSpec:
@@ -360,6 +441,20 @@ class SuiteSpec(_Strict):
                 strategy = _freeze_key(value)[0]
                 if self.train.lr.for_strategy(strategy) is None:
                     raise PydanticCustomError("lr_missing", "lr missing", {"strategy": strategy, "freeze": value})
+        return self
+
+    @model_validator(mode="after")
+    def _backbones_take_img_size(self) -> SuiteSpec:
+        """Each backbone can be built for `train.img_size` (a ViT's patch size divides it, ...): one line naming
+        the backbone and the size otherwise (``bench.models.registry.check_backbone_size``)."""
+        from bench.models.registry import check_backbone_size
+
+        for backbone in self.backbones:
+            try:
+                check_backbone_size(backbone.name, self.train.img_size)
+            except UserError as error:  # the key-path-and-message kind messages.py renders as one line
+                detail = {"key": "train.img_size", "message": str(error)}
+                raise PydanticCustomError("search_value", "img_size", detail) from None
         return self
 
     @model_validator(mode="after")

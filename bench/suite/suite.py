@@ -172,6 +172,7 @@ class Suite:
                 eval_every=train.eval_every,
                 eval_every_steps=train.eval_every_steps,
                 padded_depthwise_grad=train.padded_depthwise_grad,
+                compile=train.compile,
                 similarity=spec.analysis.similarity,
                 similarity_threshold=spec.analysis.similarity_threshold,
                 gpu_share=_gpu_share(spec.tune.resources_per_trial.gpu),

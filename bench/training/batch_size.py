@@ -96,7 +96,9 @@ def _probe_on_card(
 ) -> BatchSearch:
     """The CUDA search: one bf16 forward and backward pass of a model of its own per batch size, kept within
     ``HEADROOM`` of the trial's share of the card with the optimiser state and the resident split added."""
-    backbone = build_backbone(config.backbone, data.n_classes, pretrained=False, head_seed=config.seed)
+    backbone = build_backbone(
+        config.backbone, data.n_classes, pretrained=False, head_seed=config.seed, img_size=config.img_size
+    )
     apply_freeze(backbone.body, config.freeze_fraction)
     model = TransferModel(backbone.body, backbone.head).to(device).to(memory_format=torch.channels_last)
     set_train_mode(model)

@@ -4,7 +4,8 @@
 norm weights, linear warm-up then cosine decay per step, shuffled mini-batches whose order is a function of
 the seed alone, validation after every ``eval_every`` epochs (or ``eval_every_steps`` steps) and the last.
 A non-finite loss ends the phase (the trial is ``diverged``). ``evaluate`` gives top-1, macro-F1 and NLL in
-fp32 (bf16 autocast on CUDA).
+fp32 (bf16 autocast on CUDA). The forward passes run eager or compiled (``phase_steps``, ``bench.training.compiled``);
+the time spent compiling is kept out of the phase's training seconds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from bench.config import TrialConfig
 from bench.models.freeze import frozen_modules, set_train_mode
 from bench.speedups import depthwise
 from bench.speedups.fold import BatchNormFolded
-from bench.training import precision
+from bench.training import compiled, precision
 from bench.training.inputs import EVAL_BATCH_SIZE, Split
 from bench.training.phases import Phase
 
@@ -58,6 +59,23 @@ def training_loss(
     with precision.autocast(device), kernels or contextlib.nullcontext():
         logits = model(inputs)
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def forward_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The evaluation forward pass: logits in fp32 (bf16 autocast on CUDA)."""
+    with precision.autocast(device):
+        return model(inputs).float()
+
+
+def phase_steps(config: TrialConfig, device: torch.device, batch_size: int) -> compiled.PhaseSteps:
+    """The forward passes of a phase trained at ``batch_size``, compiled as ``config.compile`` says on ``device``."""
+    return compiled.PhaseSteps.build(
+        compiled.resolve(config.compile, device),
+        loss=training_loss,
+        logits=forward_logits,
+        batch_size=batch_size,
+        eval_batch_size=EVAL_BATCH_SIZE,
+    )
 
 
 class EpochLosses:
@@ -97,7 +115,8 @@ class FitOutcome:
     seconds: float
     images_seen: int
     diverged: bool
-    padded_convs: int = 0  # convolutions per step trained through bench.speedups.depthwise's padded weight gradient
+    # Convolutions per eager step trained through bench.speedups.depthwise's padded weight gradient.
+    padded_convs: int = 0
 
 
 def fit(
@@ -112,11 +131,15 @@ def fit(
     log: list[dict[str, Any]],
     evaluator: BatchNormFolded | None = None,
     on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
+    steps: compiled.PhaseSteps | None = None,
 ) -> FitOutcome:
     """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train``; validate
     after every ``config.eval_every`` epochs and the last (or every ``config.eval_every_steps`` steps and the
     last), on ``evaluator``'s folded twin where given, append
-    the evaluation's row to ``log`` and hand ``log`` to ``on_evaluation`` (a scheduler may end the trial there)."""
+    the evaluation's row to ``log`` and hand ``log`` to ``on_evaluation`` (a scheduler may end the trial there).
+    ``steps``: the phase's forward passes (default: eager); the seconds of the steps that compiled a graph go to
+    ``steps.stats``, not to the outcome's ``seconds``."""
+    steps = steps or phase_steps(config, device, phase.batch_size)
     # timm's factory: no weight decay on biases and norm weights, frozen parameters left out.
     optimizer = create_optimizer_v2(
         model, opt=config.optimizer, lr=phase.lr, weight_decay=config.weight_decay, momentum=config.momentum
@@ -145,7 +168,7 @@ def fit(
 
     def validate(epoch: int, losses: EpochLosses, elapsed: float) -> None:
         current = evaluator.current() if evaluator else model
-        val_metrics = evaluate(current, val, prepare, device) if len(val) else {"top1": None, "nll": None}
+        val_metrics = evaluate(current, val, prepare, device, steps) if len(val) else {"top1": None, "nll": None}
         set_train_mode(model, frozen)  # evaluation may end mid-epoch (eval_every_steps)
         log.append(
             {
@@ -171,11 +194,20 @@ def fit(
             rows = train.short_batch(batch_idx) if short else train.inputs[batch_idx]
             inputs = prepare(rows.to(device, non_blocking=True), True)
             labels = train.labels[batch_idx].to(device, non_blocking=True)
-            loss = training_loss(model, inputs, labels, device, config.label_smoothing, kernels)
+            step_tic = time.perf_counter()
+            graph = steps.loss.compiles(inputs)  # a compiled step gets inductor's backward, not the eager kernels
+            loss, compiling = steps.loss(
+                model, inputs, labels, device, config.label_smoothing, None if graph else kernels
+            )
             losses.add(loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps.stats.compiled_steps += graph
+            if compiling:  # its forward and backward graphs compiled in this step: compile time, not training time
+                spent = time.perf_counter() - step_tic
+                steps.stats.seconds += spent
+                tic += spent
             # Checked once the step is queued, so the device has its backward pass to work on meanwhile. A
             # non-finite loss ends the phase at this step; the update made from it is never evaluated (a
             # diverged trial has no metrics).
@@ -185,7 +217,7 @@ def fit(
                     seconds + time.perf_counter() - tic,
                     seen,
                     diverged=True,
-                    padded_convs=kernels.used // (step + 1) if kernels else 0,
+                    padded_convs=kernels.used // max(1, step + 1 - steps.stats.compiled_steps) if kernels else 0,
                 )
             step += 1
             scheduler.step_update(step)
@@ -199,23 +231,40 @@ def fit(
         seconds += time.perf_counter() - tic
         if not every_steps and (epoch % config.eval_every == 0 or epoch == n_epochs):
             validate(epoch, losses, seconds)
-    return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // max(1, step) if kernels else 0)
+    eager_steps = max(1, step - steps.stats.compiled_steps)
+    return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // eager_steps if kernels else 0)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, prepare: Callable, device: torch.device) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    split: Split,
+    prepare: Callable,
+    device: torch.device,
+    steps: compiled.PhaseSteps | None = None,
+) -> torch.Tensor:
+    """``model``'s fp32 logits on ``split``, in batches of ``EVAL_BATCH_SIZE`` through ``steps.logits`` (default:
+    eager); the seconds of a batch that compiled a graph go to ``steps.stats``."""
     model.eval()
     outputs = []
     for start in range(0, len(split), EVAL_BATCH_SIZE):
         inputs = prepare(split.inputs[start : start + EVAL_BATCH_SIZE].to(device), False)
-        with precision.autocast(device):
-            outputs.append(model(inputs).float().cpu())
+        if steps is None:
+            outputs.append(forward_logits(model, inputs, device).cpu())
+            continue
+        tic = time.perf_counter()
+        logits, compiling = steps.logits(model, inputs, device)
+        outputs.append(logits.cpu())
+        if compiling:
+            steps.stats.seconds += time.perf_counter() - tic
     return torch.cat(outputs)
 
 
-def evaluate(model: nn.Module, split: Split, prepare: Callable, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, split: Split, prepare: Callable, device: torch.device, steps: compiled.PhaseSteps | None = None
+) -> dict[str, float]:
     """Top-1 accuracy (%), macro-F1 (%) and mean negative log-likelihood of ``model`` on ``split``."""
-    logits = predict(model, split, prepare, device)
+    logits = predict(model, split, prepare, device, steps)
     predicted = logits.argmax(1)
     labels = split.labels
     return {

@@ -54,7 +54,9 @@ def _measure_similarity(
     device = device or resolve_device(config.device)
     if backbone is None or not backbone.pretrained:
         try:
-            backbone = build_backbone(config.backbone, data.n_classes, pretrained=True, weights=config.weights)
+            backbone = build_backbone(
+                config.backbone, data.n_classes, pretrained=True, weights=config.weights, img_size=config.img_size
+            )
         except UserError:
             return {name: None for name in SIMILARITY_COLUMNS}
         backbone.body.to(device, memory_format=torch.channels_last)

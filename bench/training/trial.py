@@ -30,9 +30,11 @@ from bench.results.schema import DEFAULT_THRESHOLDS, SCHEMA_VERSION, trial_row, 
 from bench.speedups.fold import BatchNormFolded
 from bench.training import precision
 from bench.training.batch_size import auto_batch_size
+from bench.training.compiled import CompileStats, use_disk_cache
+from bench.training.compiled import resolve as resolve_compile
 from bench.training.device import device_name, out_of_memory, peak_memory_mb, resolve_device
 from bench.training.inputs import Split, as_labels, select_indices
-from bench.training.loop import evaluate, fit
+from bench.training.loop import evaluate, fit, phase_steps
 from bench.training.phases import Phase, phase_setup, plan_phases
 from bench.training.similarity import measure_similarity
 from bench.utils import memory
@@ -118,7 +120,12 @@ def _attempt(
 
     torch.manual_seed(config.seed)  # the scratch baseline's random init, and anything else drawing from it
     backbone = build_backbone(
-        config.backbone, data.n_classes, pretrained=config.pretrained, weights=config.weights, head_seed=config.seed
+        config.backbone,
+        data.n_classes,
+        pretrained=config.pretrained,
+        weights=config.weights,
+        head_seed=config.seed,
+        img_size=config.img_size,
     )
     normalize = Normalize(backbone.mean, backbone.std).to(device)
     backbone.body.to(device)
@@ -138,6 +145,9 @@ def _attempt(
     epoch_rows: list[dict[str, Any]] = []
     status, error = "ok", None
     train_seconds, images_seen, padded_convs = 0.0, 0, 0
+    compiling = CompileStats(resolve_compile(config.compile, device))  # every phase's, the test evaluation's
+    use_disk_cache(config.cache_dir)
+    phase_stats: list[CompileStats] = []
     plan: FreezePlan
     frozen_paths: list[str] = []
     for phase in phases:
@@ -147,9 +157,13 @@ def _attempt(
         )
         frozen_paths.append(setup.frozen_path)
         # One trace per phase. fp32 evaluation only: under bf16 autocast the folded weights round differently
-        # from conv-then-BN, so the "same function up to float rounding" promise would not hold.
-        fold = config.fold_batchnorm and not precision.uses_bf16(device)
+        # from conv-then-BN, so the "same function up to float rounding" promise would not hold. Not with
+        # compiled steps: inductor fuses the BatchNorms itself, and each traced twin is a new class to dynamo
+        # (a graph per trial).
+        fold = config.fold_batchnorm and not precision.uses_bf16(device) and compiling.mode == "eager"
         evaluator = BatchNormFolded(setup.model) if fold else None
+        steps = phase_steps(config, device, phase.batch_size)
+        phase_stats.append(steps.stats)
         outcome = fit(
             setup.model,
             setup.splits["train"],
@@ -161,6 +175,7 @@ def _attempt(
             log=epoch_rows,
             evaluator=evaluator,
             on_evaluation=on_evaluation,
+            steps=steps,
         )
         train_seconds += outcome.seconds
         images_seen += outcome.images_seen
@@ -172,9 +187,11 @@ def _attempt(
     metrics = {}
     if status == "ok":  # `setup` is the last phase's: the model as trained, on the inputs it was trained on
         model = evaluator.current() if evaluator else setup.model
-        metrics = evaluate(model, setup.splits["test"], setup.prepare, device)
+        metrics = evaluate(model, setup.splits["test"], setup.prepare, device, steps)
         # fit() always validates after its last step: the last epoch row is this model on the validation split.
         metrics["val_top1"] = epoch_rows[-1]["val_top1"]
+    for stats in phase_stats:
+        compiling.add(stats)
     row = _result_row(
         config,
         run_id=run_id,
@@ -197,8 +214,9 @@ def _attempt(
         started_at=started_at,
         scores=scores,
         eval_folded_bn=evaluator.n_folded if evaluator else 0,  # how the last phase was evaluated
-        padded_depthwise_grad=padded_convs,
-    )  # convolutions per step trained through depthwise
+        padded_depthwise_grad=padded_convs,  # convolutions per eager step trained through depthwise
+        compiling=compiling,
+    )
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)
@@ -250,6 +268,7 @@ def _result_row(
     scores: dict[str, Any],
     eval_folded_bn: int,
     padded_depthwise_grad: int,
+    compiling: CompileStats,
 ) -> dict[str, Any]:
     head_params = sum(p.numel() for p in backbone.head.parameters())
     val_scores = [r["val_top1"] for r in epoch_rows if r["val_top1"] is not None]
@@ -293,4 +312,7 @@ def _result_row(
         **scores,
         eval_folded_bn=eval_folded_bn,
         padded_depthwise_grad=padded_depthwise_grad,
+        compiled=compiling.mode,
+        compile_seconds=compiling.seconds,
+        compiled_steps=compiling.compiled_steps,
     )

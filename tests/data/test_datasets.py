@@ -154,9 +154,10 @@ def test_digits_shapes_split_and_speed() -> None:
 def test_fingerprint_depends_on_size_and_resolved_root(tmp_path: Path) -> None:
     assert prepare_dataset("digits", 16).fingerprint != prepare_dataset("digits", 24).fingerprint
     assert prepare_dataset("digits", 16).fingerprint == datasets.dataset_fingerprint("digits", 16)
-    folder = tmp_path / "set" / "a"
-    folder.mkdir(parents=True)
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "one.png")
+    for label in ("a", "b"):  # two classes: fewer is refused
+        folder = tmp_path / "set" / label
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "one.png")
     by_path = prepare_dataset(f"imagefolder:{tmp_path / 'set'}", 8)
     by_root = prepare_dataset("imagefolder:set?group=structured", 8, root=str(tmp_path))
     assert by_path.fingerprint == by_root.fingerprint and by_root.group == "structured"
