@@ -125,7 +125,10 @@ class TrialConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the trial's result (the input of `trial_id`)."""
+        from bench.data.names import identity_name
+
         fields = dataclasses.asdict(self)
+        fields["dataset"] = identity_name(self.dataset)  # a display name changes no data
         for name in _PLACEMENT_FIELDS:
             fields.pop(name)
         for name, default in _OPTIONAL_IDENTITY.items():

@@ -23,6 +23,10 @@ Prints four markdown tables (and the device line):
 4. packing: the smoke suite (``--smoke``: 12 trials, 64 px, 2 epochs) through ``bench run`` with
    ``resources_per_trial: {gpu: 1}`` (one trial per card) and ``{gpu: 0.25}`` (four per card, each held to a
    quarter of the memory): wall time, and whether both give the same leaderboard.
+5. compiled steps (``train.compile``): a small trial's (64 px, batch 64) step time eager against compiled
+   (CUDA graphs on a card; target 3x), bench's warm compiled loop against timm's benchmark loop with
+   ``torch.compile`` (target 1.0), and the smoke suite packed and one per card, eager against compiled
+   (the compiled runs share one cache folder, so the second loads the first's generated code).
 
 Tables 1 to 3 train from random weights (the speed is the same) and need only torch, timm and
 scikit-learn, so ``--skip-packing`` runs them where Ray is not installed. On a machine without CUDA only
@@ -59,18 +63,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def timm_train_throughput(
-    model_name: str, *, batch_size: int, img_size: int, steps: int, device: torch.device
+    model_name: str, *, batch_size: int, img_size: int, steps: int, device: torch.device, compiled: bool = False
 ) -> float:
-    """Images per second of timm's benchmark training loop: synthetic batch, AdamW, bf16, channels_last."""
+    """Images per second of timm's benchmark training loop: synthetic batch, AdamW, bf16, channels_last;
+    ``compiled``: the model through ``torch.compile`` (benchmark.py's ``--torchcompile``, inductor)."""
     model = timm.create_model(model_name, num_classes=10).to(device).to(memory_format=torch.channels_last)
     model.train()
+    net = torch.compile(model) if compiled else model
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=1e-4)
     inputs = torch.randn(batch_size, 3, img_size, img_size, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,), device=device)
 
     def step() -> None:  # as benchmark.py's TrainBenchmarkRunner: loss inside autocast, no .item() per step
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = F.cross_entropy(model(inputs), labels)
+            loss = F.cross_entropy(net(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -228,8 +234,9 @@ def _suite_variant(
     return path
 
 
-def _bench_run(suite: Path, out: Path, smoke: bool) -> tuple[float, Any]:
+def _bench_run(suite: Path, out: Path, smoke: bool, cache_dir: Path | None = None) -> tuple[float, Any]:
     command = [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out)] + (["--smoke"] if smoke else [])
+    command += ["--cache-dir", str(cache_dir)] if cache_dir else []
     tic = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - tic
@@ -241,7 +248,11 @@ def _bench_run(suite: Path, out: Path, smoke: bool) -> tuple[float, Any]:
     return wall, results.read_table(run_dir / results.TRIALS_FILE)
 
 
-def packing_table(*, device: torch.device, quick: bool, scratch: Path) -> str:
+def packing_table(
+    *, device: torch.device, quick: bool, scratch: Path, compile_settings: tuple[str, ...] = ("off",)
+) -> str:
+    """The smoke suite one trial per card against four per card (one against two at a time without a card),
+    for each of ``compile_settings``; speed-ups against the first row. Compiled runs share a cache folder."""
     source = ROOT / "suites" / "smoke.yaml"
     train = {"img_size": 32, "epochs": 1} if quick else {"img_size": 64, "epochs": 2}
     if device.type == "cuda":
@@ -249,36 +260,110 @@ def packing_table(*, device: torch.device, quick: bool, scratch: Path) -> str:
     else:  # the same code path without a card: one against two trials at a time
         variants = [("one at a time", {"cpu": 1, "gpu": 0}, 1), ("two at a time", {"cpu": 1, "gpu": 0}, 2)]
     measured = []
-    for label, resources, concurrent in variants:
-        suite = _suite_variant(source, scratch, label.replace(" ", "_"), resources, concurrent, train)
-        wall, table = _bench_run(suite, scratch / "out", smoke=True)
-        print(f"  {label}: {len(table)} trials in {wall:.0f} s", flush=True)
-        measured.append((label, resources, wall, table))
-    base_wall, base_table = measured[0][2], measured[0][3]
+    for setting in compile_settings:
+        for label, resources, concurrent in variants:
+            name = f"{label.replace(' ', '_')}_compile_{setting}"
+            suite = _suite_variant(source, scratch, name, resources, concurrent, {**train, "compile": setting})
+            cache = scratch / f"cache_compile_{setting}"
+            wall, table = _bench_run(suite, scratch / "out", smoke=True, cache_dir=cache)
+            print(f"  {label}, compile {setting}: {len(table)} trials in {wall:.0f} s", flush=True)
+            measured.append((label, setting, resources, wall, table))
+    base_wall, base_table = measured[0][3], measured[0][4]
     header = (
         "trials",
+        "compile",
         "resources_per_trial",
         "trials ok",
         "bench run s",
+        "compile s (trials' sum)",
         "speed-up",
         "same leaderboard",
         "d_mean top1",
     )
     rows = []
-    for label, resources, wall, table in measured:
+    for label, setting, resources, wall, table in measured:
         same, d_mean = leaderboard_difference(base_table, table)
         rows.append(
             (
                 label,
+                setting,
                 str(resources),
                 f"{int((table['status'] == 'ok').sum())}/{len(table)}",
                 f"{wall:.0f}",
+                f"{table['compile_seconds'].sum():.0f}",
                 f"{base_wall / wall:.2f}",
                 "yes" if same else "NO",
                 f"{d_mean:.2f}",
             )
         )
     return markdown_table(header, rows)
+
+
+def compiled_step_table(*, dataset: str, batch_size: int, img_size: int, steps: int, device: torch.device) -> str:
+    """A small trial's step time eager against compiled (warm: a second trial of the same shapes), and the
+    warm compiled loop at the throughput size against timm's benchmark loop with torch.compile."""
+    small = TrialConfig(
+        backbone="efficientnet_lite0",
+        dataset=dataset,
+        freeze="full",
+        pretrained=False,
+        img_size=32 if img_size < 64 else 64,
+        epochs=None,
+        steps=steps,
+        batch_size=min(batch_size, 64),
+        eval_every=10**6,
+        similarity=False,
+        device=device.type,
+    )
+    large = dataclasses.replace(small, img_size=img_size, batch_size=batch_size)
+    rows = []
+    for label, config in (("small trial", small), ("throughput size", large)):
+        measured = {}
+        for setting in ("off", "on"):
+            trial = dataclasses.replace(config, compile=setting)
+            training.run_trial(trial)  # the first of a process pays CUDA's first use and the compile
+            measured[setting] = training.run_trial(trial).row
+        eager, done = measured["off"], measured["on"]
+        step = {k: r["train_seconds"] / r["hp_total_steps"] for k, r in measured.items()}  # a mean step
+        rows.append(
+            (
+                f"{label} ({config.img_size} px, batch {config.batch_size})",
+                done["compiled"],
+                f"{1000 * step['off']:.1f}",
+                f"{1000 * step['on']:.1f}",
+                f"{step['off'] / step['on']:.2f}",
+                f"{eager['images_per_second']:,.0f}",
+                f"{done['images_per_second']:,.0f}",
+            )
+        )
+    timm_rate = timm_train_throughput(
+        "efficientnet_lite0", batch_size=batch_size, img_size=img_size, steps=steps, device=device, compiled=True
+    )
+    rows.append(
+        (
+            f"timm benchmark loop, torch.compile ({img_size} px, batch {batch_size})",
+            "inductor",
+            "-",
+            f"{1000 * batch_size / timm_rate:.1f}",
+            "-",
+            "-",
+            f"{timm_rate:,.0f}",
+        )
+    )
+    header = (
+        "trial",
+        "compiled",
+        "eager ms/step",
+        "compiled ms/step",
+        "speed-up",
+        "eager images/s",
+        "compiled images/s",
+    )
+    return (
+        markdown_table(header, rows)
+        + "\n\nbench compiled / timm compiled at the throughput size: "
+        + (f"{measured['on']['images_per_second'] / timm_rate:.2f}")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,20 +382,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--tables",
-        default="1,2,3,4",
-        help="which tables, in this order (default 1,2,3,4; "
-        "4,1,3,2 measures the packing first when the device minutes are short)",
+        default="1,2,3,4,5",
+        help="which tables, in this order (default 1,2,3,4,5; "
+        "5,4,1,3,2 measures the compiled steps and the packing first when the device minutes are short)",
     )
     args = parser.parse_args(argv)
     try:
         tables = [int(t) for t in args.tables.split(",")]
     except ValueError:
         tables = []
-    if not tables or any(t not in (1, 2, 3, 4) for t in tables):
-        print(f"gpu_check: --tables {args.tables!r}: expected numbers from 1 to 4, comma-separated", file=sys.stderr)
+    if not tables or any(t not in (1, 2, 3, 4, 5) for t in tables):
+        print(f"gpu_check: --tables {args.tables!r}: expected numbers from 1 to 5, comma-separated", file=sys.stderr)
         return 2
     if args.skip_packing:
-        tables = [t for t in tables if t != 4]
+        tables = [t for t in tables if t != 4]  # table 5's packing rows need Ray too: it prints its step rows only
     device = training.resolve_device("auto")
     if device.type != "cuda" and not args.quick:
         print("gpu_check: no CUDA device here; run with --quick to check the script on the CPU", file=sys.stderr)
@@ -331,11 +416,25 @@ def main(argv: list[str] | None = None) -> int:
             small = 32 if args.quick else 64
             print(f"\n3. small trials one after another ({small} px)\n")
             print(trial_cost_table(dataset=args.dataset, img_size=small, steps=steps, device=device), flush=True)
-        else:
+        elif table == 4:
             print("\n4. packed against one-at-a-time trials (suites/smoke.yaml)\n")
             with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as scratch:
                 os.environ.setdefault("BENCH_DATA", str(ROOT.parent / "shared" / "data"))
                 print(packing_table(device=device, quick=args.quick, scratch=Path(scratch)), flush=True)
+        else:
+            print("\n5. compiled steps (train.compile)\n")
+            print(
+                compiled_step_table(dataset=args.dataset, batch_size=batch, img_size=size, steps=steps, device=device),
+                flush=True,
+            )
+            if not args.skip_packing:
+                print("\n5b. packed against one-at-a-time trials, eager against compiled\n")
+                with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as scratch:
+                    os.environ.setdefault("BENCH_DATA", str(ROOT.parent / "shared" / "data"))
+                    table5 = packing_table(
+                        device=device, quick=args.quick, scratch=Path(scratch), compile_settings=("off", "on")
+                    )
+                    print(table5, flush=True)
     return 0
 
 

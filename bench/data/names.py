@@ -135,3 +135,16 @@ def display_name(text: str) -> str:
     except DatasetNameError:
         return _last_part(text.partition("?")[0]) or text
     return ref.options.get("display_name") or default_display_name(ref)
+
+
+def identity_name(text: str) -> str:
+    """`text` without its ``display_name`` option: what a trial's identity holds, so renaming a dataset's
+    display keeps its trials' ids. Unparseable strings are returned as they are."""
+    try:
+        ref = parse_dataset_name(text)
+    except DatasetNameError:
+        return text
+    if "display_name" not in ref.options:
+        return text
+    kept = {k: v for k, v in ref.options.items() if k != "display_name"}
+    return with_options(ref.base, kept)

@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         "depthwise backward and with bench.speedups.depthwise's padded weight gradient (--img-size)",
     )
     parser.add_argument("--img-size", type=int, default=48, help="with --depthwise (default 48)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="trials",
+        choices=("trials", "off", "on", "auto"),
+        default=None,
+        help="instead: the half-frozen and full trials eager against compiled (train.compile); with --suite: "
+        "bench run's train.compile (off, on, auto)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="with --suite: trials at a time, both ways (default 2)")
     parser.add_argument("--plain-trial", default=None, help=argparse.SUPPRESS)  # the plain child process
     parser.add_argument("--in-process-suite", default=None, help=argparse.SUPPRESS)  # --ray-overhead's child
@@ -103,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.suite or args.ray_overhead:
         return _whole_suites(args)
+    if args.compile == "trials":
+        return _compiled_trials(args)
     trials = default_trials(quick=args.quick)
     print(machine_line(args.threads), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as scratch:
@@ -126,6 +137,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _compiled_trials(args: argparse.Namespace) -> int:
+    from bench.perf.compiled import compare_compiled
+
+    print(machine_line(args.threads), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as scratch:
+        table, notes = compare_compiled(quick=args.quick, threads=args.threads, scratch=Path(scratch))
+    print()
+    print(table)
+    print()
+    print("\n".join(notes))
+    print(machine_line(args.threads).replace("machine:", "at the end:"))
+    return 0
+
+
 def _whole_suites(args: argparse.Namespace) -> int:
     print(machine_line(args.threads), flush=True)
     tables = []
@@ -139,6 +164,7 @@ def _whole_suites(args: argparse.Namespace) -> int:
                 threads=args.threads,
                 scratch=Path(scratch),
                 keep=Path(args.keep) if args.keep else None,
+                compile_setting={"trials": "on"}.get(args.compile, args.compile),  # a bare --compile: on
             )
         if args.ray_overhead:
             print(f"ray overhead {args.ray_overhead}: in one process, then bench run --num-cpus 1 ...", flush=True)

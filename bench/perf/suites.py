@@ -57,12 +57,33 @@ def leaderboard_difference(left: pd.DataFrame, right: pd.DataFrame) -> tuple[boo
     return same, float((merged["mean_a"] - merged["mean_b"]).abs().max())
 
 
+def with_compile(suite_path: str, setting: str, folder: Path) -> str:
+    """A copy of the suite file with ``train.compile: <setting>`` (in ``folder``; same name, same trials)."""
+    import yaml
+
+    from bench.suite.reading import load_yaml
+
+    data = load_yaml(Path(suite_path))
+    data.setdefault("train", {})["compile"] = setting
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / f"{Path(suite_path).stem}-compile-{setting}.yaml"
+    copy.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(copy)
+
+
 def compare_suite(
-    suite_path: str, *, smoke: bool, workers: int, threads: int, scratch: Path, keep: Path | None = None
+    suite_path: str,
+    *,
+    smoke: bool,
+    workers: int,
+    threads: int,
+    scratch: Path,
+    keep: Path | None = None,
+    compile_setting: str | None = None,
 ) -> list[str]:
     """The whole suite through `bench run` against each of its trials as its own plain process (``workers``
     at a time, as Ray runs ``workers`` trials at a time on ``workers`` CPUs). Floor: ratio >= 3, same
-    leaderboard."""
+    leaderboard. ``compile_setting``: also `bench run` with ``train.compile`` set so, against the same plain runs."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
@@ -70,34 +91,48 @@ def compare_suite(
     from bench.suite import load_suite
 
     trials = load_suite(suite_path, smoke=smoke).trials()
-    bench_wall, bench_table = _bench_run(suite_path, smoke=smoke, out=scratch / "suite-run", num_cpus=workers)
+    runs = {"bench run": suite_path}
+    if compile_setting is not None:
+        runs[f"bench run, compile {compile_setting}"] = with_compile(suite_path, compile_setting, scratch / "suites")
+    measured = {}
+    for index, (label, path) in enumerate(runs.items()):
+        print(f"{label} ...", flush=True)
+        measured[label] = _bench_run(path, smoke=smoke, out=scratch / f"suite-run{index}", num_cpus=workers)
+    print(f"{len(trials)} plain processes ...", flush=True)
     tic = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         plain = list(pool.map(lambda config: run_plain(config, threads=threads), trials))
     plain_wall = time.perf_counter() - tic
     plain_table = pd.DataFrame([m.row for m in plain])
-    joined = bench_table.merge(plain_table, on="trial_id", suffixes=("_bench", "_plain"))
-    d_top1 = float((joined["metric_top1_bench"] - joined["metric_top1_plain"]).abs().max())
-    if keep is not None:
-        _keep_tables(keep, bench_table, plain_table, joined)
-    same, d_mean = leaderboard_difference(bench_table, plain_table)
-    ratio = plain_wall / bench_wall
-    row = [
-        f"suite {Path(suite_path).name}{' --smoke' if smoke else ''} ({len(trials)} trials)",
-        f"{plain_wall:.0f}",
-        f"{bench_wall:.0f}",
-        f"{ratio:.2f}",
-        "3",
-        f"{len(joined)}/{len(trials)}",
-        f"{d_top1:.2f}",
-        "yes" if same else "NO",
-        f"{d_mean:.2f}",
-        "yes" if ratio >= 3 and same else "NO",
-    ]
+    rows = []
+    for index, (label, (bench_wall, bench_table)) in enumerate(measured.items()):
+        joined = bench_table.merge(plain_table, on="trial_id", suffixes=("_bench", "_plain"))
+        d_top1 = float((joined["metric_top1_bench"] - joined["metric_top1_plain"]).abs().max())
+        if keep is not None:
+            _keep_tables(keep / str(index) if index else keep, bench_table, plain_table, joined)
+        same, d_mean = leaderboard_difference(bench_table, plain_table)
+        ratio = plain_wall / bench_wall
+        compile_s = bench_table["compile_seconds"].sum() if "compile_seconds" in bench_table else 0.0
+        rows.append(
+            [
+                f"suite {Path(suite_path).name}{' --smoke' if smoke else ''} ({len(trials)} trials), {label}",
+                f"{plain_wall:.0f}",
+                f"{bench_wall:.0f}",
+                f"{compile_s:.0f}",
+                f"{ratio:.2f}",
+                "3",
+                f"{len(joined)}/{len(trials)}",
+                f"{d_top1:.2f}",
+                "yes" if same else "NO",
+                f"{d_mean:.2f}",
+                "yes" if ratio >= 3 and same else "NO",
+            ]
+        )
     header = (
         "run",
         "plain processes_s",
         "bench run_s",
+        "compile_s (trials' sum)",
         "ratio",
         "floor",
         "trials matched",
@@ -106,7 +141,7 @@ def compare_suite(
         "d_mean top1",
         "ok",
     )
-    return [markdown_table(header, [row])]
+    return [markdown_table(header, rows)]
 
 
 def _keep_tables(folder: Path, bench_table: pd.DataFrame, plain_table: pd.DataFrame, joined: pd.DataFrame) -> None:

@@ -132,12 +132,17 @@ def run_plain(config: TrialConfig, *, threads: int) -> Measurement:
     # (bench does, once per backbone and dataset: that cost is in the optimised ``first`` column).
     # Nor does it fold BatchNorm into the convolutions for evaluation (``bench.speedups.fold``).
     plain = dataclasses.replace(config, feature_cache=False, fold_batchnorm=False, cache_dir=None, similarity=False)
+    return run_child(plain, threads=threads)
+
+
+def run_child(config: TrialConfig, *, threads: int) -> Measurement:
+    """``config`` run by ``run_trial`` in a fresh process of its own: its wall time (start-up included) and row."""
     command = [
         sys.executable,
         "-m",
         "bench.perf",
         "--plain-trial",
-        json.dumps(plain.to_dict()),
+        json.dumps(config.to_dict()),
         "--threads",
         str(threads),
     ]

@@ -35,7 +35,7 @@ import ray
 from ray import tune
 
 from bench.config import TrialConfig
-from bench.data import PreparedDataset, prepare_dataset
+from bench.data import PreparedDataset, TooFewClasses, display_name, prepare_dataset
 from bench.errors import StorageError, UserError
 from bench.results import store as results
 from bench.results.schema import trial_row, utc_now
@@ -491,7 +491,8 @@ def _label(trial: dict[str, Any]) -> str:
     """A trial's cell in one line, from its config (``to_dict``) or its row."""
     scratch = "" if trial.get("pretrained") in (True, None) else "(scratch)"
     size = f"shots={trial['shots']}" if trial.get("shots") else f"frac={trial['data_fraction']}"
-    return f"{trial['backbone']}{scratch} {trial['dataset']} freeze={trial['freeze']} {size} seed={trial['seed']}"
+    dataset = display_name(trial["dataset"])
+    return f"{trial['backbone']}{scratch} {dataset} freeze={trial['freeze']} {size} seed={trial['seed']}"
 
 
 def _dataset_configs(trials: list[TrialConfig]) -> dict[str, TrialConfig]:
@@ -508,6 +509,8 @@ def _prepare(config: TrialConfig, cache: str) -> PreparedDataset | str:
         return prepare_dataset(
             config.dataset, config.img_size, root=config.dataset_root, download=config.download, cache_dir=cache
         )
+    except TooFewClasses:
+        raise  # the suite's own mistake, found only now: one line and exit 2, as at validation
     except UserError as error:
         return str(error)
 

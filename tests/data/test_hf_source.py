@@ -7,6 +7,8 @@ is not cached is refused offline.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import shutil
 import subprocess
@@ -270,6 +272,12 @@ def test_a_second_class_without_readable_images_is_refused_when_prepared(tmp_pat
     assert bench("validate", suite).returncode == 0  # two class folders: validation cannot tell
     with pytest.warns(UserWarning), pytest.raises(TooFewClasses, match=r"1 class \(basophil\); a benchmark needs"):
         prepare_dataset(name, 16)
+    # Through `bench run` (real local Ray): one line and exit 2, as at validation; no row is written.
+    done = bench("run", suite, "--out", tmp_path / "out", "--num-cpus", "1", timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("bench: error: ")]
+    assert len(errors) == 1 and "1 class (basophil)" in errors[0] and "Traceback" not in done.stderr
+    assert not list((tmp_path / "out").rglob("trials.parquet"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,6 +303,13 @@ def test_display_names_default_and_override() -> None:
         started_at="",
     )
     assert row["dataset"].startswith("imagefolder:/") and row["dataset_name"] == "pbc_blood_cells"
+
+
+def test_a_display_name_is_not_part_of_the_trial_id() -> None:
+    plain = TrialConfig(backbone="b", dataset=f"imagefolder:{PBC}?group=specialized")
+    named = dataclasses.replace(plain, dataset=f"imagefolder:{PBC}?group=specialized&display_name=cells")
+    assert named.trial_id == plain.trial_id and named.cell_id == plain.cell_id
+    assert dataclasses.replace(plain, dataset=f"imagefolder:{PBC}").trial_id != plain.trial_id  # group: as before
 
 
 def test_two_datasets_with_one_display_name_are_refused(tmp_path: Path, cells: Path) -> None:

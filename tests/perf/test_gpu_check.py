@@ -35,14 +35,14 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
 
 
 def test_a_wrong_table_list_is_one_line_and_exit_2():
-    finished = _run("--quick", "--tables", "4,5")
+    finished = _run("--quick", "--tables", "4,6")
     assert finished.returncode == 2
-    assert finished.stderr.strip() == "gpu_check: --tables '4,5': expected numbers from 1 to 4, comma-separated"
+    assert finished.stderr.strip() == "gpu_check: --tables '4,6': expected numbers from 1 to 5, comma-separated"
 
 
 @pytest.mark.slow
-def test_quick_run_prints_all_four_tables():
-    finished = _run("--quick")
+def test_quick_run_prints_the_first_four_tables():
+    finished = _run("--quick", "--tables", "1,2,3,4")
     assert finished.returncode == 0, finished.stderr[-2000:]
     out = finished.stdout
     throughput = parse_table(out.split("1. training throughput")[1].split("2. batch_size")[0])
@@ -56,6 +56,26 @@ def test_quick_run_prints_all_four_tables():
     packing = parse_table(out.split("4. packed")[1])
     assert [row["trials"] for row in packing] == ["one at a time", "two at a time"]
     assert all(row["trials ok"] == "12/12" and row["same leaderboard"] == "yes" for row in packing)
+
+
+@pytest.mark.slow
+def test_quick_compiled_table_runs_every_row():
+    finished = _run("--quick", "--tables", "5")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    out = finished.stdout
+    steps = parse_table(out.split("5. compiled steps (train.compile)")[1].split("bench compiled / timm")[0])
+    assert [row["compiled"] for row in steps] == ["inductor", "inductor", "inductor"]  # no card: inductor
+    assert all(float(row["compiled images/s"].replace(",", "")) > 0 for row in steps)
+    assert float(out.split("bench compiled / timm compiled at the throughput size: ")[1].split()[0]) > 0
+    packing = parse_table(out.split("5b. packed")[1])
+    assert [(row["trials"], row["compile"]) for row in packing] == [
+        ("one at a time", "off"),
+        ("two at a time", "off"),
+        ("one at a time", "on"),
+        ("two at a time", "on"),
+    ]
+    assert all(row["trials ok"] == "12/12" for row in packing)
+    assert [float(row["compile s (trials' sum)"]) > 0 for row in packing] == [False, False, True, True]
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.perf import flops, main, trials
+from bench.perf import compiled, flops, main, trials
 from bench.results.leaderboard import markdown_table, parse_table
 
 
@@ -82,3 +82,28 @@ def test_depthwise_prints_a_step_with_either_backward_and_their_gradients_agree(
     assert float(row["pytorch backward_s"]) > 0 and float(row["padded weight grad_s"]) > 0
     assert row["layers padded"] == "11"  # the depthwise layers whose kernel is larger than their map at 32 px
     assert 0 < float(row["max grad diff"]) < 1e-4  # another summation order, not another gradient
+
+
+@pytest.mark.slow
+def test_compile_quick_prints_eager_against_compiled_rows():
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.perf", "--compile", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = parse_table(finished.stdout)
+    assert [row["trial"] for row in rows] == ["half-frozen digits 32px", "full digits 32px"]
+    assert set(rows[0]) == set(compiled.COLUMNS)
+    for row in rows:
+        assert float(row["eager train_s"]) > 0 and float(row["compiled train_s"]) > 0
+        assert float(row["compile_s cold"]) > 0 and float(row["compile_s same worker"]) == 0.0  # graph reused
+        assert float(row["d_nll"]) < 0.05, row
+    assert rows[1]["FLOP/s of peak eager / compiled"].endswith("%") and rows[0]["FLOP/s of peak eager / compiled"] == "-"
+
+
+def test_break_even_counts_trials_or_says_never():
+    assert compiled.break_even(2.0, 1.0, 2.5) == "3"
+    assert compiled.break_even(1.0, 1.2, 0.1) == "never"
