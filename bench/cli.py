@@ -72,6 +72,10 @@ def _validate(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite, smoke=args.smoke)
     print(f"{args.suite}: suite '{suite.name}' is valid: {suite.trial_count()} trials")
+    from bench.plugins import loaded_plugins
+
+    if loaded_plugins():  # their code ran here, and runs in every worker: read a shared suite's plug-ins first
+        print(f"plug-ins imported (their code ran, and runs in every worker): {', '.join(loaded_plugins())}")
     return 0
 
 
@@ -109,18 +113,33 @@ def _list(args: argparse.Namespace) -> int:
         for suite in shipped_suites():
             if fnmatch(suite.name, args.pattern):
                 print(f"{suite.name:24s} {suite.path}\n{'':24s} {suite.description}")
-    elif args.what == "backbones":
+        return 0
+    from bench.plugins import load_plugins
+
+    load_plugins()  # installed plug-ins' entries are listed with where they come from
+    if args.what == "backbones":
         from bench.models.registry import list_backbones
 
         for row in list_backbones(args.pattern, all_timm=args.all):
-            print(f"{row.name:48s} {row.family:12s} {'offline' if row.offline else 'download':9s} {row.note}")
+            offline = "offline" if row.offline else "download"
+            print(f"{row.name:48s} {row.family:12s} {offline:9s} {row.source:16s} {row.note}")
+    elif args.what == "strategies":
+        from fnmatch import fnmatch
+
+        from bench.models.strategies import STRATEGIES
+
+        for name in STRATEGIES:
+            if fnmatch(name, args.pattern):
+                entry = STRATEGIES[name]
+                depth = "-" if entry.depth is None else f"{entry.depth:g}"
+                print(f"{name:16s} depth {depth:5s} {STRATEGIES.source(name):16s} {entry.description}")
     else:
-        from bench.data import list_datasets
+        from bench.data import DATASETS, list_datasets
 
         for entry in list_datasets(args.pattern):
+            offline = "offline" if entry.offline else "download"
             print(
-                f"{entry.name:16s} {entry.group:12s} {'offline' if entry.offline else 'download':9s} "
-                f"{entry.description}"
+                f"{entry.name:16s} {entry.group:12s} {offline:9s} {DATASETS.source(entry.name):16s} {entry.description}"
             )
     return 0
 
@@ -204,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     listing = commands.add_parser("list", help="what the registries hold, and the suites bench ships")
-    listing.add_argument("what", choices=("backbones", "datasets", "suites"))
+    listing.add_argument("what", choices=("backbones", "datasets", "strategies", "suites"))
     listing.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'timm:resnet*'")
     listing.add_argument("--all", action="store_true", help="every timm/torchvision model, not only cached ones")
     listing.set_defaults(handler=_list)

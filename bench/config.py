@@ -11,14 +11,10 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-Strategy = Literal["linear_probe", "full", "lp_ft"]
 TRACKERS = ("mlflow", "wandb", "tensorboard")  # experiment trackers a run can mirror its trials to
 
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
-# The freeze depth each named strategy ends at: lp_ft ends fully fine-tuned.
-STRATEGY_DEPTH: dict[str, float] = {"linear_probe": 1.0, "full": 0.0, "lp_ft": 0.0}
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("none", "flip", "crop_flip")
 COMPILE_SETTINGS = ("off", "on", "auto")  # train.compile (bench.training.compiled)
@@ -36,6 +32,7 @@ _PLACEMENT_FIELDS = (
     "similarity_threshold",
     "gpu_share",
     "compile",
+    "plugins",
 )
 # Fields added after trial ids were first published: part of the identity only when set, so the trials of
 # earlier runs keep their ids (and resume) unless they use the field.
@@ -62,7 +59,7 @@ class TrialConfig:
 
     backbone: str
     dataset: str
-    freeze: float | str = "linear_probe"  # 0..1, or "linear_probe" | "full" | "lp_ft"
+    freeze: float | str = "linear_probe"  # 0..1, or a strategy's name (bench.models.strategies)
     pretrained: bool = True
     weights: str | None = None  # explicit weights file (timm `file:`), else the registry default
     dataset_root: str | None = None
@@ -99,10 +96,12 @@ class TrialConfig:
     )
     gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
     compile: str = "auto"  # "off" | "on" | "auto": forward passes through torch.compile (bench.training.compiled)
+    plugins: tuple[str, ...] = ()  # modules imported before the trial runs (the suite's `plugins:`)
 
     @property
     def strategy(self) -> str:
-        """`linear_probe`, `full`, `lp_ft`, or `partial` for a fractional freeze."""
+        """The strategy's name (`linear_probe`, `full`, `lp_ft`, `bitfit`, ...), or `partial` for a fractional
+        freeze."""
         if isinstance(self.freeze, str):
             return self.freeze
         if self.freeze >= 1.0:
@@ -112,10 +111,13 @@ class TrialConfig:
         return "partial"
 
     @property
-    def freeze_fraction(self) -> float:
-        """The freeze depth as a number; `lp_ft` ends fully fine-tuned, so it counts as 0."""
+    def freeze_fraction(self) -> float | None:
+        """The freeze depth as a number (`lp_ft` ends fully fine-tuned, so it counts as 0); None for a
+        strategy that is not a depth (`bitfit`, `norm`, `lora`)."""
         if isinstance(self.freeze, str):
-            return STRATEGY_DEPTH.get(self.freeze, 0.0)
+            from bench.models.strategies import strategy_depth
+
+            return strategy_depth(self.freeze)
         return float(self.freeze)
 
     @property
@@ -154,7 +156,7 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
-        return cls(**values)
+        return cls(**{**values, "plugins": tuple(values.get("plugins") or ())})
 
 
 def _digest(fields: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.config import STRATEGY_DEPTH
+from bench.models.strategies import strategy_depth
 from bench.results.schema import SCHEMA_VERSION
 from bench.results.store import EPOCHS_FILE, TRIALS_FILE, replace_epochs, upsert_trials
 
@@ -189,7 +189,7 @@ def make_row(**overrides: Any) -> dict[str, Any]:
     }
     row.update(overrides)
     if "freeze" not in overrides:
-        row["freeze"] = STRATEGY_DEPTH.get(row["strategy"], 0.5)
+        row["freeze"] = strategy_depth(row["strategy"]) if row["strategy"] != "partial" else 0.5
     if "trial_id" not in overrides:
         identity = {
             k: row[k]

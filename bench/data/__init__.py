@@ -3,10 +3,12 @@
 from bench.data.names import HF_PREFIX, IMAGEFOLDER_PREFIX, display_name
 from bench.data.prepare import PreparedDataset, contents_digest, dataset_fingerprint, prepare_dataset
 from bench.data.registry import (
+    DATASETS,
     GROUPS,
     MIN_CLASSES,
     DatasetEntry,
     TooFewClasses,
+    add_dataset,
     check_dataset_name,
     check_dataset_source,
     dataset_group,
@@ -16,6 +18,7 @@ from bench.data.registry import (
 from bench.data.splits import HELDOUT_SPLIT_SEED, HELDOUT_TEST_FRACTION, split_train_val, stratified_subset
 
 __all__ = [
+    "DATASETS",
     "GROUPS",
     "HELDOUT_SPLIT_SEED",
     "HELDOUT_TEST_FRACTION",
@@ -25,6 +28,7 @@ __all__ = [
     "DatasetEntry",
     "PreparedDataset",
     "TooFewClasses",
+    "add_dataset",
     "check_dataset_name",
     "check_dataset_source",
     "contents_digest",

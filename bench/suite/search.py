@@ -19,12 +19,20 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from bench.config import SEARCHABLE, STRATEGIES
+from bench.config import SEARCHABLE
 from bench.suite.reading import shorten
 from bench.suite.strict import Strict
 
 RANGE_KINDS = ("loguniform", "uniform", "choice")
-STRATEGY_KEYS = (*STRATEGIES, "partial")  # partial: 0 < freeze < 1
+
+
+def strategy_keys() -> list[str]:
+    """Registered strategies (plug-ins' included) and ``partial`` (0 < freeze < 1)."""
+    from bench.models.strategies import strategy_names
+
+    return [*strategy_names(), "partial"]
+
+
 SIGNIFICANT_DIGITS = 6  # drawn numbers are rounded to this many significant digits (readable rows, same ids)
 
 
@@ -78,7 +86,7 @@ class SearchSpec(Strict):
     protocol: Literal["every_seed", "two_stage"] = "every_seed"
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     space: dict[str, Any]
-    by_strategy: dict[Literal["linear_probe", "full", "lp_ft", "partial"], dict[str, Any]] = {}
+    by_strategy: dict[str, dict[str, Any]] = {}  # strategy name or partial (0 < freeze < 1) -> its space
     scheduler: SchedulerSpec = SchedulerSpec()
 
     @field_validator("space")
@@ -91,6 +99,10 @@ class SearchSpec(Strict):
     @field_validator("by_strategy")
     @classmethod
     def _valid_strategy_spaces(cls, spaces: dict[str, dict[str, Any]]) -> dict[str, Space]:
+        known = strategy_keys()
+        for strategy in spaces:
+            if strategy not in known:
+                raise ValueError(f"unknown strategy '{strategy}'; expected one of {', '.join(known)}")
         return {strategy: _space(space) for strategy, space in spaces.items()}
 
     def space_for(self, strategy: str) -> Space:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    ConfigDict,
     Field,
     ValidationError,
     field_serializer,
@@ -22,14 +23,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from bench.config import STRATEGIES, TRACKERS, TrialConfig
+from bench.config import TRACKERS, TrialConfig
 from bench.errors import UserError
+from bench.models.strategies import strategy_names
 from bench.suite.reading import expand_dataset_name, expand_optional, expand_vars, shorten
-from bench.suite.search import STRATEGY_KEYS, SearchSpec
+from bench.suite.search import SearchSpec, strategy_keys
 from bench.suite.strict import Strict as _Strict
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
-_LR_KEYS = (*STRATEGIES, "partial", "default")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,13 +54,14 @@ def _no_duplicates(values: list[Any] | None, keys: list[Any] | None = None) -> l
 
 
 def _freeze_value(value: Any) -> str | float:
-    if isinstance(value, str) and value in STRATEGIES:
+    names = strategy_names()
+    if isinstance(value, str) and value in names:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value <= 1.0:
         return float(value)
-    hint = difflib.get_close_matches(value, STRATEGIES, n=1) if isinstance(value, str) else []
+    hint = difflib.get_close_matches(value, names, n=1) if isinstance(value, str) else []
     extra = f" (did you mean {hint[0]}?)" if hint else ""
-    raise ValueError(f"expected linear_probe, full, lp_ft or a number in [0, 1], got {shorten(value)}{extra}")
+    raise ValueError(f"expected a strategy ({', '.join(names)}) or a number in [0, 1], got {shorten(value)}{extra}")
 
 
 def _batch_size_value(value: Any) -> int | str:
@@ -247,30 +249,57 @@ class GridSpec(_Strict):
         return [(f, None) for f in self.data_fraction or []] + [(None, s) for s in self.shots or []]
 
 
-class LrByStrategy(_Strict):
-    """Learning rate per strategy; a bare number in YAML is `{default: <number>}`."""
+def _lr_keys() -> list[str]:
+    return [*strategy_names(), "partial", "default"]
 
-    linear_probe: PositiveFloat | None = None
-    full: PositiveFloat | None = None
-    lp_ft: PositiveFloat | None = None
-    partial: PositiveFloat | None = None  # 0 < freeze < 1
+
+class LrByStrategy(_Strict):
+    """Learning rate per strategy (any registered strategy's name, ``partial`` for 0 < freeze < 1, ``default``);
+    a bare number in YAML is `{default: <number>}`."""
+
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False, frozen=True)
+
     default: PositiveFloat | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _from_number(cls, data: Any) -> Any:
+    def _known_keys(cls, data: Any) -> Any:
         if isinstance(data, (int, float)) and not isinstance(data, bool):
             if not (math.isfinite(data) and data > 0):
                 raise ValueError(f"expected a number > 0 or a mapping per strategy, got {shorten(data)}")
             return {"default": data}
         if not isinstance(data, dict):
             raise ValueError(
-                f"expected a number > 0 or a mapping with keys among {', '.join(_LR_KEYS)}, got {shorten(data)}"
+                f"expected a number > 0 or a mapping with keys among {', '.join(_lr_keys())}, got {shorten(data)}"
             )
+        allowed = _lr_keys()
+        for key, value in data.items():
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key",
+                    {
+                        "key": key if isinstance(key, str) and len(key) <= 40 else shorten(key, 40),
+                        "allowed": ", ".join(allowed),
+                        "hint": hint[0] if hint else "",
+                    },
+                )
+            if key != "default" and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"{key}: expected a number > 0, got {shorten(value)}")
         return data
 
+    def given(self, key: str) -> float | None:
+        """The rate written for ``key`` (a strategy or ``partial``), None where the suite gives none."""
+        value = (self.model_extra or {}).get(key)
+        return None if value is None else float(value)
+
     def for_strategy(self, strategy: str) -> float | None:
-        value = getattr(self, strategy)
+        value = self.given(strategy)
         return self.default if value is None else value
 
 
@@ -422,6 +451,7 @@ class SuiteSpec(_Strict):
     analysis: AnalysisSpec = AnalysisSpec()
     search: SearchSpec | None = None
     tracking: TrackingSpec = TrackingSpec()
+    plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*$")]] = []  # modules imported before validation
 
     @field_validator("backbones")
     @classmethod
@@ -464,7 +494,7 @@ class SuiteSpec(_Strict):
         if self.search is None:
             return self
         for name in ("lr", "weight_decay"):
-            if getattr(self.grid, name) is not None and any(name in self.search.space_for(k) for k in STRATEGY_KEYS):
+            if getattr(self.grid, name) is not None and any(name in self.search.space_for(k) for k in strategy_keys()):
                 raise PydanticCustomError(
                     "search_value",
                     "search value",

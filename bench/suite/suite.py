@@ -14,6 +14,8 @@ from typing import Any
 
 from bench.config import TrialConfig
 from bench.errors import UserError
+from bench.models.strategies import probes_first
+from bench.plugins import load_plugins
 from bench.suite.messages import validate_suite
 from bench.suite.reading import load_yaml, shorten, type_name
 from bench.suite.spec import AnalysisSpec, SuiteSpec, TuneSpec, _freeze_key
@@ -123,7 +125,7 @@ class Suite:
         return confirm, missing
 
     def _at_point(self, config: TrialConfig, point: dict[str, Any]) -> TrialConfig:
-        if "lr" in point and config.strategy == "lp_ft" and self.spec.train.lr.linear_probe is None:
+        if "lr" in point and probes_first(config.strategy) and self.spec.train.lr.given("linear_probe") is None:
             point = {"probe_lr": point["lr"], **point}  # the probe phase follows lr, as without a search
         return dataclasses.replace(config, **point)
 
@@ -142,8 +144,8 @@ class Suite:
             lr = swept_lr if swept_lr is not None else train.lr.for_strategy(strategy)
             assert lr is not None  # guaranteed by SuiteSpec._every_strategy_has_lr
             probe_lr = None
-            if strategy == "lp_ft":
-                probe_lr = train.lr.linear_probe if train.lr.linear_probe is not None else lr
+            if probes_first(strategy):
+                probe_lr = train.lr.given("linear_probe") or lr
             yield TrialConfig(
                 suite=spec.name,
                 backbone=backbone.name,
@@ -173,6 +175,7 @@ class Suite:
                 eval_every_steps=train.eval_every_steps,
                 padded_depthwise_grad=train.padded_depthwise_grad,
                 compile=train.compile,
+                plugins=tuple(spec.plugins),
                 similarity=spec.analysis.similarity,
                 similarity_threshold=spec.analysis.similarity_threshold,
                 gpu_share=_gpu_share(spec.tune.resources_per_trial.gpu),
@@ -184,6 +187,20 @@ def _gpu_share(gpu: float) -> float:
     return gpu if 0 < gpu < 1 else 1.0
 
 
+def _load_plugins(label: str, modules: Any) -> None:
+    """Import installed plug-ins and the suite's ``plugins:`` modules (a UserError naming a failing one)."""
+    if modules is not None and (
+        not isinstance(modules, list) or not all(isinstance(m, str) and m.strip() for m in modules)
+    ):
+        raise UserError(
+            f"{label}: plugins: expected a list of module names, got {type_name(modules)} {shorten(modules)}"
+        )
+    try:
+        load_plugins(modules or [])
+    except UserError as error:
+        raise UserError(f"{label}: plugins: {error}") from None
+
+
 def load_suite(path: str | Path, *, smoke: bool = False) -> Suite:
     """Read, validate and resolve a suite file; with `smoke`, its `smoke:` block is deep-merged over it.
 
@@ -193,6 +210,7 @@ def load_suite(path: str | Path, *, smoke: bool = False) -> Suite:
     path = Path(path)
     label = str(path)
     raw = load_yaml(path)
+    _load_plugins(label, raw.get("plugins"))  # before validation: they may add backbones, datasets, strategies
     base = {key: value for key, value in raw.items() if key != "smoke"}
     spec = validate_suite(label, base)
 

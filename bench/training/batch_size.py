@@ -21,10 +21,12 @@ import torch
 from bench.config import TrialConfig
 from bench.data import PreparedDataset
 from bench.models import Normalize, TransferModel, build_backbone
-from bench.models.freeze import apply_freeze, set_train_mode
+from bench.models.freeze import set_train_mode
+from bench.models.strategies import apply_phase
 from bench.training.device import out_of_memory
 from bench.training.inputs import as_labels, channels_last, select_indices
 from bench.training.loop import GPU_RESIDENT_BYTES, training_loss
+from bench.training.phases import plan_phases
 
 AUTO_START = 16
 AUTO_CAP = 1024
@@ -99,7 +101,7 @@ def _probe_on_card(
     backbone = build_backbone(
         config.backbone, data.n_classes, pretrained=False, head_seed=config.seed, img_size=config.img_size
     )
-    apply_freeze(backbone.body, config.freeze_fraction)
+    apply_phase(backbone.body, plan_phases(config, n_train=n_train)[-1].freeze)  # the last phase trains most
     model = TransferModel(backbone.body, backbone.head).to(device).to(memory_format=torch.channels_last)
     set_train_mode(model)
     normalize = Normalize(backbone.mean, backbone.std).to(device)

@@ -21,6 +21,7 @@ from bench.config import TrialConfig
 from bench.data import PreparedDataset
 from bench.models import Backbone, Normalize, TransferModel
 from bench.models.freeze import FreezePlan
+from bench.models.strategies import probes_first
 from bench.speedups import features, prefix
 from bench.training.inputs import EVAL_BATCH_SIZE, Augment, Split, channels_last
 
@@ -30,26 +31,34 @@ class Phase:
     """A stretch of training with one freeze depth and one learning rate (lp_ft has two)."""
 
     name: str
-    freeze: float
+    freeze: float | str  # a freeze depth, or the strategy whose own choice of parameters trains
     lr: float
     steps: int
     batch_size: int
 
 
 def plan_phases(config: TrialConfig, *, n_train: int, batch_size: int | None = None) -> list[Phase]:
-    """Training steps per phase. ``lp_ft`` (Kumar et al. 2022) spends the first half of the budget as a
-    linear probe at ``probe_lr`` and the second half fine-tuning everything at ``lr``. ``batch_size``
-    (default: the config's) is smaller after an out-of-memory halving."""
+    """Training steps per phase. ``lp_ft`` (Kumar et al. 2022), and any strategy that probes first, spends the
+    first half of the budget as a linear probe at ``probe_lr`` and the second half training as the strategy
+    does (``lp_ft``: everything) at ``lr``. ``batch_size`` (default: the config's) is smaller after an
+    out-of-memory halving."""
     batch_size = batch_size or config.batch_size
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     total = config.steps if config.steps is not None else (config.epochs or 1) * steps_per_epoch
-    if config.strategy == "lp_ft":
+    trains = _phase_trains(config)
+    if probes_first(config.strategy):
         probe = max(1, total // 2)
         return [
             Phase("probe", 1.0, config.probe_lr or config.lr, probe, batch_size),
-            Phase("finetune", 0.0, config.lr, max(1, total - probe), batch_size),
+            Phase("finetune", trains, config.lr, max(1, total - probe), batch_size),
         ]
-    return [Phase("train", config.freeze_fraction, config.lr, total, batch_size)]
+    return [Phase("train", trains, config.lr, total, batch_size)]
+
+
+def _phase_trains(config: TrialConfig) -> float | str:
+    """What the (last) phase trains: a depth where the strategy is one, else the strategy's name."""
+    depth = config.freeze_fraction
+    return config.strategy if depth is None else depth
 
 
 def trial_feature_key(backbone: Backbone, data: PreparedDataset, config: TrialConfig, device: torch.device) -> str:

@@ -25,7 +25,9 @@ import torch
 from bench.config import TrialConfig
 from bench.data import PreparedDataset, prepare_dataset
 from bench.models import Backbone, Normalize, build_backbone
-from bench.models.freeze import FreezePlan, apply_freeze
+from bench.models.freeze import FreezePlan
+from bench.models.strategies import apply_phase
+from bench.plugins import load_plugins
 from bench.results.schema import DEFAULT_THRESHOLDS, SCHEMA_VERSION, trial_row, utc_now
 from bench.speedups.fold import BatchNormFolded
 from bench.training import precision
@@ -66,6 +68,7 @@ def run_trial(
     ``batch_size_used`` and ``oom_halvings``.
     """
     started_at = utc_now()
+    load_plugins(config.plugins)  # in a Ray worker: installed plug-ins and the suite's, before any name is used
     device = resolve_device(config.device)
     memory.reset_peak_rss()
     data = data if data is not None else load_dataset(config)
@@ -151,7 +154,7 @@ def _attempt(
     plan: FreezePlan
     frozen_paths: list[str] = []
     for phase in phases:
-        plan = apply_freeze(backbone.body, phase.freeze)
+        plan = apply_phase(backbone.body, phase.freeze)
         setup = phase_setup(
             backbone, plan, images, (train_idx, val_idx), data, normalize, config, device, phase.batch_size
         )

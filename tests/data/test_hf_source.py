@@ -8,7 +8,6 @@ is not cached is refused offline.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import shutil
 import subprocess

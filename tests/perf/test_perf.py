@@ -101,7 +101,9 @@ def test_compile_quick_prints_eager_against_compiled_rows():
         assert float(row["eager train_s"]) > 0 and float(row["compiled train_s"]) > 0
         assert float(row["compile_s cold"]) > 0 and float(row["compile_s same worker"]) == 0.0  # graph reused
         assert float(row["d_nll"]) < 0.05, row
-    assert rows[1]["FLOP/s of peak eager / compiled"].endswith("%") and rows[0]["FLOP/s of peak eager / compiled"] == "-"
+    assert (
+        rows[1]["FLOP/s of peak eager / compiled"].endswith("%") and rows[0]["FLOP/s of peak eager / compiled"] == "-"
+    )
 
 
 def test_break_even_counts_trials_or_says_never():
