@@ -336,8 +336,10 @@ def _section_freeze(doc: Document, board: pd.DataFrame, selected: pd.DataFrame, 
         "freeze_profile",
         fig,
         "Test top-1 against the frozen share of the backbone's parameters (0 = full fine-tuning, 1 = linear "
-        "probe), one line per data size (its data regime in brackets); pretrained backbones; lp_ft is left "
-        "out (it ends fully fine-tuned, see the leaderboards).",
+        "probe), one line per data size (its data regime in brackets) through the freeze depths; strategies "
+        "that are not a depth (BitFit, norm-only, LoRA) are lone markers at their own frozen share, in their "
+        "data size's colour; pretrained backbones; lp_ft is left out (it ends fully fine-tuned, see the "
+        "leaderboards).",
     )
 
 

@@ -43,6 +43,9 @@ def strategy_order(strategies: list[str]) -> list[str]:
     return sorted(set(strategies), key=lambda s: (-depth(s), s))
 
 
+PEFT_MARKERS = ("*", "P", "X", "h", "8")  # strategies that are not a depth, apart from the data sizes' markers
+
+
 def style_map(keys: list[str]) -> dict[str, tuple[str, str]]:
     return {k: (OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]) for i, k in enumerate(keys)}
 
@@ -182,30 +185,55 @@ def pretraining_gain_figure(gains: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def _is_depth(strategy: str) -> bool:
+    from bench.models.strategies import strategy_depth
+
+    return strategy == "partial" or strategy.startswith("freeze ") or strategy_depth(strategy) is not None
+
+
 def freeze_profile_figure(profile: pd.DataFrame) -> Figure | None:
-    """Top-1 against frozen share of the backbone, one line per data size, panel per (backbone, dataset)."""
+    """Top-1 against frozen share of the backbone, one line per data size through the freeze depths, panel per
+    (backbone, dataset); strategies that are not a depth (BitFit, norm-only, LoRA, plug-ins') as lone markers at
+    their own frozen share, in their size's colour."""
     if profile.empty:
         return None
     panels = sorted(set(zip(profile["backbone"], profile["dataset"])))
     sizes = profile.sort_values("per_class")["size_label"].drop_duplicates().tolist()
     styles = style_map(sizes)
+    depth = profile["strategy"].map(_is_depth)
+    others = sorted(set(profile.loc[~depth, "strategy"]))
+    markers = {name: PEFT_MARKERS[i % len(PEFT_MARKERS)] for i, name in enumerate(others)}
     fig, axes = _grid(len(panels))
     for ax, (backbone, dataset) in zip(axes, panels):
-        panel = profile[(profile["backbone"] == backbone) & (profile["dataset"] == dataset)]
+        in_panel = (profile["backbone"] == backbone) & (profile["dataset"] == dataset)
         for size in styles:
-            line = panel[panel["size_label"] == size].sort_values("frozen")
-            if line.empty:
-                continue
             colour, marker = styles[size]
-            ax.errorbar(
-                line["frozen"],
-                line["mean"],
-                yerr=line["ci95"].fillna(0),
-                color=colour,
-                marker=marker,
-                capsize=2,
-                label=size,
-            )
+            line = profile[in_panel & depth & (profile["size_label"] == size)].sort_values("frozen")
+            if not line.empty:
+                ax.errorbar(
+                    line["frozen"],
+                    line["mean"],
+                    yerr=line["ci95"].fillna(0),
+                    color=colour,
+                    marker=marker,
+                    capsize=2,
+                    label=size,
+                )
+            for name in others:
+                point = profile[in_panel & (profile["strategy"] == name) & (profile["size_label"] == size)]
+                if not point.empty:
+                    ax.errorbar(
+                        point["frozen"],
+                        point["mean"],
+                        yerr=point["ci95"].fillna(0),
+                        color=colour,
+                        marker=markers[name],
+                        markersize=8,
+                        linestyle="none",
+                        capsize=2,
+                    )
+        for name, marker in markers.items():  # one legend entry per strategy, in black
+            ax.plot([], [], color="black", marker=marker, linestyle="none", label=name)
         ax.set_xlim(-0.05, 1.05)
         ax.set_title(f"{short_name(dataset)} · {backbone}", fontsize=9)
         ax.set_xlabel("frozen share of backbone (0 = full FT, 1 = probe)")
