@@ -4,8 +4,9 @@
 behave the same in train and eval mode) and ``suffix`` (the rest), sharing the body's modules, with
 ``suffix(prefix(x)) == body(x)``. ``cached_prefix_outputs`` computes the prefix's output per image once per
 dataset, kept as ``bench.speedups.features`` keeps pooled features (same memory, disk cache and batching), and a
-trial trains ``head(suffix(.))`` on them. The cut is known for timm's ``EfficientNet`` and ``ResNet`` classes whose
-forward is timm's own, and for a plain ``nn.Sequential`` body; anything else, or a cut that would change train-mode
+trial trains ``head(suffix(.))`` on them. The cut is known for timm's ``EfficientNet``, ``ResNet`` and
+``VisionTransformer`` classes whose forward is timm's own (a ViT: embedding, then its blocks), and for a plain
+``nn.Sequential`` body; anything else, or a cut that would change train-mode
 behaviour, gives ``None`` (the plain path). With every group frozen the prefix is the whole body and its outputs
 are the pooled features. Why the outputs are exact: (docs/design.md, "The cached paths, and why they are exact").
 """
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bench.models.freeze import parameter_groups
@@ -71,6 +73,44 @@ class PooledHead(nn.Module):
         return self.classifier(x)
 
 
+class ViTEmbed(nn.Module):
+    """A timm ``VisionTransformer``'s input side as one stage: patch embedding, class/register tokens and position
+    embedding (the ViT's own ``_pos_embed``), patch dropout and pre-norm. It holds exactly the ViT's first
+    parameter group (``patch_embed``, ``cls_token``, ``pos_embed``), shared with the ViT."""
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        self.patch_embed = vit.patch_embed
+        for name in ("cls_token", "reg_token", "pos_embed"):
+            value = getattr(vit, name, None)
+            if isinstance(value, nn.Parameter):
+                self.register_parameter(name, value)
+        self.pos_drop, self.patch_drop, self.norm_pre = vit.pos_drop, vit.patch_drop, vit.norm_pre
+        object.__setattr__(self, "_vit", vit)  # for its _pos_embed; not a child (its other modules are not here)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm_pre(self.patch_drop(self._vit._pos_embed(self.patch_embed(images))))
+
+
+class ViTHead(nn.Module):
+    """A timm ``VisionTransformer``'s ``forward_head`` (token pooling, fc_norm, dropout, classifier) as a module."""
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        self.attn_pool, self.fc_norm, self.head_drop, self.head = vit.attn_pool, vit.fc_norm, vit.head_drop, vit.head
+        object.__setattr__(self, "_vit", vit)  # for its pool(), which reads attn_pool and the pooling settings
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(self.fc_norm(self._vit.pool(tokens))))
+
+
+def _vit_input_is_mode_free(vit: VisionTransformer) -> bool:
+    """Whether the embedding computes the same in train and eval mode (no token dropout, no pre-norm)."""
+    drop = vit.pos_drop
+    no_drop = isinstance(drop, nn.Identity) or (isinstance(drop, nn.Dropout) and drop.p == 0.0)
+    return no_drop and isinstance(vit.patch_drop, nn.Identity) and isinstance(vit.norm_pre, nn.Identity)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the body as a chain of stages
 
@@ -107,6 +147,8 @@ def body_chain(body: nn.Module) -> tuple[list[Stage], nn.Module | None] | None:
             for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4")
         ]
         return stages, PooledHead(body.global_pool, body.drop_rate, body.fc)
+    if _uses_timm_forward(body, VisionTransformer) and not body.grad_checkpointing and _vit_input_is_mode_free(body):
+        return [("embed", ViTEmbed(body)), ("blocks", body.blocks), ("norm", body.norm)], ViTHead(body)
     if type(body) is nn.Sequential:
         return _children(body, ""), None
     return None

@@ -142,11 +142,29 @@ def test_plain_sequential_bodies_split_between_children():
             torch.testing.assert_close(back(front(x)), body(x))
 
 
+def test_a_vit_splits_after_its_embedding_and_each_block():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    n_groups = len(parameter_groups(vit))
+    assert n_groups == 13
+    for n_frozen in range(n_groups + 1):
+        front, back = prefix.split_frozen_prefix(vit, n_frozen)
+        assert torch.equal(back(front(x)), vit(x))  # the same modules in the same order: bit for bit
+    front, _ = prefix.split_frozen_prefix(vit, 3)
+    assert front.stage_names == ("embed", "blocks.0", "blocks.1")
+    assert {id(p) for p in front.parameters()} == {
+        id(p)
+        for name, p in vit.named_parameters()
+        if name.startswith(("patch_embed", "cls_token", "pos_embed", "blocks.0.", "blocks.1."))
+    }
+
+
 def test_unsupported_bodies_and_impossible_cuts_give_none():
     tv = build_backbone("tv:resnet18", 3, pretrained=False).body  # torchvision: forward not a known chain
     assert prefix.split_frozen_prefix(tv, 2) is None
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=0)
-    assert prefix.split_frozen_prefix(vit, 1) is None
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=0, pos_drop_rate=0.1)
+    assert prefix.split_frozen_prefix(vit, 1) is None  # a train-mode token dropout in the embedding
     # a train-mode dropout between two frozen convolutions cannot be computed once
     with_dropout = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.5), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1))
     assert len(parameter_groups(with_dropout)) == 3
