@@ -141,7 +141,8 @@ class DatasetSpec(_Strict):
     The option keys (`display_name`, `group`, and for ``hf:`` sets `image_column`, `label_column`,
     `train_split`, `test_split`, `config`, `revision`) are folded into `name` as ``?key=value`` options
     (``bench.data.names``), so the name alone identifies the data and reaches every worker; after validation
-    they read None. Options that change no data (`display_name`, `group`) are still part of the name.
+    they read None. Options that change no data (`display_name`, `group`) are still part of the name; the trial
+    id leaves `display_name` out (``TrialConfig.identity``).
     """
 
     name: str

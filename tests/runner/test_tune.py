@@ -7,7 +7,6 @@ optimiser steps) so that the scheduling, writing and resuming are what the tests
 from __future__ import annotations
 
 import datetime as dt
-
 import os
 import re
 import signal
