@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from bench.errors import UserError
-from bench.models.strategies import strategy_depth, strategy_names
+from bench.models.strategies import strategy_depth
 from bench.results import remote
 from bench.results.schema import (
     EPOCH_COLUMNS,
@@ -102,11 +102,11 @@ def _normalise_trial_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {"schema_version": SCHEMA_VERSION, **row, "trial_id": str(row["trial_id"])}
     freeze = out.get("freeze")
     if isinstance(freeze, str):
-        if freeze in strategy_names():  # a named strategy: its depth, or null where it is not one
+        try:
+            out["freeze"] = float(freeze)
+        except ValueError:  # a named strategy: its depth, or null where it is not one (or its plug-in is absent)
             out.setdefault("strategy", freeze)
             out["freeze"] = strategy_depth(freeze)
-        else:
-            out["freeze"] = float(freeze)
     for key in ("started_at", "finished_at"):
         out[key] = _iso_utc(out.get(key))
     return out

@@ -245,3 +245,20 @@ def test_load_runs_with_nothing_readable_is_a_user_error(tmp_path: Path) -> None
     (tmp_path / "run" / "trials.parquet").write_bytes(b"not parquet")
     with pytest.raises(UserError, match=r"no readable trial rows .*not a readable Parquet file"):
         load_runs([tmp_path])
+
+
+def test_a_named_strategy_is_stored_with_its_depth_or_none(tmp_path: Path) -> None:
+    """Registered depths become numbers; a strategy that is not a depth, or whose plug-in this process has not
+    imported, keeps its name in `strategy` and an empty `freeze`."""
+    path = tmp_path / "trials.parquet"
+    rows = [
+        make_row(trial_id="a", strategy="linear_probe", freeze="linear_probe"),
+        make_row(trial_id="b", strategy="bitfit", freeze="bitfit"),
+        make_row(trial_id="c", strategy="some_plugins_strategy", freeze="some_plugins_strategy"),
+        make_row(trial_id="d", strategy="partial", freeze="0.25"),
+    ]
+    results.upsert_trials(path, rows)
+    back = results.read_table(path).set_index("trial_id")
+    assert back.loc["a", "freeze"] == 1.0 and back.loc["d", "freeze"] == 0.25
+    assert back.loc[["b", "c"], "freeze"].isna().all()
+    assert list(back.loc[["b", "c"], "strategy"]) == ["bitfit", "some_plugins_strategy"]
