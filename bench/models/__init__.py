@@ -18,7 +18,7 @@ _BUILD = (
     "new_head",
     "state_sha256",
 )
-_FREEZE = ("FreezePlan", "apply_freeze", "frozen_modules", "parameter_groups", "set_train_mode")
+_FREEZE = ("FreezePlan", "apply_freeze", "freeze_plan", "frozen_modules", "parameter_groups", "set_train_mode")
 
 __all__ = ["BUNDLED", "BackboneListing", "check_backbone_name", "list_backbones", "split_name", *_BUILD, *_FREEZE]
 __getattr__ = lazy_exports(

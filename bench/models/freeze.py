@@ -72,13 +72,22 @@ def apply_freeze(body: nn.Module, fraction: float) -> FreezePlan:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"freeze fraction must be in [0, 1], got {fraction}")
     groups = parameter_groups(body)
-    n_frozen = round(fraction * len(groups))
-    frozen_names = {name for group in groups[:n_frozen] for name in group}
-    frozen = total = 0
+    frozen_names = {name for group in groups[: round(fraction * len(groups))] for name in group}
     for name, param in body.named_parameters():
         param.requires_grad_(name not in frozen_names)
-        total += param.numel()
-        frozen += param.numel() if name in frozen_names else 0
+    return freeze_plan(body, groups)
+
+
+def freeze_plan(body: nn.Module, groups: list[list[str]] | None = None) -> FreezePlan:
+    """The plan of a body as its ``requires_grad`` flags stand (whoever set them: a freeze depth, a strategy):
+    the leading groups (``groups``, default ``parameter_groups(body)``) with nothing trainable, and element
+    counts."""
+    groups = parameter_groups(body) if groups is None else groups
+    params = dict(body.named_parameters())
+    trains = [any(params[name].requires_grad for name in group) for group in groups]
+    n_frozen = trains.index(True) if True in trains else len(groups)
+    frozen = sum(p.numel() for p in params.values() if not p.requires_grad)
+    total = sum(p.numel() for p in params.values())
     return FreezePlan(n_groups=len(groups), n_frozen_groups=n_frozen, frozen_params=frozen, backbone_params=total)
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from bench.models.freeze import FreezePlan, parameter_groups
+from bench.models.freeze import FreezePlan, freeze_plan
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     _NormBase,
@@ -86,24 +86,6 @@ def _train_only(body: nn.Module, trains: Callable[[str, nn.Parameter], bool]) ->
     for name, param in body.named_parameters():
         param.requires_grad_(trains(name, param))
     return freeze_plan(body)
-
-
-def freeze_plan(body: nn.Module) -> FreezePlan:
-    """The plan of a body as its ``requires_grad`` flags stand."""
-    groups = parameter_groups(body)
-    params = dict(body.named_parameters())
-    n_frozen_groups = 0
-    for group in groups:
-        if any(params[name].requires_grad for name in group):
-            break
-        n_frozen_groups += 1
-    summary = trainable_summary(body)
-    return FreezePlan(
-        n_groups=len(groups),
-        n_frozen_groups=n_frozen_groups,
-        frozen_params=summary["frozen"],
-        backbone_params=summary["total"],
-    )
 
 
 def trainable_summary(body: nn.Module) -> dict[str, int]:

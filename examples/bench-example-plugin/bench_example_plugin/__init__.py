@@ -22,9 +22,8 @@ from bench.data import DatasetEntry, add_dataset
 from bench.data.decode import Source
 from bench.data.sources import LoadRequest, RawDataset
 from bench.errors import UserError
-from bench.models import Backbone, parameter_groups
+from bench.models import Backbone, freeze_plan, parameter_groups
 from bench.models.build import IMAGENET_MEAN, IMAGENET_STD, file_sha256, load_state_dict
-from bench.models.peft import freeze_plan
 from bench.models.registry import BACKBONES, BackboneEntry
 from bench.models.strategies import STRATEGIES, Strategy
 
