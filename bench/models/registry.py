@@ -150,9 +150,20 @@ def hub_model(name: str) -> HubModel | None:
     only where the network is allowed (not under ``HF_HUB_OFFLINE=1``). UserError, one line, for a malformed
     name, a repository whose config cannot be had, or an architecture this timm does not know.
     """
-    family, model = split_name(name)
+    family, _ = split_name(name)
     if family != "timm":
         return None
+    from huggingface_hub import constants
+
+    # A build asks for it several times (name check, size, template key, weights label): the cache is read once
+    # per process, per cache folder.
+    return _hub_model(name, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_model(name: str, _cache: str, _offline: bool) -> HubModel | None:
+    """``hub_model`` for one Hugging Face cache folder and offline setting (errors are raised, not kept)."""
+    _, model = split_name(name)
     import timm
     from huggingface_hub.utils import validate_repo_id
     from timm.models import parse_model_name
