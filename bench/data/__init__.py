@@ -1,7 +1,7 @@
 """Datasets: the registry of named datasets, their one-off preparation, and the canonical splits."""
 
 from bench.data.names import HF_PREFIX, IMAGEFOLDER_PREFIX, display_name
-from bench.data.prepare import PreparedDataset, contents_digest, dataset_fingerprint, prepare_dataset
+from bench.data.prepare import PreparedDataset, dataset_fingerprint, folder_digest, prepare_dataset
 from bench.data.registry import (
     DATASETS,
     GROUPS,
@@ -31,11 +31,11 @@ __all__ = [
     "add_dataset",
     "check_dataset_name",
     "check_dataset_source",
-    "contents_digest",
     "dataset_fingerprint",
     "dataset_group",
     "display_name",
     "entry_as_dict",
+    "folder_digest",
     "list_datasets",
     "prepare_dataset",
     "split_train_val",

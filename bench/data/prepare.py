@@ -126,15 +126,6 @@ def folder_digest(root: Path) -> str | None:
     return digest.hexdigest()
 
 
-def contents_digest(key_name: str, root: Path | None) -> str | None:
-    """For an image folder (`key_name` "imagefolder"): `folder_digest` of its root. None for other sources:
-    torchvision roots are often shared by many datasets (a walk would cover them all) and their files are fixed
-    releases that torchvision checks itself. (``hf:`` sources digest theirs through `_resolve`.)"""
-    if key_name != "imagefolder" or root is None:
-        return None
-    return folder_digest(root)
-
-
 def _fingerprint(source_key: str, contents: str | None) -> str:
     """Cache key of a prepared dataset (and, through it, of every frozen-feature cache built on it): the source
     key plus the contents digest, so changed files under a root can never hit an older cache."""

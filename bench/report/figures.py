@@ -9,6 +9,7 @@ by marker or line style, so no figure relies on colour alone. Accuracies are per
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,15 +133,14 @@ def learning_curves_figure(board: pd.DataFrame) -> Figure | None:
                 continue
             line = line.sort_values("per_class")
             colour, marker = styles[strategy]
-            ax.errorbar(
-                line["per_class"],
-                line["mean"],
-                yerr=line["ci95"].fillna(0),
+            _means(
+                ax,
+                line,
+                "per_class",
                 color=colour,
                 marker=marker,
                 linestyle="-" if pretrained else "--",
                 markerfacecolor=colour if pretrained else "white",
-                capsize=2,
                 label=f"{strategy}{'' if pretrained else ' (scratch)'}",
             )
         _log_x(ax)
@@ -166,15 +166,7 @@ def pretraining_gain_figure(gains: pd.DataFrame) -> Figure | None:
             if line.empty:
                 continue
             colour, marker = styles[strategy]
-            ax.errorbar(
-                line["per_class"],
-                line["mean"],
-                yerr=line["ci95"].fillna(0),
-                color=colour,
-                marker=marker,
-                capsize=2,
-                label=strategy,
-            )
+            _means(ax, line, "per_class", color=colour, marker=marker, label=strategy)
         ax.axhline(0, color="#444444", linewidth=0.8)
         _log_x(ax)
         ax.set_title(f"{short_name(dataset)} · {backbone}", fontsize=9)
@@ -183,6 +175,11 @@ def pretraining_gain_figure(gains: pd.DataFrame) -> Figure | None:
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     return fig
+
+
+def _means(ax: Any, rows: pd.DataFrame, x: str, **style: Any) -> None:
+    """``rows``' mean top-1 against column ``x``, with their 95% intervals as error bars (none where unknown)."""
+    ax.errorbar(rows[x], rows["mean"], yerr=rows["ci95"].fillna(0), capsize=2, **style)
 
 
 def _is_depth(strategy: str) -> bool:
@@ -210,28 +207,11 @@ def freeze_profile_figure(profile: pd.DataFrame) -> Figure | None:
             colour, marker = styles[size]
             line = profile[in_panel & depth & (profile["size_label"] == size)].sort_values("frozen")
             if not line.empty:
-                ax.errorbar(
-                    line["frozen"],
-                    line["mean"],
-                    yerr=line["ci95"].fillna(0),
-                    color=colour,
-                    marker=marker,
-                    capsize=2,
-                    label=size,
-                )
+                _means(ax, line, "frozen", color=colour, marker=marker, label=size)
             for name in others:
                 point = profile[in_panel & (profile["strategy"] == name) & (profile["size_label"] == size)]
                 if not point.empty:
-                    ax.errorbar(
-                        point["frozen"],
-                        point["mean"],
-                        yerr=point["ci95"].fillna(0),
-                        color=colour,
-                        marker=markers[name],
-                        markersize=8,
-                        linestyle="none",
-                        capsize=2,
-                    )
+                    _means(ax, point, "frozen", color=colour, marker=markers[name], markersize=8, linestyle="none")
         for name, marker in markers.items():  # one legend entry per strategy, in black
             ax.plot([], [], color="black", marker=marker, linestyle="none", label=name)
         ax.set_xlim(-0.05, 1.05)

@@ -251,7 +251,7 @@ class GridSpec(_Strict):
 
 
 def _lr_keys() -> list[str]:
-    return [*strategy_names(), "partial", "default"]
+    return [*strategy_keys(), "default"]
 
 
 class LrByStrategy(_Strict):

@@ -32,7 +32,6 @@ from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from bench.config import COMPILE_SETTINGS as SETTINGS
 
-MODES = ("eager", "inductor", "cudagraphs")
 # What ``auto`` runs, per device type. CPU: measured not to pay (docs/performance.md, "Compiled steps");
 # CUDA: eager until scripts/gpu_check.py's compiled rows are measured on a card.
 AUTO: dict[str, str] = {"cpu": "eager", "cuda": "eager"}

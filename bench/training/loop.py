@@ -249,11 +249,10 @@ def predict(
     outputs = []
     for start in range(0, len(split), EVAL_BATCH_SIZE):
         inputs = prepare(split.inputs[start : start + EVAL_BATCH_SIZE].to(device), False)
-        if steps is None:
-            outputs.append(forward_logits(model, inputs, device).cpu())
-            continue
         tic = time.perf_counter()
-        logits, compiling = steps.logits(model, inputs, device)
+        logits, compiling = (
+            steps.logits(model, inputs, device) if steps else (forward_logits(model, inputs, device), False)
+        )
         outputs.append(logits.cpu())
         if compiling:
             steps.stats.seconds += time.perf_counter() - tic

@@ -148,9 +148,9 @@ def _attempt(
     epoch_rows: list[dict[str, Any]] = []
     status, error = "ok", None
     train_seconds, images_seen, padded_convs = 0.0, 0, 0
-    compiling = CompileStats(resolve_compile(config.compile, device))  # every phase's, the test evaluation's
+    compile_mode = resolve_compile(config.compile, device)
     use_disk_cache(config.cache_dir)
-    phase_stats: list[CompileStats] = []
+    phase_stats: list[CompileStats] = []  # each phase's compiling, its evaluations' included
     plan: FreezePlan
     frozen_paths: list[str] = []
     for phase in phases:
@@ -163,7 +163,7 @@ def _attempt(
         # from conv-then-BN, so the "same function up to float rounding" promise would not hold. Not with
         # compiled steps: inductor fuses the BatchNorms itself, and each traced twin is a new class to dynamo
         # (a graph per trial).
-        fold = config.fold_batchnorm and not precision.uses_bf16(device) and compiling.mode == "eager"
+        fold = config.fold_batchnorm and not precision.uses_bf16(device) and compile_mode == "eager"
         evaluator = BatchNormFolded(setup.model) if fold else None
         steps = phase_steps(config, device, phase.batch_size)
         phase_stats.append(steps.stats)
@@ -193,6 +193,7 @@ def _attempt(
         metrics = evaluate(model, setup.splits["test"], setup.prepare, device, steps)
         # fit() always validates after its last step: the last epoch row is this model on the validation split.
         metrics["val_top1"] = epoch_rows[-1]["val_top1"]
+    compiling = CompileStats(compile_mode)
     for stats in phase_stats:
         compiling.add(stats)
     row = _result_row(

@@ -43,17 +43,19 @@ def test_matmul_rate_is_positive_and_finite():
     assert 0.01 < rate < 1e6
 
 
+def _perf(*args: str) -> subprocess.CompletedProcess:
+    """``python -m bench.perf ARGS`` in a fresh process, asserted to succeed."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.perf", *args], capture_output=True, text=True, timeout=900, check=False
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished
+
+
 @pytest.mark.slow
 def test_quick_run_prints_a_table_where_plain_and_optimised_metrics_agree(tmp_path):
     out = tmp_path / "perf.json"
-    finished = subprocess.run(
-        [sys.executable, "-m", "bench.perf", "--quick", "--json", str(out), "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    finished = _perf("--quick", "--json", str(out), "--cache-dir", str(tmp_path / "cache"))
     rows = parse_table(finished.stdout)
     assert [row["trial"] for row in rows] == [t.name for t in trials.default_trials(quick=True)]
     assert set(rows[0]) == set(trials.COLUMNS)
@@ -86,14 +88,7 @@ def test_depthwise_prints_a_step_with_either_backward_and_their_gradients_agree(
 
 @pytest.mark.slow
 def test_compile_quick_prints_eager_against_compiled_rows():
-    finished = subprocess.run(
-        [sys.executable, "-m", "bench.perf", "--compile", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    finished = _perf("--compile", "--quick")
     rows = parse_table(finished.stdout)
     assert [row["trial"] for row in rows] == ["half-frozen digits 32px", "full digits 32px"]
     assert set(rows[0]) == set(compiled.COLUMNS)
