@@ -11,8 +11,9 @@ fingerprint, so the change invalidates the prepared-dataset caches and every dow
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,6 +43,20 @@ class Source:
     length: int
     read: Callable[[int], tuple[Image.Image, int]]
     describe: Callable[[int], str]
+    # For sources that are image files: their paths and labels, so that a decoder on another machine needs
+    # only the paths (or, where the files are not visible, their bytes) and not this object.
+    files: Sequence[str] | None = None
+    labels: Sequence[int] | None = None
+
+    def window(self, start: int, stop: int) -> Source:
+        """Items ``[start, stop)`` as a source of their own."""
+        return Source(
+            stop - start,
+            lambda i: self.read(start + i),
+            lambda i: self.describe(start + i),
+            None if self.files is None else self.files[start:stop],
+            None if self.labels is None else self.labels[start:stop],
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -60,10 +75,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(path: str, img_size: int) -> Image.Image:
-    """Open and fully decode one file. Large JPEGs are decoded at a reduced DCT scale (what PIL's `thumbnail`
-    does) that still leaves at least twice the target size, so the final bicubic step always downsamples."""
-    with open(path, "rb") as file:  # we own the file, so it is closed even for multi-frame formats
+def open_image(path: str | bytes, img_size: int) -> Image.Image:
+    """Open and fully decode one file (its path, or its bytes). Large JPEGs are decoded at a reduced DCT scale
+    (what PIL's `thumbnail` does) that still leaves at least twice the target size, so the final bicubic step
+    always downsamples."""
+    # We own the file, so it is closed even for multi-frame formats.
+    with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as file:
         image = Image.open(file)
         if image.format == "JPEG":
             image.draft(None, (2 * img_size, 2 * img_size))
@@ -95,8 +112,11 @@ def decode_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def decode_all(source: Source, img_size: int, x_out: np.ndarray, y_out: np.ndarray) -> list[str]:
-    """Decode every item of `source` into the preallocated `x_out[i]` / `y_out[i]` (arrays or memmaps).
+def decode_all(
+    source: Source, img_size: int, x_out: np.ndarray, y_out: np.ndarray, workers: int | None = None
+) -> list[str]:
+    """Decode every item of `source` into the preallocated `x_out[i]` / `y_out[i]` (arrays or memmaps), with
+    `workers` threads (default `decode_workers()`).
 
     Corrupt items are skipped and the remaining rows compacted to the front, order kept; returns the
     descriptions of the skipped ones (the caller warns and trims the arrays to `length - len(skipped)`).
@@ -120,7 +140,7 @@ def decode_all(source: Source, img_size: int, x_out: np.ndarray, y_out: np.ndarr
             one(index)
 
     starts = range(0, source.length, 64)
-    workers = decode_workers()
+    workers = workers or decode_workers()
     if workers == 1 or len(starts) <= 1:
         for start in starts:
             chunk(start)

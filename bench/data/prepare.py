@@ -14,8 +14,7 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -25,27 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.decode import PREPROCESS_VERSION, Source, decode_all
+from bench.data import shards
+from bench.data.decode import PREPROCESS_VERSION, decode_all, decode_workers
 from bench.data.registry import DATASETS, DatasetEntry, check_dataset_name, count_classes_refused, parse_checked
-from bench.data.sources import LoadRequest, load_image_folder, resolve_folder
+from bench.data.sources import LoadRequest, RawDataset, load_image_folder, resolve_folder
 from bench.errors import UserError
 from bench.utils.atomic import atomic_write_text
 
 
 @dataclass
 class PreparedDataset:
-    """A decoded dataset: uint8 [N, 3, S, S] RGB images and int64 labels, train and test.
-
-    With a cache the image arrays are read-only `np.memmap`s (index them to get writable copies).
-    """
+    """A decoded dataset: uint8 [N, 3, S, S] RGB images, read on demand from its shards (``ImageRows``: index
+    it to get arrays), and int64 labels in memory, train and test."""
 
     name: str
     group: str
     classes: list[str]
     img_size: int
-    x_train: np.ndarray
+    x_train: shards.ImageRows
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: shards.ImageRows
     y_test: np.ndarray
     fingerprint: str  # hash of (name, resolved root, img_size, preprocessing version): key for downstream caches
     meta: dict[str, Any] = field(default_factory=dict)  # split notes, skipped_images, cache_path, ...
@@ -142,55 +140,17 @@ def dataset_fingerprint(name: str, img_size: int, root: str | None = None, downl
     return _fingerprint(_source_key(resolved.key_name, resolved.root, img_size), resolved.contents())
 
 
-def _allocate(folder: Path | None, stem: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-    if folder is None:
-        return np.empty(shape, dtype=dtype)
-    return np.lib.format.open_memmap(folder / f"{stem}.npy", mode="w+", dtype=dtype, shape=shape)
-
-
-def _trimmed(array: np.ndarray, count: int, folder: Path | None, stem: str) -> np.ndarray:
-    """The first `count` rows; on disk, rewrites the .npy so its header says so (rare: only after skips)."""
-    if count == len(array):
-        return array
-    if folder is None:
-        return array[:count].copy()
-    smaller = _allocate(folder, f"{stem}.part", (count, *array.shape[1:]), array.dtype)
-    for start in range(0, count, 1024):
-        smaller[start : start + 1024] = array[start : min(start + 1024, count)]
-    smaller.flush()
-    os.replace(folder / f"{stem}.part.npy", folder / f"{stem}.npy")
-    return smaller
-
-
-def _decode_split(
-    source: Source, img_size: int, folder: Path | None, split: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    x = _allocate(folder, f"x_{split}", (source.length, 3, img_size, img_size), np.uint8)
-    y = np.empty(source.length, dtype=np.int64)
-    skipped = decode_all(source, img_size, x, y)
-    kept = source.length - len(skipped)
-    x = _trimmed(x, kept, folder, f"x_{split}")
-    y = y[:kept].copy()
-    if isinstance(x, np.memmap):
-        x.flush()
-    return x, y, skipped
-
-
 def _warn_skipped(name: str, skipped: list[str]) -> None:
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         warnings.warn(f"dataset '{name}': skipped {len(skipped)} unreadable image(s): {shown}", stacklevel=3)
 
 
-def _load_cached(folder: Path, name: str, group: str) -> PreparedDataset:
+def load_prepared(folder: Path, name: str, group: str) -> PreparedDataset:
+    """A published dataset folder opened for reading: labels in memory, images memory-mapped shard by shard."""
+    meta = shards.load_manifest(folder)
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        arrays = {
-            "x_train": np.load(folder / "x_train.npy", mmap_mode="r"),
-            "y_train": np.load(folder / "y_train.npy"),
-            "x_test": np.load(folder / "x_test.npy", mmap_mode="r"),
-            "y_test": np.load(folder / "y_test.npy"),
-        }
+        y_train, y_test = np.load(folder / "y_train.npy"), np.load(folder / "y_test.npy")
     except (OSError, ValueError) as error:
         raise UserError(f"prepared-dataset cache '{folder}' is unreadable ({error}); delete that folder") from error
     meta["cache_path"] = str(folder)
@@ -199,45 +159,66 @@ def _load_cached(folder: Path, name: str, group: str) -> PreparedDataset:
         group=group,
         classes=list(meta["classes"]),
         img_size=int(meta["img_size"]),
+        x_train=shards.ImageRows.from_folder(folder, meta, "train"),
+        y_train=y_train,
+        x_test=shards.ImageRows.from_folder(folder, meta, "test"),
+        y_test=y_test,
         fingerprint=meta["fingerprint"],
         meta=meta,
-        **arrays,
     )
 
 
-def _publish(temporary: Path, final: Path) -> None:
-    """Atomically move a finished cache folder into place. If another process got there first (the rename
-    fails on an existing non-empty folder), keep theirs: both hold the same deterministic content."""
-    try:
-        os.rename(temporary, final)
-    except OSError:
-        if not (final / "meta.json").is_file():
-            raise
-        shutil.rmtree(temporary, ignore_errors=True)
+@dataclass
+class DatasetPlan:
+    """One dataset at one size, resolved: its fingerprint and where its shards go. Nothing decoded yet."""
+
+    name: str
+    img_size: int
+    download: bool
+    resolved: _Resolved
+    source_key: str
+    contents: str | None
+    fingerprint: str
+    final: Path | None  # <cache_dir>/datasets/<fingerprint>; None without a cache
+    latest: Path | None
+
+    @property
+    def group(self) -> str:
+        return self.resolved.entry.group
+
+    @property
+    def partial(self) -> Path | None:
+        return None if self.final is None else self.final.with_name(self.final.name + ".partial")
+
+    @property
+    def cached(self) -> bool:
+        return self.final is not None and (self.final / shards.MANIFEST).is_file()
+
+    def load(self) -> RawDataset:
+        """The dataset's sources, listed (image folders) or opened (the rest); its classes checked."""
+        entry = self.resolved.entry
+        request = LoadRequest(name=self.name, root=self.resolved.root, download=self.download, img_size=self.img_size)
+        raw = entry.loader(request)
+        count_classes_refused(self.name, len(raw.classes), raw.classes)
+        return raw
+
+    def open(self) -> PreparedDataset:
+        assert self.final is not None
+        return load_prepared(self.final, self.name, self.group)
 
 
-def prepare_dataset(
-    name: str,
-    img_size: int,
-    root: str | None = None,
-    download: bool = False,
-    cache_dir: str | Path | None = None,
-) -> PreparedDataset:
-    """Decode the whole dataset once into uint8 [N, 3, img_size, img_size] arrays (RGB, shorter side resized
-    with antialiased bicubic, centre crop). With `cache_dir`, the arrays live in
-    `<cache_dir>/datasets/<fingerprint>/` and later calls memory-map them instead of decoding again; a cache
-    hit needs no files under `root` at all. Corrupt images are skipped with a warning (meta `skipped_images`).
-    """
+def plan_dataset(
+    name: str, img_size: int, root: str | None = None, download: bool = False, cache_dir: str | Path | None = None
+) -> DatasetPlan:
+    """Resolve ``name`` and compute its fingerprint (a stat walk of its files); where it is cached, say where."""
     check_dataset_name(name)
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
         raise UserError(f"dataset '{name}': img_size must be a positive integer, got {img_size!r}")
     resolved = _resolve(name, root, download)
-    entry, resolved_root = resolved.entry, resolved.root
-    source_key = _source_key(resolved.key_name, resolved_root, img_size)
+    source_key = _source_key(resolved.key_name, resolved.root, img_size)
     contents = resolved.contents()
     fingerprint = _fingerprint(source_key, contents)
-
-    final: Path | None = None
+    final = latest = None
     if cache_dir is not None:
         datasets_dir = Path(os.path.abspath(Path(cache_dir).expanduser())) / "datasets"
         latest = datasets_dir / f"{source_key}.latest"
@@ -246,65 +227,113 @@ def prepare_dataset(
             with contextlib.suppress(OSError):
                 fingerprint = latest.read_text().strip() or fingerprint
         final = datasets_dir / fingerprint
-        if final.is_dir():
-            return _load_cached(final, name, entry.group)
+    return DatasetPlan(name, img_size, download, resolved, source_key, contents, fingerprint, final, latest)
 
+
+def dataset_meta(
+    plan: DatasetPlan, raw: RawDataset, records: list[shards.ShardRecord], seconds: float
+) -> dict[str, Any]:
+    """The manifest's description of a dataset whose shards are ``records``; refuses a dataset left without
+    readable training images or with fewer than two classes that have any, and warns about what was skipped."""
+    skipped = [item for record in records for item in record.skipped]
+    _warn_skipped(plan.name, skipped)
+    n = {split: sum(r.count for r in records if r.split == split) for split in shards.SPLITS}
+    if n["train"] == 0:
+        raise UserError(f"dataset '{plan.name}': no readable training images (root '{plan.resolved.root}')")
+    present = sorted({label for r in records if r.split == "train" for label in r.labels})
+    count_classes_refused(plan.name, len(present), [raw.classes[c] for c in present])
+    empty = [raw.classes[c] for c in sorted(set(range(len(raw.classes))) - set(present))]
+    if empty:
+        names = ", ".join(empty)
+        warnings.warn(f"dataset '{plan.name}': no readable training image in class(es) {names}", stacklevel=2)
+    return {
+        "name": plan.name,
+        "fingerprint": plan.fingerprint,
+        "classes": list(raw.classes),
+        "img_size": plan.img_size,
+        "preprocess_version": PREPROCESS_VERSION,
+        "root": str(plan.resolved.root) if plan.resolved.root else None,
+        "n_train": n["train"],
+        "n_test": n["test"],
+        "skipped_images": len(skipped),
+        "skipped_examples": skipped[:20],
+        "prepare_seconds": round(seconds, 3),
+        "shard_seconds": round(sum(r.seconds for r in records if not r.reused), 3),
+        "shards_reused": sum(r.reused for r in records),
+        **raw.notes,
+    }
+
+
+def finish(plan: DatasetPlan, raw: RawDataset, records: list[shards.ShardRecord], seconds: float) -> None:
+    """Publish a dataset whose every shard is in ``plan.partial``: labels, manifest, the folder moved into place."""
+    assert plan.final is not None and plan.partial is not None and plan.latest is not None
+    shards.publish(plan.partial, plan.final, dataset_meta(plan, raw, records, seconds), records)
+    if plan.contents is not None:
+        atomic_write_text(plan.fingerprint, plan.latest)
+
+
+def _decode_in_memory(plan: DatasetPlan, raw: RawDataset, started: float) -> PreparedDataset:
+    """Without a cache: each split decoded whole into memory (tests and one-off measurements)."""
+    arrays, records = {}, []
+    for split, source in (("train", raw.train), ("test", raw.test)):
+        x = np.empty((source.length, 3, plan.img_size, plan.img_size), dtype=np.uint8)
+        y = np.empty(source.length, dtype=np.int64)
+        skipped = decode_all(source, plan.img_size, x, y)
+        kept = source.length - len(skipped)
+        arrays[split] = (x[:kept], y[:kept].copy())
+        labels = [int(v) for v in y[:kept]]
+        records.append(shards.ShardRecord(split, 0, 0, source.length, kept, labels, skipped, "", 0.0, 0))
+    meta = dataset_meta(plan, raw, records, time.perf_counter() - started)
+    return PreparedDataset(
+        name=plan.name,
+        group=plan.group,
+        classes=list(raw.classes),
+        img_size=plan.img_size,
+        x_train=shards.ImageRows.in_memory(arrays["train"][0]),
+        y_train=arrays["train"][1],
+        x_test=shards.ImageRows.in_memory(arrays["test"][0]),
+        y_test=arrays["test"][1],
+        fingerprint=plan.fingerprint,
+        meta=meta,
+    )
+
+
+def prepare_dataset(
+    name: str,
+    img_size: int,
+    root: str | None = None,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+    *,
+    shard_mb: float = shards.SHARD_MB,
+) -> PreparedDataset:
+    """Decode the whole dataset once (RGB, shorter side resized with antialiased bicubic, centre crop), in this
+    process. With `cache_dir`, into shards of `shard_mb` MiB under `<cache_dir>/datasets/<fingerprint>/`
+    (``bench.data.shards``): later calls open them instead of decoding again, a cache hit needs no files under
+    `root` at all, and shards left by an interrupted preparation are reused. Corrupt images are skipped with a
+    warning (meta `skipped_images`). `bench run` prepares the same shards as Ray tasks over the cluster
+    (``bench.runner.datasets``).
+    """
+    plan = plan_dataset(name, img_size, root, download, cache_dir)
+    if plan.cached:
+        return plan.open()
     started = time.perf_counter()
-    raw = entry.loader(LoadRequest(name=name, root=resolved_root, download=download, img_size=img_size))
-    count_classes_refused(name, len(raw.classes), raw.classes)
-    temporary: Path | None = None
-    if final is not None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{fingerprint}-", dir=final.parent))
+    raw = plan.load()
+    if plan.partial is None:
+        return _decode_in_memory(plan, raw, started)
+    sources = {"train": raw.train, "test": raw.test}
+    jobs = shards.plan_shards({s: sources[s].length for s in shards.SPLITS}, shards.shard_items(img_size, shard_mb))
+    node = node_label()
+    workers = decode_workers()
     try:
-        x_train, y_train, skipped_train = _decode_split(raw.train, img_size, temporary, "train")
-        x_test, y_test, skipped_test = _decode_split(raw.test, img_size, temporary, "test")
-        skipped = skipped_train + skipped_test
-        _warn_skipped(name, skipped)
-        if len(y_train) == 0:
-            raise UserError(f"dataset '{name}': no readable training images (root '{resolved_root}')")
-        present = np.unique(y_train).tolist()
-        count_classes_refused(name, len(present), [raw.classes[c] for c in present])
-        empty = [raw.classes[c] for c in sorted(set(range(len(raw.classes))) - set(present))]
-        if empty:
-            warnings.warn(f"dataset '{name}': no readable training image in class(es) {', '.join(empty)}", stacklevel=2)
-        meta: dict[str, Any] = {
-            "name": name,
-            "fingerprint": fingerprint,
-            "classes": list(raw.classes),
-            "img_size": img_size,
-            "preprocess_version": PREPROCESS_VERSION,
-            "root": str(resolved_root) if resolved_root else None,
-            "n_train": int(len(y_train)),
-            "n_test": int(len(y_test)),
-            "skipped_images": len(skipped),
-            "skipped_examples": skipped[:20],
-            "prepare_seconds": round(time.perf_counter() - started, 3),
-            **raw.notes,
-        }
-        if temporary is None:
-            return PreparedDataset(
-                name=name,
-                group=entry.group,
-                classes=list(raw.classes),
-                img_size=img_size,
-                x_train=x_train,
-                y_train=y_train,
-                x_test=x_test,
-                y_test=y_test,
-                fingerprint=fingerprint,
-                meta=meta,
-            )
-        np.save(temporary / "y_train.npy", y_train)
-        np.save(temporary / "y_test.npy", y_test)
-        del x_train, x_test  # close the memmaps before the folder moves
-        (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
-    except BaseException:
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    assert final is not None
-    _publish(temporary, final)
-    if contents is not None:
-        atomic_write_text(fingerprint, final.parent / f"{source_key}.latest")
-    return _load_cached(final, name, entry.group)
+        records = [shards.write_shard(plan.partial, job, sources[job.split], img_size, node, workers) for job in jobs]
+        finish(plan, raw, records, time.perf_counter() - started)
+    except OSError:
+        if not plan.cached:  # else another process published the same dataset under our feet
+            raise
+    return plan.open()
+
+
+def node_label() -> str:
+    """This machine, as shard records and rows name it."""
+    return socket.gethostname()

@@ -208,7 +208,22 @@ def _class_files(folder: Path) -> dict[str, list[str]]:
 
 
 def _file_source(files: Sequence[str], labels: Sequence[int], img_size: int) -> Source:
-    return Source(len(files), lambda i: (open_image(files[i], img_size), int(labels[i])), lambda i: files[i])
+    files, labels = list(files), [int(label) for label in labels]
+    return file_source(files, labels, img_size)
+
+
+def file_source(
+    files: Sequence[str | bytes], labels: Sequence[int], img_size: int, names: Sequence[str] = ()
+) -> Source:
+    """Labelled image files, given by path or by their bytes (then ``names`` describes them)."""
+    names = names or [str(f) for f in files]
+    return Source(
+        len(files),
+        lambda i: (open_image(files[i], img_size), int(labels[i])),
+        lambda i: names[i],
+        [str(f) for f in names],
+        list(labels),
+    )
 
 
 def load_image_folder(request: LoadRequest) -> RawDataset:

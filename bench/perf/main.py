@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,12 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
         "bench run's train.compile (off, on, auto)",
     )
     parser.add_argument("--workers", type=int, default=2, help="with --suite: trials at a time, both ways (default 2)")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead: bench run's dataset preparation against dataset size (own options: bench perf --scale --help)",
+    )
     parser.add_argument("--plain-trial", default=None, help=argparse.SUPPRESS)  # the plain child process
     parser.add_argument("--in-process-suite", default=None, help=argparse.SUPPRESS)  # --ray-overhead's child
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--scale" in argv:  # its own options (bench.perf.scale)
+        from bench.perf.scale import main as scale
+
+        return scale([arg for arg in argv if arg != "--scale"])
     args = build_parser().parse_args(argv)
     if args.plain_trial is not None:
         return plain_child(args.plain_trial, args.threads)

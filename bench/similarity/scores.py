@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.data.shards import ImageRows
 from bench.similarity.batchnorm import BatchNormRecorder, LayerStatistics, batchnorm_layers, coarsest_layers
 from bench.similarity.transferability import check_features, h_score, leep, logme, nce
 
@@ -63,7 +64,7 @@ DEFAULT_MAX_IMAGES = 256  # a few hundred images pin the last-stage moments to ~
 _MIN_IMAGES_NOTE = 32  # below this even the bias-corrected divergence is noisy: noted in `notes`
 _EPS = 1e-5  # BatchNorm's own epsilon: variances below it carry no signal
 
-ImageSource = np.ndarray | torch.Tensor | Iterable[torch.Tensor]
+ImageSource = np.ndarray | torch.Tensor | ImageRows | Iterable[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def _batches(
     class, so even spacing keeps every class) and normalised here; an iterable of tensors is taken as
     already-normalised batches and used as given, until `max_images`.
     """
-    if isinstance(images, (np.ndarray, torch.Tensor)):
+    if isinstance(images, (np.ndarray, torch.Tensor, ImageRows)):
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"images must be [N, 3, H, W] (or [N, 1, H, W]), got shape {tuple(images.shape)}")
         n = images.shape[0]
@@ -351,7 +352,7 @@ def source_similarity(
     if model is not None and has_imagenet_statistics(model):
         method, probe, probe_mean, probe_std = "bn_statistics", model, mean, std
     elif reference is not None:
-        if not isinstance(images, (np.ndarray, torch.Tensor)):
+        if not isinstance(images, (np.ndarray, torch.Tensor, ImageRows)):
             raise ValueError(
                 "the reference-network fallback needs raw images (an array or tensor), not batches "
                 "normalised for another model"

@@ -25,8 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.data.shards import ImageRows
 from bench.training import precision
 from bench.utils.atomic import atomic_write
+
+Images = np.ndarray | ImageRows  # uint8 [N, 3, S, S]: in memory, or read on demand from a dataset's shards
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ def rows_key(
 @torch.no_grad()
 def compute_features(
     body: nn.Module,
-    images: np.ndarray | torch.Tensor,
+    images: Images | torch.Tensor,
     normalize: nn.Module,
     *,
     device: torch.device,
@@ -166,8 +169,8 @@ class FrozenRows:
 def frozen_rows(
     base: str,
     body: nn.Module,
-    x_train: np.ndarray,
-    x_test: np.ndarray,
+    x_train: Images,
+    x_test: Images,
     val_idx: np.ndarray,
     normalize: nn.Module,
     *,
@@ -179,9 +182,7 @@ def frozen_rows(
     """``body(normalize(x))`` for every image a trial trains or evaluates on, each split from memory, disk or
     computed once (``cached_rows``), keyed by ``base`` and the batching."""
 
-    def rows(
-        split: str, images: np.ndarray, batch_size: int, pad: bool, indices: np.ndarray | None = None
-    ) -> torch.Tensor:
+    def rows(split: str, images: Images, batch_size: int, pad: bool, indices: np.ndarray | None = None) -> torch.Tensor:
         return split_rows(
             base,
             split,
@@ -197,7 +198,7 @@ def frozen_rows(
 
     return FrozenRows(
         train=rows("train", x_train, train_batch, True),
-        val=rows("val", x_train[val_idx], eval_batch, False, val_idx),
+        val=rows("val", x_train.take(val_idx, axis=0), eval_batch, False, val_idx),
         test=rows("test", x_test, eval_batch, False),
     )
 
@@ -206,7 +207,7 @@ def split_rows(
     base: str,
     split: str,
     body: nn.Module,
-    images: np.ndarray,
+    images: Images,
     normalize: nn.Module,
     *,
     device: torch.device,

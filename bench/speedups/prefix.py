@@ -286,8 +286,8 @@ def prefix_output_bytes(
 def cached_prefix_outputs(
     key: str,
     prefix: nn.Module,
-    x_train: np.ndarray,
-    x_test: np.ndarray,
+    x_train: features.Images,
+    x_test: features.Images,
     val_idx: np.ndarray,
     normalize: nn.Module,
     *,

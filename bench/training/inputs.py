@@ -15,20 +15,22 @@ import torch.nn.functional as F
 
 from bench.config import TrialConfig
 from bench.data import split_train_val, stratified_subset
+from bench.data.shards import ImageRows
 
 EVAL_BATCH_SIZE = 128  # evaluation's chunk size; on a CPU at small images 128 beats 256 (activations stay in cache)
 
 
 @dataclass
 class Split:
-    """Inputs (uint8 images or float features) and labels of one split, on the CPU.
+    """Inputs and labels of one split, on the CPU: uint8 images read on demand from the dataset's shards
+    (``ImageRows``), or float features in memory. ``inputs[index]`` gives a batch (``batch_of`` makes it a tensor).
 
     ``short_batch``: for cached rows computed in full training batches, the rows of a shorter batch, computed
     from its images in one batch of that size (what the plain path computes for them) or read back from an
     earlier batch of that size (``ShortBatchRows``).
     """
 
-    inputs: torch.Tensor
+    inputs: torch.Tensor | ImageRows
     labels: torch.Tensor
     short_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -58,6 +60,11 @@ class Augment:
             batch = torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
         flip = (torch.rand(n, generator=self.generator) < 0.5).to(batch.device)
         return torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+
+
+def batch_of(rows: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A batch read from a split's inputs, as a tensor (no copy)."""
+    return torch.as_tensor(rows)
 
 
 def channels_last(batch: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,12 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from bench.config import TrialConfig
+from bench.data.shards import ImageRows
 from bench.models.freeze import frozen_modules, set_train_mode
 from bench.speedups import depthwise
 from bench.speedups.fold import BatchNormFolded
 from bench.training import compiled, precision
-from bench.training.inputs import EVAL_BATCH_SIZE, Split
+from bench.training.inputs import EVAL_BATCH_SIZE, Split, batch_of
 from bench.training.phases import Phase
 
 GPU_RESIDENT_BYTES = 2 * 2**30  # a training split up to this size lives on the card for the whole trial
@@ -38,11 +39,14 @@ GPU_RESIDENT_BYTES = 2 * 2**30  # a training split up to this size lives on the 
 
 def _stage(split: Split, device: torch.device) -> Split:
     """On CUDA, the training split goes to the card once when it is small (uint8 images or cached features:
-    indexing there beats a host-to-device copy per batch), else into pinned host memory."""
+    indexing there beats a host-to-device copy per batch); larger cached features go into pinned host memory,
+    larger image splits stay on their shards."""
     if device.type != "cuda":
         return split
     if split.inputs.numel() * split.inputs.element_size() <= GPU_RESIDENT_BYTES:
         return dataclasses.replace(split, inputs=split.inputs.to(device), labels=split.labels.to(device))
+    if isinstance(split.inputs, ImageRows):  # images beyond the card's share: read batch by batch
+        return split
     return dataclasses.replace(split, inputs=split.inputs.pin_memory(), labels=split.labels.pin_memory())
 
 
@@ -191,7 +195,7 @@ def fit(
         losses = EpochLosses(device)
         for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):
             short = train.short_batch is not None and len(batch_idx) < phase.batch_size
-            rows = train.short_batch(batch_idx) if short else train.inputs[batch_idx]
+            rows = train.short_batch(batch_idx) if short else batch_of(train.inputs[batch_idx])
             inputs = prepare(rows.to(device, non_blocking=True), True)
             labels = train.labels[batch_idx].to(device, non_blocking=True)
             step_tic = time.perf_counter()
@@ -248,7 +252,7 @@ def predict(
     model.eval()
     outputs = []
     for start in range(0, len(split), EVAL_BATCH_SIZE):
-        inputs = prepare(split.inputs[start : start + EVAL_BATCH_SIZE].to(device), False)
+        inputs = prepare(batch_of(split.inputs[start : start + EVAL_BATCH_SIZE]).to(device), False)
         tic = time.perf_counter()
         logits, compiling = (
             steps.logits(model, inputs, device) if steps else (forward_logits(model, inputs, device), False)

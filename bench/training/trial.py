@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench.config import TrialConfig
@@ -138,10 +137,10 @@ def _attempt(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    images = {
-        "train": Split(torch.from_numpy(np.asarray(data.x_train[train_idx])), as_labels(data.y_train[train_idx])),
-        "val": Split(torch.from_numpy(np.asarray(data.x_train[val_idx])), as_labels(data.y_train[val_idx])),
-        "test": Split(torch.from_numpy(np.array(data.x_test)), as_labels(data.y_test)),  # a writable copy
+    images = {  # read batch by batch from the dataset's shards: no split is held whole
+        "train": Split(data.x_train.take(train_idx), as_labels(data.y_train[train_idx])),
+        "val": Split(data.x_train.take(val_idx), as_labels(data.y_train[val_idx])),
+        "test": Split(data.x_test, as_labels(data.y_test)),
     }
     scores = measure_similarity(config, data, backbone=backbone, device=device)
     phases = plan_phases(config, n_train=len(train_idx), batch_size=batch_size)

@@ -32,6 +32,8 @@ from bench.data import (
     stratified_subset,
 )
 from bench.data import prepare as datasets
+from bench.data import shards
+from bench.data.shards import ImageRows
 from bench.data.decode import resize_center_crop
 from bench.data.sources import PATCH_TRAIN_WIDTH_SHARE, PHOTO_CLASSES, _photo_loaders, photo_patch_boxes
 from bench.errors import UserError
@@ -142,7 +144,7 @@ def test_digits_shapes_split_and_speed() -> None:
     assert len(data.y_train) + len(data.y_test) == total
     assert 0.24 < len(data.y_test) / total < 0.26
     assert (data.x_train[:, 0] == data.x_train[:, 2]).all()  # grayscale replicated into RGB
-    assert data.x_train.max() > 200  # 0..16 rescaled to 0..255
+    assert data.x_train[:].max() > 200  # 0..16 rescaled to 0..255
     for label in range(10):  # stratified: every class a quarter in test
         n_class = (data.y_train == label).sum() + (data.y_test == label).sum()
         assert abs((data.y_test == label).sum() - n_class / 4) <= 1
@@ -291,21 +293,23 @@ def test_cache_writes_once_then_memory_maps_without_decoding(tmp_path: Path) -> 
     folder = tmp_path / "cache" / "datasets" / first.fingerprint
     assert sorted(p.name for p in folder.iterdir()) == [
         "meta.json",
-        "x_test.npy",
-        "x_train.npy",
+        "test-00000.json",
+        "test-00000.npy",
+        "train-00000.json",
+        "train-00000.npy",
         "y_test.npy",
         "y_train.npy",
     ]
     # one folder, no temporary left; beside it the pointer a root-less cache hit follows
     assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir() if p.is_dir()] == [first.fingerprint]
-    assert np.load(folder / "x_train.npy", mmap_mode="r").shape[0] == len(first.y_train)  # trimmed after the skip
+    shards = [np.load(folder / f"{split}-00000.npy", mmap_mode="r") for split in ("train", "test")]
+    assert [len(s) for s in shards] == [len(first.y_train), len(first.y_test)]  # trimmed after the skip
     assert first.meta["skipped_images"] == 1 and len(first.y_train) + len(first.y_test) == 12
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         in_memory = prepare_dataset(name, 24)
     shutil.rmtree(source)  # a cache hit must not need (or decode) the images
     second = prepare_dataset(name, 24, cache_dir=tmp_path / "cache")
-    assert isinstance(second.x_train, np.memmap) and isinstance(second.x_test, np.memmap)
-    assert not second.x_train.flags.writeable
+    assert isinstance(second.x_train, ImageRows) and isinstance(second.x_test, ImageRows)
     assert second.fingerprint == first.fingerprint and second.classes == ["bird", "ship"]
     for field in ("x_train", "y_train", "x_test", "y_test"):
         assert np.array_equal(getattr(second, field), getattr(in_memory, field))
@@ -347,10 +351,10 @@ def test_concurrent_preparation_shares_one_cache_folder(tmp_path: Path) -> None:
 
 def test_publish_keeps_the_first_finished_folder(tmp_path: Path) -> None:
     final, late = tmp_path / "final", tmp_path / "late"
-    for folder, text in ((final, "first"), (late, "second")):
-        folder.mkdir()
-        (folder / "meta.json").write_text(text)
-    datasets._publish(late, final)
+    final.mkdir()
+    (final / "meta.json").write_text("first")
+    late.mkdir()
+    shards.publish(late, final, {"name": "second"}, [])
     assert (final / "meta.json").read_text() == "first" and not late.exists()
 
 

@@ -1,0 +1,383 @@
+"""Prepared datasets as fixed-size shards on storage: how they are planned, written, published and read.
+
+A prepared dataset lives in ``<cache_dir>/datasets/<fingerprint>/``::
+
+    meta.json                the manifest, written last: classes, counts, the shards of each split
+    y_train.npy, y_test.npy  int64 labels of each split, in order
+    train-00000.npy ...      uint8 [n, 3, S, S] images of one shard: ``shard_items`` consecutive source items
+                             (fewer when some were unreadable), memory-mapped by every reader
+    train-00000.json ...     the shard's record: its items, labels, skipped files, which node decoded it, how long
+
+While a dataset is prepared its shards go to ``<fingerprint>.partial/``. A shard's ``.npy`` is renamed into place
+whole and its record written after it, so a shard with a record is complete: a preparation killed at any point
+leaves only whole shards behind, and the next one reuses them. The manifest is published by renaming the
+folder; nothing reads a dataset without one. The concatenated shards of a split are exactly the array the
+whole-split decode gives (same items, same order, the same pixels), so the fingerprint, and every cache keyed
+on it, is unchanged by sharding.
+
+``ImageRows`` reads images on demand from the shards (or from an in-memory array): a trial, the frozen-feature
+pass and the similarity pass hold a batch of images at a time, never a split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data.decode import Source, decode_all
+from bench.errors import UserError
+from bench.utils.atomic import atomic_write_text
+
+SPLITS = ("train", "test")
+SHARD_MB = float(os.environ.get("BENCH_SHARD_MB", "64"))  # decoded bytes per shard (its item count follows)
+MANIFEST = "meta.json"
+
+
+def shard_items(img_size: int, shard_mb: float = SHARD_MB) -> int:
+    """Source items per shard: as many decoded images as fit in ``shard_mb`` MiB (at least one)."""
+    return max(1, int(shard_mb * 2**20) // (3 * img_size * img_size))
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Items ``[start, stop)`` of one split's source, prepared into shard ``index`` of that split."""
+
+    split: str
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+def plan_shards(lengths: dict[str, int], items: int) -> list[ShardJob]:
+    """Every split cut into consecutive jobs of ``items`` source items (the last one shorter)."""
+    return [
+        ShardJob(split, index, start, min(start + items, lengths[split]))
+        for split in SPLITS
+        for index, start in enumerate(range(0, lengths[split], items))
+    ]
+
+
+@dataclass
+class ShardRecord:
+    """What a shard holds and how it was made (its ``.json``)."""
+
+    split: str
+    index: int
+    start: int
+    stop: int
+    count: int  # images kept (items minus the unreadable ones)
+    labels: list[int]
+    skipped: list[str]
+    node: str  # which machine decoded it (bench.versions.node_label or a Ray node's address)
+    seconds: float
+    nbytes: int
+    reused: bool = False  # found whole on disk from an earlier preparation, not decoded again
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+    def matches(self, job: ShardJob) -> bool:
+        return (self.split, self.index, self.start, self.stop) == (job.split, job.index, job.start, job.stop)
+
+
+def read_record(folder: Path, name: str) -> ShardRecord | None:
+    """The record of a whole shard in ``folder``, or None (no record, an unreadable one, or its images missing)."""
+    try:
+        record = ShardRecord(**json.loads((folder / f"{name}.json").read_text()))
+        if (folder / f"{name}.npy").stat().st_size != record.nbytes:
+            return None
+    except (OSError, ValueError, TypeError):
+        return None
+    return record
+
+
+def write_shard(folder: Path, job: ShardJob, source: Source, img_size: int, node: str, workers: int = 1) -> ShardRecord:
+    """Decode ``job``'s items of ``source`` (the whole split's source) into ``folder/<name>.npy`` and its record;
+    a shard already whole there (same items) is reused as it is."""
+    found = read_record(folder, job.name)
+    if found is not None and found.matches(job):
+        found.reused = True
+        return found
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    window = source.window(job.start, job.stop)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{job.name}-", suffix=".npy", dir=folder)
+    os.close(descriptor)
+    try:
+        shape = (window.length, 3, img_size, img_size)
+        x = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+        y = np.empty(window.length, dtype=np.int64)
+        skipped = decode_all(window, img_size, x, y, workers=workers)
+        count = window.length - len(skipped)
+        x.flush()
+        del x
+        if count != window.length:  # rare: rewrite with the kept rows only, so the header states the count
+            trimmed = f"{temporary}.trimmed.npy"
+            np.save(trimmed, np.load(temporary, mmap_mode="r")[:count])
+            os.replace(trimmed, temporary)
+        os.replace(temporary, folder / f"{job.name}.npy")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    record = ShardRecord(
+        split=job.split,
+        index=job.index,
+        start=job.start,
+        stop=job.stop,
+        count=count,
+        labels=[int(v) for v in y[:count]],
+        skipped=skipped,
+        node=node,
+        seconds=round(time.perf_counter() - started, 3),
+        nbytes=(folder / f"{job.name}.npy").stat().st_size,
+    )
+    atomic_write_text(json.dumps(asdict(record)), folder / f"{job.name}.json")
+    return record
+
+
+def publish(partial: Path, final: Path, meta: dict[str, Any], records: Sequence[ShardRecord]) -> None:
+    """Write the labels and the manifest into ``partial`` (every shard of ``records`` already there) and move
+    it to ``final``. If another process published first, theirs stays (same deterministic content)."""
+    if (final / MANIFEST).is_file():  # another process got there first
+        shutil.rmtree(partial, ignore_errors=True)
+        return
+    ordered = sorted(records, key=lambda r: (SPLITS.index(r.split), r.index))
+    for split in SPLITS:
+        labels = [label for r in ordered if r.split == split for label in r.labels]
+        np.save(partial / f"y_{split}.npy", np.asarray(labels, dtype=np.int64))
+    manifest = {
+        **meta,
+        "shards": {
+            split: [{"name": r.name, "count": r.count, "nbytes": r.nbytes} for r in ordered if r.split == split]
+            for split in SPLITS
+        },
+        "decoded_by": sorted({r.node for r in ordered if not r.reused}),
+    }
+    atomic_write_text(json.dumps(manifest, indent=1), partial / MANIFEST)
+    try:
+        os.rename(partial, final)
+    except OSError:
+        if not (final / MANIFEST).is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def shard_files(meta: dict[str, Any], split: str) -> list[tuple[str, int, int | None]]:
+    """(file name, image count, bytes or None) of each shard of ``split``; a single-array cache folder from
+    before shards counts as one shard."""
+    if "shards" in meta:
+        return [(f"{s['name']}.npy", int(s["count"]), int(s["nbytes"])) for s in meta["shards"][split]]
+    return [(f"x_{split}.npy", int(meta[f"n_{split}"]), None)]
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"prepared-dataset cache '{folder}' is unreadable ({error}); delete that folder") from error
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading
+
+
+class ImageRows:
+    """uint8 [N, 3, S, S] images read on demand from shards: memory-mapped ``.npy`` files (opened on first
+    use) or in-memory arrays, optionally seen through an index (``take``).
+
+    Indexing follows NumPy (an int, a slice, an integer or boolean array, a torch index tensor, or a tuple whose
+    first item is one of these) and returns a new, writable ``np.ndarray``: only the rows asked for are read.
+    Pickling carries the file paths, not the pixels.
+    """
+
+    def __init__(
+        self, parts: Sequence[Path | np.ndarray], counts: Sequence[int], index: np.ndarray | None = None
+    ) -> None:
+        if len(parts) != len(counts):
+            raise ValueError("one count per part")
+        self._parts = list(parts)
+        self._counts = [int(c) for c in counts]
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
+        self._index = None if index is None else np.asarray(index, dtype=np.int64)
+        self._opened: dict[int, np.ndarray] = {}
+        self._item_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def in_memory(cls, array: np.ndarray) -> ImageRows:
+        return cls([array], [len(array)])
+
+    @classmethod
+    def from_folder(cls, folder: Path, meta: dict[str, Any], split: str) -> ImageRows:
+        files = shard_files(meta, split)
+        return cls([folder / name for name, _, _ in files], [count for _, count, _ in files])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        parts = [p if isinstance(p, (Path, str)) else np.asarray(p) for p in self._parts]
+        return (ImageRows, (parts, self._counts, self._index))
+
+    def _part(self, k: int) -> np.ndarray:
+        part = self._parts[k]
+        if not isinstance(part, (Path, str)):
+            return part
+        if k not in self._opened:
+            try:
+                self._opened[k] = np.load(part, mmap_mode="r")
+            except (OSError, ValueError) as error:
+                message = f"prepared-dataset shard '{part}' is unreadable ({error}); delete its folder"
+                raise UserError(message) from error
+        return self._opened[k]
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        if self._item_shape is None:
+            nonempty = [k for k, count in enumerate(self._counts) if count]
+            self._item_shape = tuple(self._part(nonempty[0]).shape[1:]) if nonempty else (3, 0, 0)
+        return self._item_shape
+
+    def __len__(self) -> int:
+        return int(self._starts[-1]) if self._index is None else len(self._index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.item_shape)
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def element_size(self) -> int:
+        return 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel()
+
+    def take(self, indices: np.ndarray | Sequence[int], axis: int = 0) -> ImageRows:
+        """The rows ``indices`` (into this view) as a new view; nothing is read. (``axis`` as NumPy's ``take``
+        has it, so code can take rows of an array or of a view alike; only 0.)"""
+        if axis != 0:
+            raise ValueError("ImageRows.take: only axis=0")
+        positions = self._positions(np.asarray(indices, dtype=np.int64))
+        return ImageRows(self._parts, self._counts, positions)
+
+    def _positions(self, rows: np.ndarray) -> np.ndarray:
+        n = len(self)
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"index out of range for {n} images")
+        rows = np.where(rows < 0, rows + n, rows)
+        return rows if self._index is None else self._index[rows]
+
+    def _gather(self, positions: np.ndarray) -> np.ndarray:
+        out = np.empty((len(positions), *self.item_shape), dtype=np.uint8)
+        if not len(positions):
+            return out
+        part = np.searchsorted(self._starts, positions, side="right") - 1
+        if part[0] == part[-1] and (part == part[0]).all():  # the usual case: one shard
+            out[:] = self._part(int(part[0]))[positions - self._starts[part[0]]]
+            return out
+        for k in np.unique(part):
+            mask = part == k
+            out[mask] = self._part(int(k))[positions[mask] - self._starts[k]]
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple[Any, ...] = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if type(key).__module__.startswith("torch"):  # an index tensor (torch is not imported here)
+            key = key.cpu().numpy()
+        if isinstance(key, (int, np.integer)):
+            result = self._gather(self._positions(np.array([key], dtype=np.int64)))[0]
+        elif isinstance(key, slice):
+            result = self._gather(self._positions(np.arange(len(self))[key]))
+        else:
+            rows = np.asarray(key)
+            if rows.dtype == bool:
+                rows = np.flatnonzero(rows)
+            result = self._gather(self._positions(rows.astype(np.int64)))
+        return result[(slice(None), *rest)] if rest and result.ndim == 4 else (result[rest] if rest else result)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __iter__(self) -> Any:
+        for start in range(0, len(self), 256):
+            yield from self[start : start + 256]
+
+    def to(self, device: Any) -> Any:
+        """Every row as one torch tensor on ``device`` (for splits small enough to keep whole)."""
+        import torch
+
+        return torch.from_numpy(self[:]).to(device)
+
+
+@dataclass
+class ShardSet:
+    """Where the shards of one dataset are and what they hold: what a trial needs to open it on any node."""
+
+    fingerprint: str
+    meta: dict[str, Any]
+    home: str | None = None  # the Ray node that holds every shard (trials elsewhere copy them from it)
+    files: dict[str, list[tuple[str, int, int | None]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            self.files = {split: shard_files(self.meta, split) for split in SPLITS}
+
+
+def missing_files(folder: Path, shard_set: ShardSet) -> list[tuple[str, int | None]]:
+    """(name, bytes) of the shard set's files not whole in ``folder``: the ones a node must copy before reading."""
+    wanted = [(name, nbytes) for split in SPLITS for name, _, nbytes in shard_set.files[split]]
+    wanted += [(f"y_{split}.npy", None) for split in SPLITS]
+    missing = []
+    for name, nbytes in wanted:
+        try:
+            size = (folder / name).stat().st_size
+        except OSError:
+            missing.append((name, nbytes))
+            continue
+        if nbytes is not None and size != nbytes:
+            missing.append((name, nbytes))
+    return missing
+
+
+def copy_in(folder: Path, shard_set: ShardSet, read: Callable[[str], bytes]) -> int:
+    """Copy the shard set's missing files into ``folder``, one at a time (``read(name)`` gives a file's bytes
+    from the node that has it), each written whole under a temporary name and renamed, the manifest last.
+    Returns the bytes copied."""
+    copied = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, _ in missing_files(folder, shard_set):
+        blob = read(name)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(blob)
+        os.replace(temporary, folder / name)
+        copied += len(blob)
+        del blob
+    if not (folder / MANIFEST).is_file():
+        atomic_write_text(json.dumps(shard_set.meta, indent=1), folder / MANIFEST)
+    return copied
