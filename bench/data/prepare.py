@@ -248,6 +248,7 @@ def dataset_meta(
         warnings.warn(f"dataset '{plan.name}': no readable training image in class(es) {names}", stacklevel=2)
     return {
         "name": plan.name,
+        "group": plan.group,
         "fingerprint": plan.fingerprint,
         "classes": list(raw.classes),
         "img_size": plan.img_size,

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,6 +162,9 @@ def publish(partial: Path, final: Path, meta: dict[str, Any], records: Sequence[
     if (final / MANIFEST).is_file():  # another process got there first
         shutil.rmtree(partial, ignore_errors=True)
         return
+    for leftover in partial.glob(".*"):  # temporary files of an interrupted preparation
+        with contextlib.suppress(OSError):
+            leftover.unlink()
     ordered = sorted(records, key=lambda r: (SPLITS.index(r.split), r.index))
     for split in SPLITS:
         labels = [label for r in ordered if r.split == split for label in r.labels]
@@ -171,7 +175,8 @@ def publish(partial: Path, final: Path, meta: dict[str, Any], records: Sequence[
             split: [{"name": r.name, "count": r.count, "nbytes": r.nbytes} for r in ordered if r.split == split]
             for split in SPLITS
         },
-        "decoded_by": sorted({r.node for r in ordered if not r.reused}),
+        "decoded_by": {r.name: r.node for r in ordered},  # the node that decoded each shard
+        "decoded_by_counts": ", ".join(f"{node} {n}" for node, n in sorted(Counter(r.node for r in ordered).items())),
     }
     atomic_write_text(json.dumps(manifest, indent=1), partial / MANIFEST)
     try:

@@ -197,12 +197,15 @@ def shm_used_bytes() -> int:
 class TreeMemory:
     """Peaks over a process tree while it runs, in bytes. ``driver``: the root's RssAnon. ``others``: the sum of
     RssAnon over every other process in the tree at one sample. ``largest``: one other process's RssAnon.
-    ``shm``: /dev/shm in use, less its value at the start. ``processes``: distinct processes seen."""
+    ``shm``: /dev/shm in use, less its value at the start (anything else on the machine using /dev/shm meanwhile
+    counts too); ``shmem``: the largest RssShmem of one process in the tree, a lower bound of the tree's own.
+    ``processes``: distinct processes seen."""
 
     driver: int = 0
     others: int = 0
     largest: int = 0
     shm: int = 0
+    shmem: int = 0
     processes: int = 0
     samples: int = 0
 
@@ -250,7 +253,9 @@ class TreeSampler:
         peaks = self.peaks
         others = []
         for pid in self._tree():
-            anon = _status_kib(pid, ("RssAnon",))["RssAnon"] * 1024
+            kib = _status_kib(pid, ("RssAnon", "RssShmem"))
+            anon = kib["RssAnon"] * 1024
+            peaks.shmem = max(peaks.shmem, kib["RssShmem"] * 1024)
             if pid == self.pid:
                 peaks.driver = max(peaks.driver, anon)
             else:
@@ -289,6 +294,7 @@ class SizeResult:
     train_s: float | None = None
     memory: TreeMemory = field(default_factory=TreeMemory)
     log: str = ""
+    bench_source: str = ""  # the cli.py that ran, from the run's env.json: which checkout was measured
 
     @property
     def decoded_gb(self) -> float:
@@ -340,14 +346,23 @@ def suite_yaml(folder: Path, backbone: str, img_size: int) -> str:
     )
 
 
+def default_bench() -> list[str]:
+    """This Python on this checkout's bench: ``env PYTHONPATH=<checkout>[:$PYTHONPATH] python -m bench.cli``."""
+    checkout = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(part for part in (checkout, os.environ.get("PYTHONPATH", "")) if part)
+    return ["env", f"PYTHONPATH={path}", sys.executable, "-m", "bench.cli"]
+
+
 def bench_env() -> dict[str, str]:
     """This environment less ``RAY_ADDRESS``, so each run starts (and measures) its own local Ray."""
     return {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
 
 
 def validate(bench: Sequence[str], suite: Path) -> None:
-    """``<bench> validate <suite>``; SystemExit with its output unless it succeeds."""
-    done = subprocess.run([*bench, "validate", str(suite)], capture_output=True, text=True, env=bench_env())
+    """``<bench> validate <suite>`` in the suite's folder; SystemExit with its output unless it succeeds."""
+    done = subprocess.run(
+        [*bench, "validate", str(suite)], capture_output=True, text=True, env=bench_env(), cwd=suite.parent
+    )
     if done.returncode != 0:
         raise SystemExit(f"bench perf --scale: {suite} does not validate:\n{done.stdout}{done.stderr}")
 
@@ -378,13 +393,16 @@ def folder_bytes(folder: Path) -> int:
 
 
 def read_trial(out: Path, result: SizeResult) -> None:
-    """Fill the trial's duration and status from the run's ``trials.parquet`` (the newest under ``out``)."""
+    """Fill the trial's duration and status from the run's ``trials.parquet`` (the newest under ``out``), and the
+    bench that ran from the ``env.json`` beside it."""
     import pandas as pd
 
     tables = sorted(out.rglob("trials.parquet"), key=lambda path: path.stat().st_mtime)
     if not tables:
         result.error = result.error or "no trials.parquet"
         return
+    with contextlib.suppress(OSError, ValueError, LookupError, TypeError):
+        result.bench_source = json.loads((tables[-1].parent / "env.json").read_text())[-1]["argv"][0]
     row = pd.read_parquet(tables[-1]).iloc[0]
     started, finished = pd.to_datetime(row.get("started_at")), pd.to_datetime(row.get("finished_at"))
     if not (pd.isna(started) or pd.isna(finished)):
@@ -412,7 +430,9 @@ def measure_size(bench: Sequence[str], work: Path, pool: Path, images: int, img_
     command = [*bench, "run", str(suite), "--out", str(out), "--cache-dir", str(cache)]
     started = time.perf_counter()
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=bench_env())
+        # Run from the work folder: `python -m` puts the current folder first on sys.path, so from a checkout it
+        # would import that checkout's bench whatever --bench's PYTHONPATH says.
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=bench_env(), cwd=work)
         with TreeSampler(process.pid) as sampler:
             rc = process.wait()
     result.wall_s = time.perf_counter() - started
@@ -463,8 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bench",
         default=None,
-        help="command that runs bench, e.g. 'env PYTHONPATH=/tmp/before python -m bench.cli' "
-        "(default: this Python, -m bench.cli)",
+        help="command that runs bench, run from --work-dir, e.g. 'env PYTHONPATH=/tmp/before python -m bench.cli' "
+        "(default: this Python on this checkout: env PYTHONPATH=<checkout> python -m bench.cli)",
     )
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} at {QUICK_IMG_SIZE} px: for tests")
@@ -478,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
     img_size = args.img_size or (QUICK_IMG_SIZE if args.quick else 224)
-    bench = shlex.split(args.bench) if args.bench else [sys.executable, "-m", "bench.cli"]
+    bench = shlex.split(args.bench) if args.bench else default_bench()
     print(machine_line(), flush=True)
     print(f"bench: {shlex.join(bench)}; backbone {args.backbone}; img_size {img_size}; sizes {sizes}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
@@ -490,10 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index, images in enumerate(sizes):
             print(f"[{index + 1}/{len(sizes)}] {images} images: bench run ...", flush=True)
             result = measure_size(bench, work, pool, images, img_size, args.backbone)
-            print(
-                f"    {result.status}, {result.wall_s:.0f} s" + (f"\n{result.error}" if result.error else ""),
-                flush=True,
-            )
+            detail = f"\n{result.error}" if result.error else ""
+            print(f"    {result.status}, {result.wall_s:.0f} s, ran {result.bench_source or '?'}{detail}", flush=True)
             results.append(result)
     print()
     print(markdown_table(COLUMNS, [result.cells() for result in results]))

@@ -177,6 +177,9 @@ ROW_COLUMNS = (
     "batch_size_used",
     "oom_halvings",
     "batch_size_search",
+    "dataset_shards",  # shards of the prepared dataset (bench.data.shards)
+    "dataset_decoded_by",  # which node decoded how many of them: "<address>/<node id> <count>, ..."
+    "dataset_copied_mb",  # shard bytes this trial copied into its node's cache before it started
 )
 
 

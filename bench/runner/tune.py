@@ -1,20 +1,19 @@
-"""Ray Tune runs a suite: the only module that imports Ray.
+"""Ray Tune runs a suite: with ``bench.runner.datasets``, the only modules that import Ray.
 
-``run_suite`` expands a suite into trial configs, prepares each dataset once and shares it through Ray's object
-store, and hands the trials to ``tune.Tuner`` as a grid (in ``schedule_order``); a two-stage search runs two
-such grids, the search and then each cell's selection on the other seeds. Each worker calls the core,
-``bench.training.trial.run_trial``, and reports its row back; the driver writes every row as it arrives, atomically,
-into the run folder's Parquet tables, so workers never need to see the run folder. A ``UserError`` or a timeout
-(``tune.trial_timeout_s``) becomes a ``failed`` row at once; any other exception is retried up to
-``tune.max_failures`` times, then its row says why. Resume is bench's, not Tune's: the run folder's rows say which
-trials are done. (docs/design.md, "Layout of the package")
+``run_suite`` expands a suite into trial configs, prepares each dataset once as shards over the cluster
+(``bench.runner.datasets``), and hands the trials to ``tune.Tuner`` as a grid (in ``schedule_order``); a
+two-stage search runs two such grids, the search and then each cell's selection on the other seeds. Each
+worker calls the core, ``bench.training.trial.run_trial``, and reports its row back; the driver writes every
+row as it arrives, atomically, into the run folder's Parquet tables, so workers never need to see the run
+folder. A ``UserError`` or a timeout (``tune.trial_timeout_s``) becomes a ``failed`` row at once; any other
+exception is retried up to ``tune.max_failures`` times, then its row says why. Resume is bench's, not Tune's:
+the run folder's rows say which trials are done. (docs/design.md, "Layout of the package")
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import json
 import logging
 import os
@@ -26,7 +25,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +33,14 @@ import ray
 from ray import tune
 
 from bench.config import TrialConfig
-from bench.data import PreparedDataset, TooFewClasses, display_name, prepare_dataset
+from bench.data import display_name
+from bench.data.shards import ShardSet
 from bench.errors import StorageError, UserError
 from bench.results import store as results
 from bench.results.schema import trial_row, utc_now
 from bench.runner import run_dir as runs
 from bench.runner import tracking
+from bench.runner.datasets import open_dataset, prepare_datasets
 from bench.runner.schedulers import PerCellScheduler, scheduler_factory
 from bench.suite import Suite
 from bench.suite.spec import TrackingSpec
@@ -104,14 +104,13 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 def _trainable(
     params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None, report_evaluations: bool
 ) -> None:
-    """One Tune trial: fetch the prepared dataset from the object store, run the core, report the rows. With
+    """One Tune trial: open the prepared dataset on this node, run the core, report the rows. With
     ``report_evaluations`` (a search with a scheduler) each evaluation is reported too, and the scheduler may end
     the trial at one of them (Tune then exits this thread)."""
     from bench import training  # torch and timm: in the workers; the driver never needs them
 
     memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
     config = TrialConfig.from_dict(params["trial"])
-    data = ray.get(datasets[_dataset_key(config)])
     started_at = utc_now()
 
     def report_evaluation(epochs: list[dict[str, Any]]) -> None:
@@ -119,6 +118,7 @@ def _trainable(
 
     try:
         with _deadline(timeout_s):
+            data = open_dataset(datasets[_dataset_key(config)], config)  # its shards copied here if need be
             result = training.run_trial(
                 config, run_id=run_id, data=data, on_evaluation=report_evaluation if report_evaluations else None
             )
@@ -436,23 +436,11 @@ def _run_stage(
     *,
     search: bool,
 ) -> None:
-    """Run ``trials`` on the cluster: their datasets decoded and shared, each trial's row written as it ends.
+    """Run ``trials`` on the cluster: their datasets prepared as shards, each trial's row written as it ends.
     ``search``: the trials are a search's samples, which the suite's scheduler may stop early."""
     run_id = run_dir.name
-    # The datasets decode in a thread while Ray starts and env.json is written (mostly waiting on Ray's
-    # processes and on imports): the three overlap instead of following one another. That thread imports
-    # torch before it decodes anything: decoders import libraries (scikit-learn -> scipy) that look at
-    # sys.modules["torch"] without importing it and fail on a half-imported one, which torch would be
-    # while the main thread imported it for env.json.
-    with ThreadPoolExecutor(1, thread_name_prefix="bench-decode") as pool:
-        pool.submit(importlib.import_module, "torch")  # one thread: done before the first decode starts
-        decoding = {key: pool.submit(_prepare, config, cache) for key, config in _dataset_configs(trials).items()}
-        try:
-            cluster.connect()
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # no cluster: the datasets still queued are not decoded
-            raise
-        refs, unavailable = _share_datasets(decoding)
+    cluster.connect()
+    shard_sets, unavailable = prepare_datasets(_dataset_configs(trials), cache)
     failed_now = [t for t in trials if _dataset_key(t) in unavailable]
     if failed_now:
         write_rows(run_dir, [_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed_now], {})
@@ -465,7 +453,7 @@ def _run_stage(
             )
     runnable = [t for t in trials if _dataset_key(t) not in unavailable]
     if runnable:
-        _tune(suite, runnable, refs, run_dir, summary, tracking_spec, search=search)
+        _tune(suite, runnable, shard_sets, run_dir, summary, tracking_spec, search=search)
 
 
 def _placed(config: TrialConfig, cache: str) -> TrialConfig:
@@ -496,38 +484,11 @@ def _label(trial: dict[str, Any]) -> str:
 
 
 def _dataset_configs(trials: list[TrialConfig]) -> dict[str, TrialConfig]:
-    """One trial config per (dataset, size, root): what the driver decodes."""
+    """One trial config per (dataset, size, root): what is prepared."""
     configs: dict[str, TrialConfig] = {}
     for config in trials:
         configs.setdefault(_dataset_key(config), config)
     return configs
-
-
-def _prepare(config: TrialConfig, cache: str) -> PreparedDataset | str:
-    """The decoded dataset, or the one-line reason it cannot be had."""
-    try:
-        return prepare_dataset(
-            config.dataset, config.img_size, root=config.dataset_root, download=config.download, cache_dir=cache
-        )
-    except TooFewClasses:
-        raise  # the suite's own mistake, found only now: one line and exit 2, as at validation
-    except UserError as error:
-        return str(error)
-
-
-def _share_datasets(decoding: dict[str, Future]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Each dataset into the object store as soon as it is decoded (one copy per node, shared by its workers),
-    and the driver's own copy dropped (with its future, which holds it too)."""
-    refs: dict[str, Any] = {}
-    unavailable: dict[str, str] = {}
-    for key in list(decoding):
-        data = decoding.pop(key).result()
-        if isinstance(data, str):
-            unavailable[key] = data
-        else:
-            refs[key] = ray.put(data)
-        del data
-    return refs, unavailable
 
 
 def schedule_order(trials: list[TrialConfig]) -> list[TrialConfig]:
@@ -564,7 +525,7 @@ def _scheduler(suite: Suite) -> PerCellScheduler | None:
 def _tune(
     suite: Suite,
     trials: list[TrialConfig],
-    refs: dict[str, Any],
+    shard_sets: dict[str, ShardSet],
     run_dir: Path,
     summary: RunSummary,
     tracking_spec: TrackingSpec,
@@ -578,7 +539,7 @@ def _tune(
     trainable = tune.with_resources(
         tune.with_parameters(
             _trainable,
-            datasets=refs,
+            datasets=shard_sets,
             run_id=run_dir.name,
             timeout_s=suite.tune.trial_timeout_s,
             report_evaluations=scheduler is not None or bool(trackers),  # trackers plot each evaluation

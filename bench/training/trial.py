@@ -61,8 +61,8 @@ def run_trial(
     ``on_evaluation`` is called after each validation evaluation with the evaluation rows so far (the Ray layer
     reports them to Tune's scheduler, which may end the trial there).
 
-    ``data`` is the prepared dataset when the caller already holds it (the Ray layer shares one copy per
-    node through the object store); otherwise it is prepared here, once per process. Out of memory (CUDA, or
+    ``data`` is the prepared dataset when the caller has opened it (the Ray layer opens its shards on the
+    trial's node); otherwise it is prepared here, once per process. Out of memory (CUDA, or
     the CPU allocator) starts the trial again at half the batch size, down to 1; the row records
     ``batch_size_used`` and ``oom_halvings``.
     """
@@ -225,6 +225,18 @@ def _attempt(
     return TrialResult(row=row, epochs=epoch_rows)
 
 
+def _data_columns(data: PreparedDataset) -> dict[str, Any]:
+    """Where the dataset's shards came from (nothing for a dataset prepared in memory)."""
+    shards = data.meta.get("shards")
+    if not shards:
+        return {}
+    return {
+        "dataset_shards": sum(len(entries) for entries in shards.values()),
+        "dataset_decoded_by": data.meta.get("decoded_by_counts"),
+        "dataset_copied_mb": data.meta.get("copied_bytes", 0) / 2**20,
+    }
+
+
 _DATASETS: dict[tuple, PreparedDataset] = {}
 
 
@@ -318,4 +330,5 @@ def _result_row(
         compiled=compiling.mode,
         compile_seconds=compiling.seconds,
         compiled_steps=compiling.compiled_steps,
+        **_data_columns(data),
     )
