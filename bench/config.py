@@ -33,6 +33,7 @@ _PLACEMENT_FIELDS = (
     "gpu_share",
     "compile",
     "plugins",
+    "memory_share_mb",
 )
 # Fields added after trial ids were first published: part of the identity only when set, so the trials of
 # earlier runs keep their ids (and resume) unless they use the field.
@@ -97,6 +98,7 @@ class TrialConfig:
     gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
     compile: str = "auto"  # "off" | "on" | "auto": forward passes through torch.compile (bench.training.compiled)
     plugins: tuple[str, ...] = ()  # modules imported before the trial runs (the suite's `plugins:`)
+    memory_share_mb: float | None = None  # this trial's share of its node's memory (set by the runner)
 
     @property
     def strategy(self) -> str:

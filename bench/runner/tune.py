@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -102,7 +103,12 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 
 def _trainable(
-    params: dict[str, Any], datasets: dict[str, Any], run_id: str, timeout_s: float | None, report_evaluations: bool
+    params: dict[str, Any],
+    datasets: dict[str, ShardSet],
+    run_id: str,
+    timeout_s: float | None,
+    report_evaluations: bool,
+    cpu: float,
 ) -> None:
     """One Tune trial: open the prepared dataset on this node, run the core, report the rows. With
     ``report_evaluations`` (a search with a scheduler) each evaluation is reported too, and the scheduler may end
@@ -110,7 +116,7 @@ def _trainable(
     from bench import training  # torch and timm: in the workers; the driver never needs them
 
     memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
-    config = TrialConfig.from_dict(params["trial"])
+    config = dataclasses.replace(TrialConfig.from_dict(params["trial"]), memory_share_mb=_memory_share_mb(cpu))
     started_at = utc_now()
 
     def report_evaluation(epochs: list[dict[str, Any]]) -> None:
@@ -133,6 +139,13 @@ def _trainable(
     tune.report(
         {**_evaluation_report(epochs, started_at=started_at, final=True), "row_json": json.dumps(row, default=str)}
     )
+
+
+def _memory_share_mb(cpu_per_trial: float) -> float:
+    """This trial's share of its node's memory: the node's (or its cgroup's) memory over the trials it runs."""
+    here = ray.get_runtime_context().get_node_id()
+    node_cpus = next((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n["NodeID"] == here), 1.0)
+    return memory.trial_share_bytes(memory.system_memory_bytes(), node_cpus, cpu_per_trial) / 2**20
 
 
 def _evaluation_report(epochs: list[dict[str, Any]], *, started_at: str, final: bool) -> dict[str, Any]:
@@ -543,6 +556,7 @@ def _tune(
             run_id=run_dir.name,
             timeout_s=suite.tune.trial_timeout_s,
             report_evaluations=scheduler is not None or bool(trackers),  # trackers plot each evaluation
+            cpu=resources["cpu"],
         ),
         resources,
     )

@@ -23,9 +23,10 @@ import torch
 
 from bench.config import TrialConfig
 from bench.data import PreparedDataset, prepare_dataset
+from bench.errors import UserError
 from bench.models import Backbone, Normalize, build_backbone
 from bench.models.freeze import FreezePlan
-from bench.models.strategies import apply_phase
+from bench.models.strategies import apply_phase, probes_first
 from bench.plugins import load_plugins
 from bench.results.schema import DEFAULT_THRESHOLDS, SCHEMA_VERSION, trial_row, utc_now
 from bench.speedups.fold import BatchNormFolded
@@ -39,6 +40,7 @@ from bench.training.loop import evaluate, fit, phase_steps
 from bench.training.phases import Phase, phase_setup, plan_phases
 from bench.training.similarity import measure_similarity
 from bench.utils import memory
+from bench.utils.memory import frozen_feature_bytes
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ def _attempt(
         head_seed=config.seed,
         img_size=config.img_size,
     )
+    _check_memory_share(config, data, backbone.feature_dim, len(val_idx))
     normalize = Normalize(backbone.mean, backbone.std).to(device)
     backbone.body.to(device)
     backbone.head.to(device)
@@ -223,6 +226,23 @@ def _attempt(
     for epoch_row in epoch_rows:
         epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
     return TrialResult(row=row, epochs=epoch_rows)
+
+
+def _check_memory_share(config: TrialConfig, data: PreparedDataset, feature_dim: int, n_val: int) -> None:
+    """Before anything is computed: one line when the part of the trial that grows with its dataset, the frozen
+    features a probe holds in memory (every training, validation and test image's row), exceeds the trial's
+    share of its node's memory (``config.memory_share_mb``; images themselves are read shard by shard)."""
+    probes = config.strategy == "linear_probe" or probes_first(config.strategy)
+    if config.memory_share_mb is None or not probes or not config.feature_cache or config.augment != "none":
+        return
+    rows = len(data.y_train) + n_val + len(data.y_test)
+    need, share = frozen_feature_bytes(rows, feature_dim), config.memory_share_mb * 2**20
+    if need > share:
+        raise UserError(
+            f"the frozen features of {rows:,} images ({feature_dim} floats each) need {need / 2**30:.1f} GiB, "
+            f"more than this trial's share of its node's memory ({share / 2**30:.1f} GiB): run fewer trials per "
+            "node (a larger tune.resources_per_trial.cpu) or set train.feature_cache: false"
+        )
 
 
 def _data_columns(data: PreparedDataset) -> dict[str, Any]:

@@ -142,3 +142,33 @@ def release_freed_memory() -> None:
     gc.collect()  # the trial's reference cycles (cheap after freeze_imported_objects)
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a trial's share of a node, and what grows with its dataset
+
+FEATURE_BYTES = 4  # float32 frozen-feature rows
+
+
+def system_memory_bytes() -> int:
+    """This machine's memory, or its cgroup's limit when that is lower (a container, a scheduler's job)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limits = []
+    for path in (
+        Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+        Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # v1 (the process's own group is mounted there)
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            limits.append(int(path.read_text().strip()))
+    return min([physical, *limits])
+
+
+def trial_share_bytes(node_memory: int, node_cpus: float, cpu_per_trial: float) -> int:
+    """What one trial may use of a node: its memory split between the trials its CPUs run at once."""
+    trials = max(1.0, node_cpus / max(cpu_per_trial, 1e-9))
+    return int(node_memory / trials)
+
+
+def frozen_feature_bytes(rows: int, feature_dim: int) -> int:
+    """A linear probe's frozen features held in memory: one float32 row per image it trains or evaluates on."""
+    return rows * feature_dim * FEATURE_BYTES
