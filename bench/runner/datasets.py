@@ -238,7 +238,7 @@ def _report(plan: DatasetPlan, records: list[shards.ShardRecord], seconds: float
     by_node = Counter(r.node for r in made)
     nodes = ", ".join(f"{node} {count}" for node, count in sorted(by_node.items())) or "none"
     reused = f", {len(records) - len(made)} reused" if len(made) < len(records) else ""
-    moved = f", {copied / 2**20:.0f} MiB copied to the driver's node" if copied else ""
+    moved = f", {copied / 2**20:.1f} MiB copied to the driver's node" if copied else ""
     print(
         f"bench: dataset {plan.name} at {plan.img_size} px: {images} images in {len(records)} shards, "
         f"{seconds:.1f} s ({images / max(seconds, 1e-9):.0f} images/s); shards decoded by node: {nodes}{reused}{moved}",
@@ -252,24 +252,23 @@ def _report(plan: DatasetPlan, records: list[shards.ShardRecord], seconds: float
 _OPENED: dict[tuple[str, str], PreparedDataset] = {}
 
 
-def open_dataset(shard_set: shards.ShardSet, config: TrialConfig) -> PreparedDataset:
+def open_dataset(shard_set: shards.ShardSet, config: TrialConfig) -> tuple[PreparedDataset, int]:
     """The dataset in this node's cache folder (``config.cache_dir``), its missing shards first copied from the
-    home node one at a time; opened once per process."""
+    home node one at a time; opened once per process. Also returns the bytes this call copied."""
     assert config.cache_dir is not None
+    folder = Path(config.cache_dir) / "datasets" / shard_set.fingerprint
+    copied = 0
+    if shards.missing_files(folder, shard_set):
+        if shard_set.home is None:
+            raise UserError(f"prepared dataset '{folder}' is incomplete and no node holds it whole")
+        home = _on(shard_set.home)
+
+        def read(name: str) -> bytes:
+            return ray.get(_read_file.options(scheduling_strategy=home).remote(str(folder / name)))
+
+        copied = shards.copy_in(folder, shard_set, read)
     key = (shard_set.fingerprint, config.cache_dir)
     if key not in _OPENED:
-        folder = Path(config.cache_dir) / "datasets" / shard_set.fingerprint
-        copied = 0
-        if shards.missing_files(folder, shard_set):
-            if shard_set.home is None:
-                raise UserError(f"prepared dataset '{folder}' is incomplete and no node holds it whole")
-            home = _on(shard_set.home)
-
-            def read(name: str) -> bytes:
-                return ray.get(_read_file.options(scheduling_strategy=home).remote(str(folder / name)))
-
-            copied = shards.copy_in(folder, shard_set, read)
-        data = load_prepared(folder, config.dataset, shard_set.meta.get("group") or dataset_group(config.dataset))
-        data.meta["copied_bytes"] = copied
-        _OPENED[key] = data
-    return _OPENED[key]
+        group = shard_set.meta.get("group") or dataset_group(config.dataset)
+        _OPENED[key] = load_prepared(folder, config.dataset, group)
+    return _OPENED[key], copied

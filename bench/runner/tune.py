@@ -124,7 +124,7 @@ def _trainable(
 
     try:
         with _deadline(timeout_s):
-            data = open_dataset(datasets[_dataset_key(config)], config)  # its shards copied here if need be
+            data, copied = open_dataset(datasets[_dataset_key(config)], config)  # shards copied here if need be
             result = training.run_trial(
                 config, run_id=run_id, data=data, on_evaluation=report_evaluation if report_evaluations else None
             )
@@ -136,6 +136,8 @@ def _trainable(
     finally:
         memory.release_freed_memory()  # a reused worker starts the next trial as lean as the first
     row["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    if row["status"] != "failed":
+        row["dataset_copied_mb"] = copied / 2**20
     tune.report(
         {**_evaluation_report(epochs, started_at=started_at, final=True), "row_json": json.dumps(row, default=str)}
     )

@@ -253,7 +253,6 @@ def _data_columns(data: PreparedDataset) -> dict[str, Any]:
     return {
         "dataset_shards": sum(len(entries) for entries in shards.values()),
         "dataset_decoded_by": data.meta.get("decoded_by_counts"),
-        "dataset_copied_mb": data.meta.get("copied_bytes", 0) / 2**20,
     }
 
 
