@@ -37,7 +37,7 @@ _PLACEMENT_FIELDS = (
 )
 # Fields added after trial ids were first published: part of the identity only when set, so the trials of
 # earlier runs keep their ids (and resume) unless they use the field.
-_OPTIONAL_IDENTITY: dict[str, Any] = {"eval_every_steps": None}
+_OPTIONAL_IDENTITY: dict[str, Any] = {"eval_every_steps": None, "shard_format": "raw"}
 
 
 # Training hyperparameters a suite's `search:` block may search: everything else identifies the trial's cell.
@@ -83,6 +83,7 @@ class TrialConfig:
     val_fraction: float = 0.1  # share of each class's training split held out for model selection
     eval_every: int = 1  # epochs between validation evaluations (epochs.parquet rows) ...
     eval_every_steps: int | None = None  # ... or optimiser steps between them (and after the last step)
+    shard_format: str = "raw"  # prepared images as stored: "raw" uint8, or "jpeg" (lossy: bench.data.shards)
     suite: str = ""
     cache_dir: str | None = None  # prepared datasets and frozen features; None = no disk cache
     device: str = "auto"  # "auto" = cuda when available, else cpu

@@ -99,12 +99,14 @@ def _resolve(name: str, root: str | None, download: bool = False) -> _Resolved:
     return _Resolved(entry, ref.target, resolved_root, _no_contents)
 
 
-def _source_key(key_name: str, root: Path | None, img_size: int) -> str:
-    """Which dataset, where, at which size and preprocessing: the part of the key known without the files."""
-    blob = json.dumps(
-        {"name": key_name, "root": str(root) if root else None, "img_size": img_size, "preprocess": PREPROCESS_VERSION},
-        sort_keys=True,
-    )
+def _source_key(key_name: str, root: Path | None, img_size: int, shard_format: str = "raw") -> str:
+    """Which dataset, where, at which size, preprocessing and (when not raw) shard format: the part of the key
+    known without the files."""
+    key: dict[str, Any] = {"name": key_name, "root": str(root) if root else None, "img_size": img_size}
+    key["preprocess"] = PREPROCESS_VERSION
+    if shard_format != "raw":  # lossy shards hold other pixels; raw keeps the key it always had
+        key["shard_format"] = shard_format
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -132,12 +134,14 @@ def _fingerprint(source_key: str, contents: str | None) -> str:
     return hashlib.sha256(f"{source_key}:{contents}".encode()).hexdigest()[:16]
 
 
-def dataset_fingerprint(name: str, img_size: int, root: str | None = None, download: bool = False) -> str:
+def dataset_fingerprint(
+    name: str, img_size: int, root: str | None = None, download: bool = False, shard_format: str = "raw"
+) -> str:
     """The `fingerprint` that `prepare_dataset` would give, without decoding anything (a stat walk of the root;
     for an ``hf:`` Hub dataset, opening it from the cache)."""
     check_dataset_name(name)
     resolved = _resolve(name, root, download)
-    return _fingerprint(_source_key(resolved.key_name, resolved.root, img_size), resolved.contents())
+    return _fingerprint(_source_key(resolved.key_name, resolved.root, img_size, shard_format), resolved.contents())
 
 
 def _warn_skipped(name: str, skipped: list[str]) -> None:
@@ -181,6 +185,7 @@ class DatasetPlan:
     fingerprint: str
     final: Path | None  # <cache_dir>/datasets/<fingerprint>; None without a cache
     latest: Path | None
+    shard_format: str = "raw"
 
     @property
     def group(self) -> str:
@@ -208,14 +213,21 @@ class DatasetPlan:
 
 
 def plan_dataset(
-    name: str, img_size: int, root: str | None = None, download: bool = False, cache_dir: str | Path | None = None
+    name: str,
+    img_size: int,
+    root: str | None = None,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+    shard_format: str = "raw",
 ) -> DatasetPlan:
     """Resolve ``name`` and compute its fingerprint (a stat walk of its files); where it is cached, say where."""
     check_dataset_name(name)
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
         raise UserError(f"dataset '{name}': img_size must be a positive integer, got {img_size!r}")
+    if shard_format not in shards.FORMATS:
+        raise UserError(f"dataset '{name}': shard format must be one of {', '.join(shards.FORMATS)}")
     resolved = _resolve(name, root, download)
-    source_key = _source_key(resolved.key_name, resolved.root, img_size)
+    source_key = _source_key(resolved.key_name, resolved.root, img_size, shard_format)
     contents = resolved.contents()
     fingerprint = _fingerprint(source_key, contents)
     final = latest = None
@@ -227,7 +239,9 @@ def plan_dataset(
             with contextlib.suppress(OSError):
                 fingerprint = latest.read_text().strip() or fingerprint
         final = datasets_dir / fingerprint
-    return DatasetPlan(name, img_size, download, resolved, source_key, contents, fingerprint, final, latest)
+    return DatasetPlan(
+        name, img_size, download, resolved, source_key, contents, fingerprint, final, latest, shard_format
+    )
 
 
 def dataset_meta(
@@ -258,6 +272,7 @@ def dataset_meta(
         "n_test": n["test"],
         "skipped_images": len(skipped),
         "skipped_examples": skipped[:20],
+        "shard_format": plan.shard_format,
         "prepare_seconds": round(seconds, 3),
         "shard_seconds": round(sum(r.seconds for r in records if not r.reused), 3),
         "shards_reused": sum(r.reused for r in records),
@@ -307,6 +322,7 @@ def prepare_dataset(
     cache_dir: str | Path | None = None,
     *,
     shard_mb: float = shards.SHARD_MB,
+    shard_format: str = "raw",
 ) -> PreparedDataset:
     """Decode the whole dataset once (RGB, shorter side resized with antialiased bicubic, centre crop), in this
     process. With `cache_dir`, into shards of `shard_mb` MiB under `<cache_dir>/datasets/<fingerprint>/`
@@ -315,19 +331,24 @@ def prepare_dataset(
     warning (meta `skipped_images`). `bench run` prepares the same shards as Ray tasks over the cluster
     (``bench.runner.datasets``).
     """
-    plan = plan_dataset(name, img_size, root, download, cache_dir)
+    plan = plan_dataset(name, img_size, root, download, cache_dir, shard_format)
     if plan.cached:
         return plan.open()
     started = time.perf_counter()
     raw = plan.load()
     if plan.partial is None:
+        if shard_format != "raw":
+            raise UserError(f"dataset '{name}': {shard_format} shards need a cache folder")
         return _decode_in_memory(plan, raw, started)
     sources = {"train": raw.train, "test": raw.test}
     jobs = shards.plan_shards({s: sources[s].length for s in shards.SPLITS}, shards.shard_items(img_size, shard_mb))
     node = node_label()
     workers = decode_workers()
     try:
-        records = [shards.write_shard(plan.partial, job, sources[job.split], img_size, node, workers) for job in jobs]
+        records = [
+            shards.write_shard(plan.partial, job, sources[job.split], img_size, node, workers, shard_format)
+            for job in jobs
+        ]
         finish(plan, raw, records, time.perf_counter() - started)
     except OSError:
         if not plan.cached:  # else another process published the same dataset under our feet

@@ -15,6 +15,11 @@ folder; nothing reads a dataset without one. The concatenated shards of a split 
 whole-split decode gives (same items, same order, the same pixels), so the fingerprint, and every cache keyed
 on it, is unchanged by sharding.
 
+Shards are raw by default. ``jpeg`` shards (``<name>.jpegs``, re-encoded at ``JPEG_QUALITY`` as FFCV and
+WebDataset store images) take about a tenth of the disk and a decode per read; their pixels differ from the
+raw ones, so the format is part of the dataset's fingerprint (docs/performance.md, "Shard formats", has the
+measurements behind the default).
+
 ``ImageRows`` reads images on demand from the shards (or from an in-memory array): a trial, the frozen-feature
 pass and the similarity pass hold a batch of images at a time, never a split.
 """
@@ -22,6 +27,7 @@ pass and the similarity pass hold a batch of images at a time, never a split.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -34,12 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from bench.data.decode import Source, decode_all
 from bench.errors import UserError
 from bench.utils.atomic import atomic_write_text
 
 SPLITS = ("train", "test")
+FORMATS = {"raw": ".npy", "jpeg": ".jpegs"}  # shard formats and their files
+JPEG_QUALITY = 90  # what FFCV writes by default
 SHARD_MB = float(os.environ.get("BENCH_SHARD_MB", "64"))  # decoded bytes per shard (its item count follows)
 MANIFEST = "meta.json"
 
@@ -91,10 +100,15 @@ class ShardRecord:
     seconds: float
     nbytes: int
     reused: bool = False  # found whole on disk from an earlier preparation, not decoded again
+    format: str = "raw"  # "raw": uint8 .npy; "jpeg": re-encoded images (FORMATS)
 
     @property
     def name(self) -> str:
         return shard_name(self.split, self.index)
+
+    @property
+    def file(self) -> str:
+        return self.name + FORMATS[self.format]
 
     def matches(self, job: ShardJob) -> bool:
         return (self.split, self.index, self.start, self.stop) == (job.split, job.index, job.start, job.stop)
@@ -104,18 +118,20 @@ def read_record(folder: Path, name: str) -> ShardRecord | None:
     """The record of a whole shard in ``folder``, or None (no record, an unreadable one, or its images missing)."""
     try:
         record = ShardRecord(**json.loads((folder / f"{name}.json").read_text()))
-        if (folder / f"{name}.npy").stat().st_size != record.nbytes:
+        if (folder / record.file).stat().st_size != record.nbytes:
             return None
     except (OSError, ValueError, TypeError):
         return None
     return record
 
 
-def write_shard(folder: Path, job: ShardJob, source: Source, img_size: int, node: str, workers: int = 1) -> ShardRecord:
-    """Decode ``job``'s items of ``source`` (the whole split's source) into ``folder/<name>.npy`` and its record;
-    a shard already whole there (same items) is reused as it is."""
+def write_shard(
+    folder: Path, job: ShardJob, source: Source, img_size: int, node: str, workers: int = 1, fmt: str = "raw"
+) -> ShardRecord:
+    """Decode ``job``'s items of ``source`` (the whole split's source) into ``folder/<name>.npy`` (``fmt`` raw)
+    or ``<name>.jpegs`` (jpeg) and its record; a shard already whole there (same items) is reused as it is."""
     found = read_record(folder, job.name)
-    if found is not None and found.matches(job):
+    if found is not None and found.matches(job) and found.format == fmt:
         found.reused = True
         return found
     started = time.perf_counter()
@@ -135,7 +151,11 @@ def write_shard(folder: Path, job: ShardJob, source: Source, img_size: int, node
             trimmed = f"{temporary}.trimmed.npy"
             np.save(trimmed, np.load(temporary, mmap_mode="r")[:count])
             os.replace(trimmed, temporary)
-        os.replace(temporary, folder / f"{job.name}.npy")
+        if fmt == "jpeg":
+            encoded = f"{temporary}.jpegs"
+            write_jpegs(encoded, np.load(temporary, mmap_mode="r"))
+            os.replace(encoded, temporary)
+        os.replace(temporary, folder / (job.name + FORMATS[fmt]))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -150,7 +170,8 @@ def write_shard(folder: Path, job: ShardJob, source: Source, img_size: int, node
         skipped=skipped,
         node=node,
         seconds=round(time.perf_counter() - started, 3),
-        nbytes=(folder / f"{job.name}.npy").stat().st_size,
+        nbytes=(folder / (job.name + FORMATS[fmt])).stat().st_size,
+        format=fmt,
     )
     atomic_write_text(json.dumps(asdict(record)), folder / f"{job.name}.json")
     return record
@@ -172,7 +193,11 @@ def publish(partial: Path, final: Path, meta: dict[str, Any], records: Sequence[
     manifest = {
         **meta,
         "shards": {
-            split: [{"name": r.name, "count": r.count, "nbytes": r.nbytes} for r in ordered if r.split == split]
+            split: [
+                {"name": r.name, "file": r.file, "count": r.count, "nbytes": r.nbytes}
+                for r in ordered
+                if r.split == split
+            ]
             for split in SPLITS
         },
         "decoded_by": {r.name: r.node for r in ordered},  # the node that decoded each shard
@@ -191,7 +216,7 @@ def shard_files(meta: dict[str, Any], split: str) -> list[tuple[str, int, int | 
     """(file name, image count, bytes or None) of each shard of ``split``; a single-array cache folder from
     before shards counts as one shard."""
     if "shards" in meta:
-        return [(f"{s['name']}.npy", int(s["count"]), int(s["nbytes"])) for s in meta["shards"][split]]
+        return [(s.get("file", f"{s['name']}.npy"), int(s["count"]), int(s["nbytes"])) for s in meta["shards"][split]]
     return [(f"x_{split}.npy", int(meta[f"n_{split}"]), None)]
 
 
@@ -204,6 +229,45 @@ def load_manifest(folder: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------
 # reading
+
+
+def write_jpegs(path: str | Path, images: np.ndarray) -> None:
+    """uint8 [n, 3, S, S] images as one file: n, then n + 1 int64 offsets, then each image's JPEG bytes."""
+    blobs = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(buffer, "JPEG", quality=JPEG_QUALITY)
+        blobs.append(buffer.getvalue())
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    with open(path, "wb") as file:
+        file.write(np.int64(len(blobs)).tobytes())
+        file.write(offsets.tobytes())
+        for blob in blobs:
+            file.write(blob)
+
+
+class JpegShard:
+    """A ``.jpegs`` shard (``write_jpegs``), memory-mapped; ``shard[rows]`` decodes those rows to uint8 NCHW."""
+
+    def __init__(self, path: Path) -> None:
+        self._data = np.memmap(path, dtype=np.uint8, mode="r")
+        count = int(self._data[:8].view(np.int64)[0])
+        self._offsets = self._data[8 : 8 + 8 * (count + 1)].view(np.int64)
+        self._start = 8 + 8 * (count + 1)
+        side = self._decode(0).shape[1] if count else 0
+        self.shape = (count, 3, side, side)
+
+    def _decode(self, row: int) -> np.ndarray:
+        blob = self._data[self._start + self._offsets[row] : self._start + self._offsets[row + 1]]
+        with Image.open(io.BytesIO(blob.tobytes())) as image:
+            return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        return np.stack([self._decode(int(r)) for r in rows]) if len(rows) else np.empty((0, *self.shape[1:]), np.uint8)
 
 
 class ImageRows:
@@ -246,7 +310,9 @@ class ImageRows:
             return part
         if k not in self._opened:
             try:
-                self._opened[k] = np.load(part, mmap_mode="r")
+                self._opened[k] = (
+                    JpegShard(Path(part)) if str(part).endswith(".jpegs") else np.load(part, mmap_mode="r")
+                )
             except (OSError, ValueError) as error:
                 message = f"prepared-dataset shard '{part}' is unreadable ({error}); delete its folder"
                 raise UserError(message) from error

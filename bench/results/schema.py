@@ -178,6 +178,7 @@ ROW_COLUMNS = (
     "oom_halvings",
     "batch_size_search",
     "dataset_shards",  # shards of the prepared dataset (bench.data.shards)
+    "dataset_shard_format",  # raw | jpeg (lossy: other pixels, another dataset_fingerprint)
     "dataset_decoded_by",  # which node decoded how many of them: "<address>/<node id> <count>, ..."
     "dataset_copied_mb",  # shard bytes this trial copied into its node's cache before it started
 )

@@ -93,7 +93,7 @@ class _Files:
 
 @ray.remote(num_cpus=1)
 def _decode_shard(
-    partial: str, job: shards.ShardJob, files: _Files | None, opened: tuple[Any, ...], home: str
+    partial: str, job: shards.ShardJob, files: _Files | None, opened: tuple[Any, ...], home: str, fmt: str
 ) -> shards.ShardRecord:
     """Decode one shard into this node's ``partial`` folder (one thread: Ray runs a task per CPU)."""
     name, img_size, root, download = opened
@@ -106,7 +106,7 @@ def _decode_shard(
         else:  # the image root is not on this node: the encoded bytes come from the home node
             items = list(ray.get(_read_files.options(scheduling_strategy=_on(home)).remote(files.paths)))
         source = _as_source(file_source(items, files.labels, img_size, names=files.paths), job)
-    return shards.write_shard(Path(partial), job, source, img_size, node_label(), workers=1)
+    return shards.write_shard(Path(partial), job, source, img_size, node_label(), workers=1, fmt=fmt)
 
 
 def _as_source(window: Source, job: shards.ShardJob) -> Source:
@@ -144,7 +144,9 @@ def prepare_datasets(
     running: list[_Preparation] = []
     for key, config in configs.items():
         try:
-            plan = plan_dataset(config.dataset, config.img_size, config.dataset_root, config.download, cache)
+            plan = plan_dataset(
+                config.dataset, config.img_size, config.dataset_root, config.download, cache, config.shard_format
+            )
             if plan.cached:
                 ready[key] = _shard_set(plan, home)
                 print(f"bench: dataset {config.dataset} at {config.img_size} px: prepared before ({plan.final})")
@@ -180,7 +182,7 @@ def _submit(key: str, plan: DatasetPlan, raw: RawDataset, started: float, home: 
             options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
         else:
             files, options = None, {"scheduling_strategy": _on(home)}
-        ref = _decode_shard.options(**options).remote(str(plan.partial), job, files, opened, home)
+        ref = _decode_shard.options(**options).remote(str(plan.partial), job, files, opened, home, plan.shard_format)
         preparation.pending[ref] = job
     return preparation
 
@@ -197,8 +199,8 @@ def _collect(preparation: _Preparation, home: str) -> shards.ShardSet:
         preparation.records.append(record)
         if record.node != home_label and shards.read_record(plan.partial, record.name) is None:
             node_id = _node_id(record.node)
-            for suffix in (".npy", ".json"):
-                path = str(plan.partial / f"{record.name}{suffix}")
+            for name in (record.file, f"{record.name}.json"):
+                path = str(plan.partial / name)
                 blob = _read_file.options(scheduling_strategy=_on(node_id)).remote(path)
                 preparation.copies.append(_store_file.options(scheduling_strategy=_on(home)).remote(path, blob))
                 del blob

@@ -194,7 +194,7 @@ def _stopped_row(config: TrialConfig, run_id: str, result: dict[str, Any]) -> tu
 
 
 def _dataset_key(config: TrialConfig) -> str:
-    return json.dumps([config.dataset, config.img_size, config.dataset_root])
+    return json.dumps([config.dataset, config.img_size, config.dataset_root, config.shard_format])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -328,6 +328,7 @@ class TrainSpec(_Strict):
     padded_depthwise_grad: bool = _DEFAULTS[
         "padded_depthwise_grad"
     ]  # false: PyTorch's own backward (bench.speedups.depthwise)
+    shard_format: Literal["raw", "jpeg"] = _DEFAULTS["shard_format"]  # prepared images on disk (bench.data.shards)
     # torch.compile the forward passes; YAML 1.1 reads a bare on/off as true/false
     compile: Annotated[Literal["off", "on", "auto"], BeforeValidator(_on_off)] = _DEFAULTS["compile"]
 

@@ -175,6 +175,7 @@ class Suite:
                 eval_every_steps=train.eval_every_steps,
                 padded_depthwise_grad=train.padded_depthwise_grad,
                 compile=train.compile,
+                shard_format=train.shard_format,
                 plugins=tuple(spec.plugins),
                 similarity=spec.analysis.similarity,
                 similarity_threshold=spec.analysis.similarity_threshold,

@@ -252,6 +252,7 @@ def _data_columns(data: PreparedDataset) -> dict[str, Any]:
         return {}
     return {
         "dataset_shards": sum(len(entries) for entries in shards.values()),
+        "dataset_shard_format": data.meta.get("shard_format", "raw"),
         "dataset_decoded_by": data.meta.get("decoded_by_counts"),
     }
 
@@ -261,7 +262,7 @@ _DATASETS: dict[tuple, PreparedDataset] = {}
 
 def load_dataset(config: TrialConfig) -> PreparedDataset:
     """The prepared dataset, decoded once per process (and once per cache folder across processes)."""
-    key = (config.dataset, config.img_size, config.dataset_root, config.cache_dir)
+    key = (config.dataset, config.img_size, config.dataset_root, config.cache_dir, config.shard_format)
     if key not in _DATASETS:
         _DATASETS[key] = prepare_dataset(
             config.dataset,
@@ -269,6 +270,7 @@ def load_dataset(config: TrialConfig) -> PreparedDataset:
             root=config.dataset_root,
             download=config.download,
             cache_dir=config.cache_dir,
+            shard_format=config.shard_format,
         )
     return _DATASETS[key]
 

@@ -129,3 +129,20 @@ def test_a_trial_on_shards_gives_the_in_memory_numbers_bit_for_bit(tmp_path: Pat
         assert plain[column] == shard[column], column
     assert [e["train_loss"] for e in plain_epochs] == [e["train_loss"] for e in shard_epochs]
     assert shard["dataset_shards"] == len(sharded.meta["shards"]["train"]) + len(sharded.meta["shards"]["test"])
+
+
+def test_jpeg_shards_are_smaller_read_back_close_and_have_their_own_fingerprint(tmp_path: Path) -> None:
+    raw = prepare_dataset("photo_patches", 64, cache_dir=tmp_path, shard_mb=0.5)
+    jpeg = prepare_dataset("photo_patches", 64, cache_dir=tmp_path, shard_mb=0.5, shard_format="jpeg")
+    assert jpeg.fingerprint != raw.fingerprint and jpeg.meta["shard_format"] == "jpeg"
+    sizes = {
+        name: sum(s["nbytes"] for split in ("train", "test") for s in data.meta["shards"][split])
+        for name, data in (("raw", raw), ("jpeg", jpeg))
+    }
+    assert sizes["jpeg"] < sizes["raw"] / 3
+    assert jpeg.x_train.shape == raw.x_train.shape and np.array_equal(jpeg.y_train, raw.y_train)
+    picks = np.array([0, 5, len(raw.y_train) - 1, 3])
+    error = np.abs(jpeg.x_train[picks].astype(int) - raw.x_train[picks].astype(int)).mean()
+    assert 0 < error < 4  # quality 90: lossy, but close
+    again = prepare_dataset("photo_patches", 64, cache_dir=tmp_path, shard_format="jpeg")
+    assert np.array_equal(again.x_test[:], jpeg.x_test[:])  # a cache hit decodes the same bytes the same way
