@@ -28,13 +28,13 @@ from bench.data import (
     dataset_group,
     list_datasets,
     prepare_dataset,
+    shards,
     split_train_val,
     stratified_subset,
 )
 from bench.data import prepare as datasets
-from bench.data import shards
-from bench.data.shards import ImageRows
 from bench.data.decode import resize_center_crop
+from bench.data.shards import ImageRows
 from bench.data.sources import PATCH_TRAIN_WIDTH_SHARE, PHOTO_CLASSES, _photo_loaders, photo_patch_boxes
 from bench.errors import UserError
 
