@@ -340,7 +340,7 @@ def backbone_from_timm(
         body=model,
         head=nn.Linear(1, 1),
         source_head=source_head,
-        feature_dim=model.num_features,
+        feature_dim=getattr(model, "head_hidden_size", None) or model.num_features,  # pre-logits width
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
         pretrained=pretrained,

@@ -146,3 +146,12 @@ train: {{img_size: 40, steps: 1}}
     assert message.endswith("cannot take img_size 40: its patch size 16 does not divide 40 (try 32 or 48)")
     suite.write_text(suite.read_text().replace("img_size: 40", "img_size: 48"))
     assert len(load_suite(suite).trials()) == 2
+
+
+@pytest.mark.parametrize("arch", ["timm:mobilenetv3_small_050", "timm:efficientvit_m0"])
+def test_the_head_takes_the_bodys_pre_logits_width(arch: str) -> None:
+    """timm models with a pre-logits layer (MobileNetV3's conv head) pool to `head_hidden_size`, not to
+    `num_features`: the new head is sized from what the body gives."""
+    backbone = build_backbone(arch, 3, pretrained=False, img_size=64)
+    features = backbone.body(torch.zeros(2, 3, 64, 64))
+    assert features.shape == (2, backbone.feature_dim) and backbone.head.in_features == backbone.feature_dim
