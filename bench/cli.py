@@ -76,6 +76,22 @@ def _validate(args: argparse.Namespace) -> int:
 
     if loaded_plugins():  # their code ran here, and runs in every worker: read a shared suite's plug-ins first
         print(f"plug-ins imported (their code ran, and runs in every worker): {', '.join(loaded_plugins())}")
+    if args.plan or args.plan_json:  # what it needs in disk and memory, from the suite alone (bench.suite.plan)
+        import json
+
+        from bench.suite.plan import format_plan, plan_suite
+
+        for option, value in (("--node-memory-gb", args.node_memory_gb), ("--node-cpus", args.node_cpus)):
+            if value is not None and not 0 < value < float("inf"):
+                raise UserError(f"{option}: expected a number > 0, got {value:g}")
+        memory = None if args.node_memory_gb is None else int(args.node_memory_gb * 2**30)
+        plan = plan_suite(suite, cache_dir=args.cache_dir, node_memory=memory, node_cpus=args.node_cpus)
+        print(f"\n{format_plan(plan)}")
+        if args.plan_json:
+            try:
+                Path(args.plan_json).write_text(json.dumps(plan.as_dict(), indent=1) + "\n")
+            except OSError as error:
+                raise StorageError(f"cannot write {args.plan_json}: {error.strerror or error}") from None
     return 0
 
 
@@ -194,6 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a suite file and print its trial count")
     validate.add_argument("suite")
     validate.add_argument("--smoke", action="store_true")
+    validate.add_argument(
+        "--plan", action="store_true", help="also print the disk and memory it needs (nothing is run or decoded)"
+    )
+    validate.add_argument(
+        "--plan-json", metavar="FILE", default=None, help="write the plan as JSON too (implies --plan)"
+    )
+    validate.add_argument(
+        "--cache-dir",
+        default=str(Path("results") / ".cache"),
+        help="where prepared datasets are looked for (default: results/.cache, as bench run)",
+    )
+    validate.add_argument(
+        "--node-memory-gb", type=float, default=None, help="memory of a worker node, GiB (default: this machine's)"
+    )
+    validate.add_argument(
+        "--node-cpus", type=float, default=None, help="CPUs of a worker node (default: this machine's)"
+    )
     validate.set_defaults(handler=_validate)
 
     measure = commands.add_parser(

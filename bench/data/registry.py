@@ -55,6 +55,9 @@ class DatasetEntry:
     licence: str
     offline: bool  # True: bundled, no download ever needed
     loader: Callable[[LoadRequest], RawDataset] = field(repr=False, compare=False)  # reads the raw images
+    # Documented images, train + test as bench merges the splits (official val splits in train); None: not known.
+    # Read by `bench validate --plan` to size a run before the files exist (bench.suite.plan).
+    images: int | None = None
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -70,9 +73,11 @@ def _tv(
     source: str,
     licence: str,
     classes: tuple[str, ...] | None = None,
+    images: int | None = None,
 ) -> DatasetEntry:
     spec = TorchvisionSpec(cls=cls, train=tuple(train), test=test, classes=classes)
-    return DatasetEntry(name, group, description, source, licence, False, functools.partial(load_torchvision, spec))
+    loader = functools.partial(load_torchvision, spec)
+    return DatasetEntry(name, group, description, source, licence, False, loader, images=images)
 
 
 _TV_SOURCE = "torchvision.datasets."
@@ -85,6 +90,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "CC BY 4.0",
         True,
         load_digits_dataset,
+        images=1797,
     ),
     DatasetEntry(
         "photo_patches",
@@ -95,6 +101,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "public domain / CC0; CC BY 2.0 (china, flower); Middlebury 2014 (motorcycle)",
         True,
         load_photo_patches,
+        images=910,  # 7 photos x (100 train + 30 test crops)
     ),
     # Official splits where they exist; official val splits are merged into train, since bench carves its own
     # validation split from train (split_train_val). No official test split: seeded 25% held out.
@@ -107,6 +114,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "tiny natural images, 10 classes",
         _TV_SOURCE + "CIFAR10",
         "no explicit licence (Krizhevsky 2009)",
+        images=60000,  # 50,000 train + 10,000 test
     ),
     _tv(
         "cifar100",
@@ -117,6 +125,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "tiny natural images, 100 classes",
         _TV_SOURCE + "CIFAR100",
         "no explicit licence (Krizhevsky 2009)",
+        images=60000,  # 50,000 + 10,000
     ),
     _tv(
         "svhn",
@@ -128,6 +137,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         _TV_SOURCE + "SVHN",
         "non-commercial use",
         classes=tuple(str(d) for d in range(10)),
+        images=99289,  # 73,257 train + 26,032 test (extra not used)
     ),
     _tv(
         "dtd",
@@ -138,6 +148,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "describable textures, 47 classes (partition 1)",
         _TV_SOURCE + "DTD",
         "research use",
+        images=5640,  # 1,880 train + 1,880 val + 1,880 test
     ),
     _tv(
         "flowers102",
@@ -148,6 +159,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "Oxford 102 flowers",
         _TV_SOURCE + "Flowers102",
         "no explicit licence",
+        images=8189,  # 1,020 train + 1,020 val + 6,149 test
     ),
     _tv(
         "oxford_pets",
@@ -158,6 +170,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "Oxford-IIIT pets, 37 breeds",
         _TV_SOURCE + "OxfordIIITPet",
         "CC BY-SA 4.0",
+        images=7349,  # 3,680 trainval + 3,669 test
     ),
     _tv(
         "eurosat",
@@ -168,6 +181,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "Sentinel-2 RGB land use, 10 classes (seeded 25% test split)",
         _TV_SOURCE + "EuroSAT",
         "MIT",
+        images=27000,
     ),
     _tv(
         "pcam",
@@ -179,6 +193,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         _TV_SOURCE + "PCAM",
         "CC0",
         classes=("normal", "metastatic"),
+        images=327680,  # 262,144 train + 32,768 val + 32,768 test
     ),
     _tv(
         "fgvc_aircraft",
@@ -189,6 +204,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "aircraft variants, 100 classes",
         _TV_SOURCE + "FGVCAircraft",
         "non-commercial research",
+        images=10000,  # 6,667 trainval + 3,333 test
     ),
     _tv(
         "stanford_cars",
@@ -199,6 +215,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "car models, 196 classes (no longer downloadable: place the files by hand)",
         _TV_SOURCE + "StanfordCars",
         "non-commercial research",
+        images=16185,  # 8,144 train + 8,041 test
     ),
     _tv(
         "food101",
@@ -209,6 +226,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "food dishes, 101 classes",
         _TV_SOURCE + "Food101",
         "no explicit licence",
+        images=101000,  # 75,750 train + 25,250 test
     ),
     _tv(
         "caltech101",
@@ -219,6 +237,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "objects, 101 categories (seeded 25% test split)",
         _TV_SOURCE + "Caltech101",
         "CC BY 4.0",
+        images=8677,  # without BACKGROUND_Google, as torchvision lists them
     ),
     _tv(
         "gtsrb",
@@ -240,6 +259,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "28x28 grayscale clothing silhouettes, 10 classes",
         _TV_SOURCE + "FashionMNIST",
         "MIT",
+        images=70000,  # 60,000 + 10,000
     ),
     _tv(
         "mnist",
@@ -250,6 +270,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "28x28 grayscale handwritten digits",
         _TV_SOURCE + "MNIST",
         "CC BY-SA 3.0",
+        images=70000,  # 60,000 + 10,000
     ),
     _tv(
         "stl10",
@@ -260,6 +281,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "96x96 natural images, 10 classes (labelled part)",
         _TV_SOURCE + "STL10",
         "no explicit licence",
+        images=13000,  # 5,000 train + 8,000 test (labelled part)
     ),
     _tv(
         "country211",
@@ -270,6 +292,7 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "geolocation, 211 countries (YFCC100M photos)",
         _TV_SOURCE + "Country211",
         "per-image (YFCC100M)",
+        images=63300,  # 31,650 train + 10,550 valid + 21,100 test
     ),
 )
 
