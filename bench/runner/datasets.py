@@ -152,7 +152,7 @@ def prepare_datasets(
                 print(f"bench: dataset {config.dataset} at {config.img_size} px: prepared before ({plan.final})")
                 continue
             started = time.perf_counter()
-            running.append(_submit(key, plan, plan.load(), started, home, shard_mb))
+            running.append(_submit(key, plan, plan.load(), started, home, shard_mb, config.dataset_root))
         except TooFewClasses:
             raise  # the suite's own mistake, found only now: one line and exit 2, as at validation
         except UserError as error:
@@ -167,14 +167,16 @@ def prepare_datasets(
     return ready, unavailable
 
 
-def _submit(key: str, plan: DatasetPlan, raw: RawDataset, started: float, home: str, shard_mb: float) -> _Preparation:
+def _submit(
+    key: str, plan: DatasetPlan, raw: RawDataset, started: float, home: str, shard_mb: float, root: str | None
+) -> _Preparation:
     assert plan.partial is not None
     preparation = _Preparation(key, plan, raw, started)
     sources = {"train": raw.train, "test": raw.test}
     jobs = shards.plan_shards(
         {s: sources[s].length for s in shards.SPLITS}, shards.shard_items(plan.img_size, shard_mb)
     )
-    opened = (plan.name, plan.img_size, str(plan.resolved.root) if plan.resolved.root else None, plan.download)
+    opened = (plan.name, plan.img_size, root, plan.download)  # how a task on the home node opens the source
     for job in jobs:
         source = sources[job.split]
         if source.files is not None and source.labels is not None:
