@@ -96,7 +96,7 @@ class ShardRecord:
     count: int  # images kept (items minus the unreadable ones)
     labels: list[int]
     skipped: list[str]
-    node: str  # which machine decoded it (bench.versions.node_label or a Ray node's address)
+    node: str  # which machine decoded it (bench.data.prepare.node_label, or a Ray node: address/node id)
     seconds: float
     nbytes: int
     reused: bool = False  # found whole on disk from an earlier preparation, not decoded again
