@@ -1,10 +1,10 @@
 """Preparation: every image decoded, converted to RGB, resized and centre-cropped once per dataset and size.
 
 A prepared dataset is uint8 NCHW images per split; with a ``cache_dir`` they are kept on disk as shards
-(``bench.data.shards``) under a fingerprint (source, size, preprocessing version and, for image folders and ``hf:`` folders, a stat digest of
-the files; for ``hf:`` Hub datasets, the `datasets` fingerprints of their splits) that
-every downstream cache (frozen features, prefix outputs, similarity scores) keys on, so changed files can
-never hit an older cache. Trials then read the rows they index (``bench.data.splits``), a batch at a time.
+(``bench.data.shards``) under a fingerprint (source, size, preprocessing version and, for image folders and ``hf:``
+folders, a stat digest of the files; for ``hf:`` Hub datasets, the `datasets` fingerprints of their splits) that
+every downstream cache (frozen features, prefix outputs, similarity scores) keys on, so changed files can never hit
+an older cache. Trials then read the rows they index (``bench.data.splits``), a batch at a time.
 """
 
 from __future__ import annotations
