@@ -31,6 +31,7 @@ from bench.data.decode import Source
 from bench.data.prepare import DatasetPlan, finish, load_prepared, plan_dataset
 from bench.data.sources import RawDataset, file_source
 from bench.errors import UserError
+from bench.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ def _store_file(path: str, blob: bytes) -> int:
 
 
 @functools.lru_cache(maxsize=2)
-def _raw(name: str, img_size: int, root: str | None, download: bool) -> RawDataset:
-    """A source opened once per worker process (a torchvision dataset object, a bundled array)."""
+def _raw(name: str, img_size: int, root: str | None, download: bool, plugins: tuple[str, ...]) -> RawDataset:
+    """A source opened once per worker process (a torchvision dataset object, a bundled array, a plug-in's)."""
+    load_plugins(plugins)  # a plug-in's dataset is registered by importing its module, in this worker too
     return plan_dataset(name, img_size, root, download).load()
 
 
@@ -96,9 +98,9 @@ def _decode_shard(
     partial: str, job: shards.ShardJob, files: _Files | None, opened: tuple[Any, ...], home: str, fmt: str
 ) -> shards.ShardRecord:
     """Decode one shard into this node's ``partial`` folder (one thread: Ray runs a task per CPU)."""
-    name, img_size, root, download = opened
+    img_size = opened[1]
     if files is None:  # not files: open the source here (this is the home node) and take the shard's items
-        raw = _raw(name, img_size, root, download)
+        raw = _raw(*opened)
         source = raw.train if job.split == "train" else raw.test
     else:
         if files.paths and os.path.isfile(files.paths[0]):
@@ -152,7 +154,8 @@ def prepare_datasets(
                 print(f"bench: dataset {config.dataset} at {config.img_size} px: prepared before ({plan.final})")
                 continue
             started = time.perf_counter()
-            running.append(_submit(key, plan, plan.load(), started, home, shard_mb, config.dataset_root))
+            opened = (config.dataset, config.img_size, config.dataset_root, config.download, config.plugins)
+            running.append(_submit(key, plan, plan.load(), started, home, shard_mb, opened))
         except TooFewClasses:
             raise  # the suite's own mistake, found only now: one line and exit 2, as at validation
         except UserError as error:
@@ -168,15 +171,15 @@ def prepare_datasets(
 
 
 def _submit(
-    key: str, plan: DatasetPlan, raw: RawDataset, started: float, home: str, shard_mb: float, root: str | None
+    key: str, plan: DatasetPlan, raw: RawDataset, started: float, home: str, shard_mb: float, opened: tuple[Any, ...]
 ) -> _Preparation:
+    """One task per shard; ``opened``: how a task on the home node opens the source (``_raw``'s arguments)."""
     assert plan.partial is not None
     preparation = _Preparation(key, plan, raw, started)
     sources = {"train": raw.train, "test": raw.test}
     jobs = shards.plan_shards(
         {s: sources[s].length for s in shards.SPLITS}, shards.shard_items(plan.img_size, shard_mb)
     )
-    opened = (plan.name, plan.img_size, root, plan.download)  # how a task on the home node opens the source
     for job in jobs:
         source = sources[job.split]
         if source.files is not None and source.labels is not None:
@@ -197,7 +200,12 @@ def _collect(preparation: _Preparation, home: str) -> shards.ShardSet:
     while preparation.pending:
         done, _ = ray.wait(list(preparation.pending), num_returns=1)
         preparation.pending.pop(done[0])
-        record: shards.ShardRecord = ray.get(done[0])
+        try:
+            record: shards.ShardRecord = ray.get(done[0])
+        except ray.exceptions.RayTaskError as error:  # the user's mistake, found in a task: its one line
+            if isinstance(error.cause, UserError):
+                raise error.cause from None
+            raise
         preparation.records.append(record)
         if record.node != home_label and shards.read_record(plan.partial, record.name) is None:
             node_id = _node_id(record.node)
