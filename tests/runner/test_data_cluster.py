@@ -93,11 +93,23 @@ def run(command: str, env: dict[str, str], cwd: Path, timeout: int = 300) -> sub
     return done
 
 
+_TAKEN: set[int] = set()
+
+
+def distinct_port() -> int:
+    """A free port no other component of this test was given (a port freed by one probe can be handed out again
+    by the next, and Ray refuses one port for two components)."""
+    while (port := free_port()) in _TAKEN:
+        pass
+    _TAKEN.add(port)
+    return port
+
+
 def node_ports() -> str:
     """Ports of a node's own (two nodes on one machine cannot share them; a real cluster's nodes can)."""
     return (
-        f" --num-cpus=1 --dashboard-agent-listen-port={free_port()} --dashboard-agent-grpc-port={free_port()}"
-        f" --metrics-export-port={free_port()}"
+        f" --num-cpus=1 --dashboard-agent-listen-port={distinct_port()}"
+        f" --dashboard-agent-grpc-port={distinct_port()} --metrics-export-port={distinct_port()}"
     )
 
 
@@ -150,7 +162,7 @@ def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_t
         steps=3,
     )
     head_ip = ray._private.services.get_node_ip_address()
-    gcs_port = free_port()
+    gcs_port = distinct_port()
     address = f"{head_ip}:{gcs_port}"
     env = bench_env()
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")  # the token in a home of ours
@@ -161,7 +173,7 @@ def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_t
         env["RAY_AUTH_MODE"] = "token"  # a driver given an address (not `auto`) reads the token only then
         run(
             f"ray start --head --node-ip-address={head_ip} --port={gcs_port} --include-dashboard=false"
-            f" --ray-client-server-port={free_port()}" + node_ports(),
+            f" --ray-client-server-port={distinct_port()}" + node_ports(),
             env,
             workdir,
         )
