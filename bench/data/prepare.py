@@ -346,7 +346,9 @@ def prepare_dataset(
     workers = decode_workers()
     try:
         records = [
-            shards.write_shard(plan.partial, job, sources[job.split], img_size, node, workers, shard_format)
+            shards.write_shard(
+                plan.partial, job, sources[job.split].window(job.start, job.stop), img_size, node, workers, shard_format
+            )
             for job in jobs
         ]
         finish(plan, raw, records, time.perf_counter() - started)

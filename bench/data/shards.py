@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,17 +126,19 @@ def read_record(folder: Path, name: str) -> ShardRecord | None:
 
 
 def write_shard(
-    folder: Path, job: ShardJob, source: Source, img_size: int, node: str, workers: int = 1, fmt: str = "raw"
+    folder: Path, job: ShardJob, window: Source, img_size: int, node: str, workers: int = 1, fmt: str = "raw"
 ) -> ShardRecord:
-    """Decode ``job``'s items of ``source`` (the whole split's source) into ``folder/<name>.npy`` (``fmt`` raw)
-    or ``<name>.jpegs`` (jpeg) and its record; a shard already whole there (same items) is reused as it is."""
+    """Decode ``window`` (``job``'s items: ``source.window(job.start, job.stop)`` of its split's source) into
+    ``folder/<name>.npy`` (``fmt`` raw) or ``<name>.jpegs`` (jpeg) and its record; a shard already whole there
+    (same items) is reused as it is."""
+    if window.length != job.stop - job.start:
+        raise ValueError(f"shard {job.name}: {window.length} items for {job.stop - job.start}")
     found = read_record(folder, job.name)
     if found is not None and found.matches(job) and found.format == fmt:
         found.reused = True
         return found
     started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    window = source.window(job.start, job.stop)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{job.name}-", suffix=".npy", dir=folder)
     os.close(descriptor)
     try:
@@ -341,10 +343,6 @@ class ImageRows:
     def element_size(self) -> int:
         return 1
 
-    @property
-    def nbytes(self) -> int:
-        return self.numel()
-
     def take(self, indices: np.ndarray | Sequence[int], axis: int = 0) -> ImageRows:
         """The rows ``indices`` (into this view) as a new view; nothing is read. (``axis`` as NumPy's ``take``
         has it, so code can take rows of an array or of a view alike; only 0.)"""
@@ -379,24 +377,20 @@ class ImageRows:
             key, rest = key[0], key[1:]
         if type(key).__module__.startswith("torch"):  # an index tensor (torch is not imported here)
             key = key.cpu().numpy()
-        if isinstance(key, (int, np.integer)):
-            result = self._gather(self._positions(np.array([key], dtype=np.int64)))[0]
+        single = isinstance(key, (int, np.integer))
+        if single:
+            rows = np.array([key])
         elif isinstance(key, slice):
-            result = self._gather(self._positions(np.arange(len(self))[key]))
+            rows = np.arange(len(self))[key]
         else:
             rows = np.asarray(key)
-            if rows.dtype == bool:
-                rows = np.flatnonzero(rows)
-            result = self._gather(self._positions(rows.astype(np.int64)))
-        return result[(slice(None), *rest)] if rest and result.ndim == 4 else (result[rest] if rest else result)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+        result = self._gather(self._positions(rows.astype(np.int64)))[(slice(None), *rest)]
+        return result[0] if single else result
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self[:]
         return whole if dtype is None else whole.astype(dtype)
-
-    def __iter__(self) -> Any:
-        for start in range(0, len(self), 256):
-            yield from self[start : start + 256]
 
     def to(self, device: Any) -> Any:
         """Every row as one torch tensor on ``device`` (for splits small enough to keep whole)."""
@@ -412,27 +406,22 @@ class ShardSet:
     fingerprint: str
     meta: dict[str, Any]
     home: str | None = None  # the Ray node that holds every shard (trials elsewhere copy them from it)
-    files: dict[str, list[tuple[str, int, int | None]]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.files:
-            self.files = {split: shard_files(self.meta, split) for split in SPLITS}
 
 
 def missing_files(folder: Path, shard_set: ShardSet) -> list[tuple[str, int | None]]:
     """(name, bytes) of the shard set's files not whole in ``folder``: the ones a node must copy before reading."""
-    wanted = [(name, nbytes) for split in SPLITS for name, _, nbytes in shard_set.files[split]]
+    wanted = [(name, nbytes) for split in SPLITS for name, _, nbytes in shard_files(shard_set.meta, split)]
     wanted += [(f"y_{split}.npy", None) for split in SPLITS]
-    missing = []
-    for name, nbytes in wanted:
-        try:
-            size = (folder / name).stat().st_size
-        except OSError:
-            missing.append((name, nbytes))
-            continue
-        if nbytes is not None and size != nbytes:
-            missing.append((name, nbytes))
-    return missing
+    return [(name, nbytes) for name, nbytes in wanted if not _whole(folder / name, nbytes)]
+
+
+def _whole(path: Path, nbytes: int | None) -> bool:
+    """``path`` exists, with ``nbytes`` bytes where that is known."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return nbytes is None or size == nbytes
 
 
 def copy_in(folder: Path, shard_set: ShardSet, read: Callable[[str], bytes]) -> int:

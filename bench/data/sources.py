@@ -207,23 +207,13 @@ def _class_files(folder: Path) -> dict[str, list[str]]:
     return result
 
 
-def _file_source(files: Sequence[str], labels: Sequence[int], img_size: int) -> Source:
-    files, labels = list(files), [int(label) for label in labels]
-    return file_source(files, labels, img_size)
-
-
 def file_source(
     files: Sequence[str | bytes], labels: Sequence[int], img_size: int, names: Sequence[str] = ()
 ) -> Source:
     """Labelled image files, given by path or by their bytes (then ``names`` describes them)."""
-    names = names or [str(f) for f in files]
-    return Source(
-        len(files),
-        lambda i: (open_image(files[i], img_size), int(labels[i])),
-        lambda i: names[i],
-        [str(f) for f in names],
-        list(labels),
-    )
+    names = list(names) or [str(f) for f in files]
+    labels = [int(label) for label in labels]
+    return Source(len(files), lambda i: (open_image(files[i], img_size), labels[i]), lambda i: names[i], names, labels)
 
 
 def load_image_folder(request: LoadRequest) -> RawDataset:
@@ -255,15 +245,15 @@ def load_image_folder(request: LoadRequest) -> RawDataset:
         test_labels = [index[name] for name in kept for _ in test_files[name]]
         return RawDataset(
             classes,
-            _file_source(files, labels, request.img_size),
-            _file_source(test_list, test_labels, request.img_size),
+            file_source(files, labels, request.img_size),
+            file_source(test_list, test_labels, request.img_size),
             {"split": "train/ and test/ folders"},
         )
     train_idx, test_idx = holdout_split(labels, HELDOUT_TEST_FRACTION, HELDOUT_SPLIT_SEED)
     return RawDataset(
         classes,
-        _file_source([files[i] for i in train_idx], labels[train_idx], request.img_size),
-        _file_source([files[i] for i in test_idx], labels[test_idx], request.img_size),
+        file_source([files[i] for i in train_idx], labels[train_idx], request.img_size),
+        file_source([files[i] for i in test_idx], labels[test_idx], request.img_size),
         _heldout_note(),
     )
 

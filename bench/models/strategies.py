@@ -53,6 +53,12 @@ def probes_first(name: str) -> bool:
     return entry is not None and entry.probe_first
 
 
+def holds_frozen_features(strategy: str, *, feature_cache: bool, augment: str) -> bool:
+    """Whether a trial of ``strategy`` trains on frozen features it holds in memory: a linear probe, or a
+    strategy that probes first, with the feature cache on and no augmentation (``bench.training.phases``)."""
+    return (strategy == "linear_probe" or probes_first(strategy)) and feature_cache and augment == "none"
+
+
 def apply_phase(body: nn.Module, trains: float | str) -> FreezePlan:
     """Set what a phase trains: a freeze depth, or a registered strategy's own choice."""
     from bench.models.freeze import apply_freeze

@@ -37,6 +37,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from bench.results.leaderboard import markdown_table
+from bench.utils import memory
 
 SIZES = (2000, 8000, 16000, 32000, 64000)
 QUICK_SIZES = (200, 400)
@@ -49,7 +50,6 @@ GRAIN = 6.0  # standard deviation of the background's grain, in grey levels
 # (timm:mobilenetv3_* is faster still but bench sizes its head from num_features, not head_hidden_size: it fails.)
 DEFAULT_BACKBONE = "timm:efficientvit_m0"
 SAMPLE_S = 0.2
-PROC = Path("/proc")
 SHM = "/dev/shm"
 GIB = 1024**3
 
@@ -158,26 +158,11 @@ def link_folder(pool: Path, target: Path, per_class: int) -> Path:
 # memory of a process tree, from /proc
 
 
-def _ppids() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, start time in clock ticks) for every process now alive."""
-    found = {}
-    for entry in os.scandir(PROC):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"{PROC}/{entry.name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
-        except OSError:
-            continue  # ended while we looked
-        found[int(entry.name)] = (int(fields[1]), int(fields[19]))
-    return found
-
-
 def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     """The ``keys`` lines of /proc/<pid>/status in KiB (absent: 0, e.g. for a zombie or a process that ended)."""
     values = dict.fromkeys(keys, 0)
     try:
-        with open(f"{PROC}/{pid}/status") as handle:
+        with open(memory.PROC / str(pid) / "status") as handle:
             for line in handle:
                 key, _, rest = line.partition(":")
                 if key in values:
@@ -233,10 +218,8 @@ class TreeSampler:
         self._thread.join()
 
     def _tree(self) -> list[int]:
-        alive = _ppids()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in alive.items():
-            children.setdefault(ppid, []).append(pid)
+        alive = memory.process_table()
+        children = memory.children_map(alive)
         roots = [self.pid] + [pid for pid, start in self._seen if alive.get(pid, (0, -1))[1] == start]
         tree, stack = set(), roots
         while stack:

@@ -27,7 +27,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bench.config import TrialConfig
 from bench.data import PreparedDataset, TooFewClasses, dataset_group, shards
-from bench.data.decode import Source
 from bench.data.prepare import DatasetPlan, finish, load_prepared, plan_dataset
 from bench.data.sources import RawDataset, file_source
 from bench.errors import UserError
@@ -101,23 +100,14 @@ def _decode_shard(
     img_size = opened[1]
     if files is None:  # not files: open the source here (this is the home node) and take the shard's items
         raw = _raw(*opened)
-        source = raw.train if job.split == "train" else raw.test
+        window = (raw.train if job.split == "train" else raw.test).window(job.start, job.stop)
     else:
         if files.paths and os.path.isfile(files.paths[0]):
             items: list[str | bytes] = list(files.paths)
         else:  # the image root is not on this node: the encoded bytes come from the home node
             items = list(ray.get(_read_files.options(scheduling_strategy=_on(home)).remote(files.paths)))
-        source = _as_source(file_source(items, files.labels, img_size, names=files.paths), job)
-    return shards.write_shard(Path(partial), job, source, img_size, node_label(), workers=1, fmt=fmt)
-
-
-def _as_source(window: Source, job: shards.ShardJob) -> Source:
-    """A shard's own items as a source laid out like the whole split's, so ``write_shard`` can take its window."""
-    return Source(
-        job.stop,
-        lambda i: window.read(i - job.start),
-        lambda i: window.describe(i - job.start),
-    )
+        window = file_source(items, files.labels, img_size, names=files.paths)
+    return shards.write_shard(Path(partial), job, window, img_size, node_label(), workers=1, fmt=fmt)
 
 
 @dataclass
@@ -130,9 +120,8 @@ class _Preparation:
     started: float
     pending: dict[Any, shards.ShardJob] = field(default_factory=dict)  # task ref -> job
     records: list[shards.ShardRecord] = field(default_factory=list)
-    copies: list[Any] = field(default_factory=list)  # refs of shard files copied to the home node
-    copied_count: int = 0  # copies finished, in order
-    copied: int = 0  # their bytes
+    copies: list[Any] = field(default_factory=list)  # refs of the shard files on their way to the home node
+    copied: int = 0  # bytes of the copies finished
 
 
 def prepare_datasets(
@@ -214,10 +203,9 @@ def _collect(preparation: _Preparation, home: str) -> shards.ShardSet:
                 blob = _read_file.options(scheduling_strategy=_on(node_id)).remote(path)
                 preparation.copies.append(_store_file.options(scheduling_strategy=_on(home)).remote(path, blob))
                 del blob
-            while len(preparation.copies) - preparation.copied_count > COPIES_IN_FLIGHT:  # bounded memory
-                preparation.copied += ray.get(preparation.copies[preparation.copied_count])
-                preparation.copied_count += 1
-    copied = preparation.copied + sum(ray.get(preparation.copies[preparation.copied_count :]))
+            while len(preparation.copies) > COPIES_IN_FLIGHT:  # bounded memory: wait for the oldest
+                preparation.copied += ray.get(preparation.copies.pop(0))
+    copied = preparation.copied + sum(ray.get(preparation.copies))
     seconds = time.perf_counter() - preparation.started
     finish(plan, preparation.raw, preparation.records, seconds)
     shard_set = _shard_set(plan, home)

@@ -47,7 +47,7 @@ from bench.data.registry import DATASETS, parse_checked
 from bench.data.sources import _image_files
 from bench.data.splits import HELDOUT_TEST_FRACTION, split_train_val
 from bench.errors import UserError
-from bench.models.strategies import probes_first
+from bench.models.strategies import holds_frozen_features
 from bench.suite.suite import Suite
 from bench.utils import memory
 
@@ -371,14 +371,12 @@ def _probe_batch_sizes(suite: Suite) -> set[Any]:
     """Training batch sizes of the trials that train on cached frozen features (a probe, or a probe phase, with
     no augmentation); empty when no trial does."""
     spec, found = suite.spec, set()
-    if not getattr(spec.train, "feature_cache", True):
-        return found
+    feature_cache = getattr(spec.train, "feature_cache", True)
     for value in spec.grid.freeze:
         strategy = TrialConfig(backbone="", dataset="", freeze=value).strategy
-        if strategy != "linear_probe" and not probes_first(strategy):
-            continue
         for point in spec.search.points(strategy) if spec.search else [{}]:
-            if point.get("augment", spec.train.augment) == "none":
+            augment = point.get("augment", spec.train.augment)
+            if holds_frozen_features(strategy, feature_cache=feature_cache, augment=augment):
                 found.add(point.get("batch_size", spec.train.batch_size))
     return found
 

@@ -26,7 +26,7 @@ from bench.data import PreparedDataset, prepare_dataset
 from bench.errors import UserError
 from bench.models import Backbone, Normalize, build_backbone
 from bench.models.freeze import FreezePlan
-from bench.models.strategies import apply_phase, probes_first
+from bench.models.strategies import apply_phase, holds_frozen_features
 from bench.plugins import load_plugins
 from bench.results.schema import DEFAULT_THRESHOLDS, SCHEMA_VERSION, trial_row, utc_now
 from bench.speedups.fold import BatchNormFolded
@@ -232,8 +232,8 @@ def _check_memory_share(config: TrialConfig, data: PreparedDataset, feature_dim:
     """Before anything is computed: one line when the part of the trial that grows with its dataset, the frozen
     features a probe holds in memory (every training, validation and test image's row), exceeds the trial's
     share of its node's memory (``config.memory_share_mb``; images themselves are read shard by shard)."""
-    probes = config.strategy == "linear_probe" or probes_first(config.strategy)
-    if config.memory_share_mb is None or not probes or not config.feature_cache or config.augment != "none":
+    holds = holds_frozen_features(config.strategy, feature_cache=config.feature_cache, augment=config.augment)
+    if config.memory_share_mb is None or not holds:
         return
     rows = len(data.y_train) + n_val + len(data.y_test)
     need, share = frozen_feature_bytes(rows, feature_dim), config.memory_share_mb * 2**20

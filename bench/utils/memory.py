@@ -22,17 +22,25 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every process alive now, from /proc."""
+    found = {}
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
         except OSError:
             continue  # the process ended while we looked
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, ppid, ...
-        children.setdefault(ppid, []).append(int(entry.name))
+        found[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return found
+
+
+def children_map(table: dict[int, tuple[int, int]] | None = None) -> dict[int, list[int]]:
+    """pid -> its child pids, of ``table`` (default: ``process_table()``)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in (process_table() if table is None else table).items():
+        children.setdefault(ppid, []).append(pid)
     return children
 
 
@@ -51,7 +59,7 @@ def tree_pss_bytes(root: int | None = None) -> int:
     if not PROC.is_dir():
         return 0
     root = os.getpid() if root is None else root
-    children, total, stack = _children_map(), 0, [root]
+    children, total, stack = children_map(), 0, [root]
     while stack:
         pid = stack.pop()
         total += _pss_bytes(pid)

@@ -86,7 +86,7 @@ def test_an_interrupted_preparation_reuses_its_whole_shards_and_ignores_partial_
     raw = plan.load()
     jobs = shards.plan_shards({"train": raw.train.length, "test": raw.test.length}, shards.shard_items(16, size))
     for job in jobs[:5]:  # five shards whole, then the process "died": a torn file and a shard without record
-        shards.write_shard(plan.partial, job, raw.train, 16, "before")
+        shards.write_shard(plan.partial, job, raw.train.window(job.start, job.stop), 16, "before")
     (plan.partial / ".train-00005-torn.npy").write_bytes(b"\x93NUMPY half")
     (plan.partial / "train-00006.npy").write_bytes(b"\x93NUMPY renamed, record never written")
     (plan.partial / "train-00007.json").write_text("{")
