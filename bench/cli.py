@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
             address=args.address,
             resume=args.resume,
             num_cpus=args.num_cpus,
-            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            cache_dir=args.cache_dir,  # a folder or a URI (shards in object storage)
             trackers=args.tracker,
         )
     _print_leaderboard(summary.location or str(summary.run_dir))
@@ -85,7 +85,8 @@ def _validate(args: argparse.Namespace) -> int:
             if value is not None and not 0 < value < float("inf"):
                 raise UserError(f"{option}: expected a number > 0, got {value:g}")
         memory = None if args.node_memory_gb is None else int(args.node_memory_gb * 2**30)
-        plan = plan_suite(suite, cache_dir=args.cache_dir, node_memory=memory, node_cpus=args.node_cpus)
+        cache = _local_cache(args.cache_dir, "validate --plan")
+        plan = plan_suite(suite, cache_dir=cache, node_memory=memory, node_cpus=args.node_cpus)
         print(f"\n{format_plan(plan)}")
         if args.plan_json:
             try:
@@ -95,12 +96,22 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_cache(cache_dir: str | None, command: str) -> Path | None:
+    """``--cache-dir`` of a command that reads the cache folder itself: a URI is refused in one line."""
+    from bench.results.remote import is_uri
+
+    if cache_dir is not None and is_uri(cache_dir):
+        where = cache_dir.split("?")[0]
+        raise UserError(f"--cache-dir {where}: bench {command} needs a local folder (a URI is for bench run)")
+    return Path(cache_dir) if cache_dir else None
+
+
 def _similarity(args: argparse.Namespace) -> int:
     from bench.similarity.table import format_similarity_table, similarity_table
     from bench.suite import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
-    table = similarity_table(suite, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    table = similarity_table(suite, cache_dir=_local_cache(args.cache_dir, "similarity"))
     print(format_similarity_table(table, args.format))
     return 1 if table["error"].notna().any() else 0
 
@@ -196,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cache-dir",
         default=None,
-        help="prepared datasets and features (default: OUT/.cache; ./.bench_cache for a URI --out)",
+        help="prepared datasets and features (default: OUT/.cache; ./.bench_cache for a URI --out); a URI "
+        "(s3://bucket/cache) keeps the prepared datasets in object storage, each node caching what it reads",
     )
     run.add_argument(
         "--tracker",

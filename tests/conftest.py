@@ -77,7 +77,9 @@ def bench(
     )
 
 
-def start_bench(*args: Any, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+def start_bench(
+    *args: Any, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """A `bench` process in its own session, so it and the Ray it starts can be killed together."""
     handle = open(log, "w")  # noqa: SIM115 - the child writes to it for its whole life
     return subprocess.Popen(
@@ -85,7 +87,7 @@ def start_bench(*args: Any, log: Path, cwd: Path | None = None) -> subprocess.Po
         stdout=handle,
         stderr=subprocess.STDOUT,
         cwd=cwd,
-        env=bench_env(),
+        env=env if env is not None else bench_env(),
         start_new_session=True,
     )
 

@@ -27,6 +27,7 @@ pass and the similarity pass hold a batch of images at a time, never a split.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -51,6 +52,7 @@ FORMATS = {"raw": ".npy", "jpeg": ".jpegs"}  # shard formats and their files
 JPEG_QUALITY = 90  # what FFCV writes by default
 SHARD_MB = float(os.environ.get("BENCH_SHARD_MB", "64"))  # decoded bytes per shard (its item count follows)
 MANIFEST = "meta.json"
+COPY_LOCK = ".copy.lock"  # held by the trial of a node that copies missing files in (copy_in)
 
 
 def shard_items(img_size: int, shard_mb: float = SHARD_MB) -> int:
@@ -406,6 +408,7 @@ class ShardSet:
     fingerprint: str
     meta: dict[str, Any]
     home: str | None = None  # the Ray node that holds every shard (trials elsewhere copy them from it)
+    store: str | None = None  # or the URI of the object store that holds them (bench.runner.shard_store)
 
 
 def missing_files(folder: Path, shard_set: ShardSet) -> list[tuple[str, int | None]]:
@@ -424,20 +427,23 @@ def _whole(path: Path, nbytes: int | None) -> bool:
     return nbytes is None or size == nbytes
 
 
-def copy_in(folder: Path, shard_set: ShardSet, read: Callable[[str], bytes]) -> int:
-    """Copy the shard set's missing files into ``folder``, one at a time (``read(name)`` gives a file's bytes
-    from the node that has it), each written whole under a temporary name and renamed, the manifest last.
-    Returns the bytes copied."""
+def copy_in(folder: Path, shard_set: ShardSet, fetch: Callable[[str, Path], int]) -> int:
+    """Copy the shard set's missing files into ``folder``, one at a time (``fetch(name, path)`` writes the file
+    ``name`` from wherever it is to ``path`` and returns its bytes), each under a temporary name renamed into place,
+    the manifest last. Trials of one node copy one at a time (a lock file in ``folder``): a later one finds the
+    files whole. Returns the bytes this call copied."""
     copied = 0
     folder.mkdir(parents=True, exist_ok=True)
-    for name, _ in missing_files(folder, shard_set):
-        blob = read(name)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(blob)
-        os.replace(temporary, folder / name)
-        copied += len(blob)
-        del blob
-    if not (folder / MANIFEST).is_file():
-        atomic_write_text(json.dumps(shard_set.meta, indent=1), folder / MANIFEST)
+    with open(folder / COPY_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, _ in missing_files(folder, shard_set):
+            descriptor, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
+            os.close(descriptor)
+            try:
+                copied += fetch(name, Path(temporary))
+                os.replace(temporary, folder / name)
+            finally:
+                Path(temporary).unlink(missing_ok=True)
+        if not (folder / MANIFEST).is_file():
+            atomic_write_text(json.dumps(shard_set.meta, indent=1), folder / MANIFEST)
     return copied

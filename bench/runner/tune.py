@@ -1,13 +1,14 @@
 """Ray Tune runs a suite: with ``bench.runner.datasets``, the only modules that import Ray.
 
 ``run_suite`` expands a suite into trial configs, prepares each dataset once as shards over the cluster
-(``bench.runner.datasets``), and hands the trials to ``tune.Tuner`` as a grid (in ``schedule_order``); a
-two-stage search runs two such grids, the search and then each cell's selection on the other seeds. Each
-worker calls the core, ``bench.training.trial.run_trial``, and reports its row back; the driver writes every
-row as it arrives, atomically, into the run folder's Parquet tables, so workers never need to see the run
-folder. A ``UserError`` or a timeout (``tune.trial_timeout_s``) becomes a ``failed`` row at once; any other
-exception is retried up to ``tune.max_failures`` times, then its row says why. Resume is bench's, not Tune's:
-the run folder's rows say which trials are done. (docs/design.md, "Layout of the package")
+(``bench.runner.datasets``), and hands the trials to ``tune.Tuner`` through a searcher that releases each trial, in
+``schedule_order``, as soon as its dataset is published; a two-stage search runs two such stages, the search and
+then each cell's selection on the other seeds. Each worker calls the core, ``bench.training.trial.run_trial``, and
+reports its row back; the driver writes every row as it arrives, atomically, into the run folder's Parquet
+tables, so workers never need to see the run folder. A ``UserError`` or a timeout (``tune.trial_timeout_s``)
+becomes a ``failed`` row at once; any other exception is retried up to ``tune.max_failures`` times, then its row
+says why. Resume is bench's, not Tune's: the run folder's rows say which trials are done. (docs/design.md,
+"Layout of the package")
 """
 
 from __future__ import annotations
@@ -32,17 +33,19 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from bench.config import TrialConfig
 from bench.data import display_name
-from bench.data.shards import ShardSet
 from bench.errors import StorageError, UserError
+from bench.results import remote
 from bench.results import store as results
 from bench.results.schema import trial_row, utc_now
 from bench.runner import run_dir as runs
 from bench.runner import tracking
-from bench.runner.datasets import open_dataset, prepare_datasets
+from bench.runner.datasets import Preparations, dataset_ref, open_dataset
 from bench.runner.schedulers import PerCellScheduler, scheduler_factory
+from bench.runner.shard_store import ShardStore, open_store
 from bench.suite import Suite
 from bench.suite.spec import TrackingSpec
 from bench.utils import memory
@@ -104,13 +107,13 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 def _trainable(
     params: dict[str, Any],
-    datasets: dict[str, ShardSet],
     run_id: str,
     timeout_s: float | None,
     report_evaluations: bool,
     cpu: float,
 ) -> None:
-    """One Tune trial: open the prepared dataset on this node, run the core, report the rows. With
+    """One Tune trial: open its prepared dataset (``params["data"]``) on this node, run the core, report the
+    rows. With
     ``report_evaluations`` (a search with a scheduler) each evaluation is reported too, and the scheduler may end
     the trial at one of them (Tune then exits this thread)."""
     from bench import training  # torch and timm: in the workers; the driver never needs them
@@ -124,7 +127,7 @@ def _trainable(
 
     try:
         with _deadline(timeout_s):
-            data, copied = open_dataset(datasets[_dataset_key(config)], config)  # shards copied here if need be
+            data, copied = open_dataset(params["data"], config)  # shards copied here if need be
             result = training.run_trial(
                 config, run_id=run_id, data=data, on_evaluation=report_evaluation if report_evaluations else None
             )
@@ -245,6 +248,13 @@ class _RowWriter(tune.Callback):
         if self._write([row], {}):
             self._count(row, trials)
 
+    def write_failed(self, rows: list[dict[str, Any]]) -> bool:
+        """Failed rows of trials that never started (their dataset cannot be had), counted without a line each."""
+        if not self._write(rows, {}):
+            return False
+        self.summary.failed += len(rows)
+        return True
+
     def _write(self, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> bool:
         """Write rows; on a storage error (disk full) keep the first one and stop the run (see ``_StopAll``)."""
         if self.storage_error is not None:
@@ -280,16 +290,60 @@ class _RowWriter(tune.Callback):
 
 
 class _StopAll(tune.Stopper):
-    """Ends the whole experiment once the run folder cannot be written: later rows would be lost anyway."""
+    """Ends the whole experiment once the run folder cannot be written (later rows would be lost anyway) or the
+    datasets' preparation stopped on an error that ends the run (``Preparations.error``)."""
 
-    def __init__(self, writer: _RowWriter) -> None:
+    def __init__(self, writer: _RowWriter, datasets: Preparations) -> None:
         self.writer = writer
+        self.datasets = datasets
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.writer.storage_error is not None
+        return self.writer.storage_error is not None or self.datasets.error is not None
+
+
+class _WhenReady(Searcher):
+    """Hands Tune the stage's trials in ``schedule_order``, each once its dataset is published: trials of a dataset
+    start while later datasets still decode. A trial whose dataset cannot be had gets its failed row at once (one
+    line per reason). Tune calls this from its driver loop, the thread the row writer runs in."""
+
+    def __init__(self, trials: list[TrialConfig], datasets: Preparations, writer: _RowWriter) -> None:
+        super().__init__()
+        self.queue = list(trials)
+        self.datasets = datasets
+        self.writer = writer
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the trials are given; the schedulers have their own metric and mode
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        finished = self.datasets.done  # read first: a dataset published after this is seen below
+        self._fail_unavailable()
+        for index, config in enumerate(self.queue):
+            shard_set = self.datasets.ready.get(_dataset_key(config))
+            if shard_set is not None:
+                del self.queue[index]
+                return {"trial": config.to_dict(), "data": dataset_ref(shard_set)}
+        if not self.queue or finished:  # finished with trials left: the preparation's error ends the stage
+            return Searcher.FINISHED
+        return None  # Tune asks again in a moment
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def _fail_unavailable(self) -> None:
+        unavailable = self.datasets.unavailable
+        failed = [config for config in self.queue if _dataset_key(config) in unavailable]
+        if not failed:
+            return
+        self.queue = [config for config in self.queue if _dataset_key(config) not in unavailable]
+        run_id = self.writer.run_id
+        if self.writer.write_failed([_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed]):
+            for message in sorted({unavailable[_dataset_key(t)] for t in failed}):
+                count = sum(1 for t in failed if unavailable[_dataset_key(t)] == message)
+                print(f"bench: {message} -> {count} trial(s) failed", flush=True)
 
 
 def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> None:
@@ -400,18 +454,23 @@ def run_suite(
     address: str | None = None,
     resume: bool = False,
     num_cpus: int | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Path | str | None = None,
     trackers: list[str] | None = None,
 ) -> RunSummary:
-    """Run every trial of ``suite`` that has no ``ok`` row yet; return the counts. ``trackers``: tracker names
-    added to the suite's ``tracking:`` block (``--tracker``)."""
+    """Run every trial of ``suite`` that has no ``ok`` row yet; return the counts. ``cache_dir``: a folder, or the
+    URI of an object store for the prepared datasets (``bench.runner.shard_store``; each node then caches them in
+    the run's default cache folder). ``trackers``: tracker names added to the suite's ``tracking:`` block
+    (``--tracker``)."""
+    store = open_store(str(cache_dir)) if cache_dir is not None and remote.is_uri(str(cache_dir)) else None
     tracking_spec = tracking.with_trackers(suite.spec.tracking, trackers or [])
     tracking.check_installed(tracking_spec)
     with runs.open_run(out, suite.name, resume=resume) as opened:  # a URI: a staging folder uploaded as it changes
         run_dir = opened.path
         runs.write_suite(run_dir, suite.resolved)
         done_ids, _ = _finished(run_dir)
-        cache = str(cache_dir or opened.cache)
+        # Absolute: a relative path would name another folder in each Tune trial's working directory.
+        local = opened.cache if store is not None or cache_dir is None else Path(cache_dir)
+        cache = os.path.abspath(local.expanduser())
         trials = [_placed(t, cache) for t in suite.trials() if t.trial_id not in done_ids]
         total = suite.trial_count()
         skipped = len(done_ids) if suite.two_stage else total - len(trials)
@@ -425,7 +484,7 @@ def run_suite(
         started = time.monotonic()
         cluster = _Cluster(address, num_cpus, run_dir)
         if trials:
-            _run_stage(suite, trials, run_dir, summary, cache, cluster, tracking_spec, search=True)
+            _run_stage(suite, trials, run_dir, summary, cache, store, cluster, tracking_spec, search=True)
         if suite.two_stage:
             done_ids, val_top1 = _finished(run_dir)
             confirm, unselected = suite.confirm_trials(val_top1)
@@ -435,7 +494,7 @@ def run_suite(
             confirm = [_placed(t, cache) for t in confirm if t.trial_id not in done_ids]
             if confirm:
                 print(f"bench: the selected settings on the other seeds: {len(confirm)} trials", flush=True)
-                _run_stage(suite, confirm, run_dir, summary, cache, cluster, tracking_spec, search=False)
+                _run_stage(suite, confirm, run_dir, summary, cache, store, cluster, tracking_spec, search=False)
         summary.seconds = time.monotonic() - started
     return summary
 
@@ -446,6 +505,7 @@ def _run_stage(
     run_dir: Path,
     summary: RunSummary,
     cache: str,
+    store: ShardStore | None,
     cluster: _Cluster,
     tracking_spec: TrackingSpec,
     *,
@@ -453,22 +513,10 @@ def _run_stage(
 ) -> None:
     """Run ``trials`` on the cluster: their datasets prepared as shards, each trial's row written as it ends.
     ``search``: the trials are a search's samples, which the suite's scheduler may stop early."""
-    run_id = run_dir.name
     cluster.connect()
-    shard_sets, unavailable = prepare_datasets(_dataset_configs(trials), cache)
-    failed_now = [t for t in trials if _dataset_key(t) in unavailable]
-    if failed_now:
-        write_rows(run_dir, [_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed_now], {})
-        summary.failed += len(failed_now)
-        for message in sorted(set(unavailable.values())):
-            print(
-                f"bench: {message} -> {sum(1 for t in failed_now if unavailable[_dataset_key(t)] == message)}"
-                " trial(s) failed",
-                flush=True,
-            )
-    runnable = [t for t in trials if _dataset_key(t) not in unavailable]
-    if runnable:
-        _tune(suite, runnable, shard_sets, run_dir, summary, tracking_spec, search=search)
+    datasets = Preparations(_dataset_configs(trials), cache, store=store).start()
+    _tune(suite, trials, datasets, run_dir, summary, tracking_spec, search=search)
+    datasets.wait()  # done by now (every trial was handed out), unless an error ended the stage: raised here
 
 
 def _placed(config: TrialConfig, cache: str) -> TrialConfig:
@@ -540,7 +588,7 @@ def _scheduler(suite: Suite) -> PerCellScheduler | None:
 def _tune(
     suite: Suite,
     trials: list[TrialConfig],
-    shard_sets: dict[str, ShardSet],
+    datasets: Preparations,
     run_dir: Path,
     summary: RunSummary,
     tracking_spec: TrackingSpec,
@@ -554,7 +602,6 @@ def _tune(
     trainable = tune.with_resources(
         tune.with_parameters(
             _trainable,
-            datasets=shard_sets,
             run_id=run_dir.name,
             timeout_s=suite.tune.trial_timeout_s,
             report_evaluations=scheduler is not None or bool(trackers),  # trackers plot each evaluation
@@ -563,12 +610,15 @@ def _tune(
         resources,
     )
     writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials))
+    searcher = _WhenReady(schedule_order(trials), datasets, writer)
     scratch = tempfile.mkdtemp(prefix="bench-tune-")
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.to_dict() for t in schedule_order(trials)])},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=suite.tune.max_concurrent_trials,
+            # Each trial once its dataset is published; as many pending at once as may run (Tune's own default
+            # for a searcher is one pending trial at a time).
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=suite.tune.max_concurrent_trials or len(trials)),
+            num_samples=len(trials),
             scheduler=scheduler,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial.trial_id,
@@ -580,7 +630,7 @@ def _tune(
             storage_path=scratch,
             verbose=0,
             callbacks=[writer, *trackers],  # the row first: a tracker never delays or loses it
-            stop=_StopAll(writer),
+            stop=_StopAll(writer, datasets),
             failure_config=tune.FailureConfig(max_failures=suite.tune.max_failures),
         ),
     )

@@ -7,10 +7,15 @@ image root and another over the cache folder: its processes see the same paths a
 image root (so its shard tasks must get the encoded bytes from the driver's node) and a cache of their own (so
 its trials must copy the shards in). A probe pinned to each node checks that before the run, so the test cannot
 pass on shared access. The mounts go when the namespace's last process ends.
+
+A second run on the same cluster keeps the prepared data in object storage (a real S3 server on 127.0.0.1,
+`--cache-dir s3://...`) with a local cache that each node has for itself: every shard reaches the store from the
+node that decoded it, nothing is copied between nodes, and each node's trials download what their node lacks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -20,6 +25,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import (
     CIFAR,
@@ -33,6 +39,7 @@ from conftest import (
     require,
     write_suite,
 )
+from s3_server import BUCKET, s3_server
 
 from bench.results import store as results
 
@@ -137,6 +144,11 @@ def _stop(port: int) -> None:
 
 
 def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_trials(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        _two_node_runs(tmp_path, stack)
+
+
+def _two_node_runs(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     import ray._private.services
 
     require(CIFAR.is_dir(), f"needs the shared CIFAR-10 images at {CIFAR} (BENCH_DATA)")
@@ -147,6 +159,7 @@ def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_t
     require(probe_ns.returncode == 0, f"needs mount namespaces (root): {probe_ns.stderr.strip()[:200]}")
     assert not RAY_RECORD.exists(), f"{RAY_RECORD} exists: another `ray start` cluster is recorded on this machine"
 
+    s3 = stack.enter_context(s3_server())
     root = image_folder(tmp_path / "images")
     cache, home, out, workdir = tmp_path / "cache", tmp_path / "home", tmp_path / "results", tmp_path / "study"
     for folder in (cache, home, workdir):
@@ -166,6 +179,7 @@ def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_t
     address = f"{head_ip}:{gcs_port}"
     env = bench_env()
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")  # the token in a home of ours
+    env.update({k: v for k, v in s3.env().items() if k.startswith("AWS_")})  # every node's, as a user sets them
 
     try:
         run("ray get-auth-token --generate > /dev/null", env, workdir)
@@ -201,6 +215,14 @@ def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_t
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-5000:]
         assert "2 node(s)" in output, output[-3000:]
+
+        # The store run: its local cache under the folder the worker has its own tmpfs over, so each node's
+        # cache is its own; the shards go to and come from the store.
+        stored = bench(
+            "run", suite, "--address", address, "--out", cache / "stored", "--cache-dir", f"s3://{BUCKET}/cache",
+            cwd=workdir, env={**env, "BENCH_SHARD_MB": SHARD_MB}, timeout=900,
+        )  # fmt: skip
+        assert stored.returncode == 0, (stored.stdout + stored.stderr)[-5000:]
     finally:
         _stop(gcs_port)
     assert not processes_naming(f":{gcs_port}") and not processes_naming(f"--gcs_server_port={gcs_port}")
@@ -240,3 +262,24 @@ def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_t
     assert (on_head["dataset_copied_mb"] == 0).all(), on_head["dataset_copied_mb"]  # the head has every shard
     assert (on_worker["dataset_copied_mb"] > 0).sum() == 1, on_worker["dataset_copied_mb"]  # once per node
     print(f"bench run: {seconds:.0f} s; {line}")
+
+    # The store run: decoded on both nodes, every shard and its record in the store, nothing copied between nodes.
+    line = next(x for x in stored.stdout.splitlines() if x.startswith(f"bench: dataset imagefolder:{root} at 32 px"))
+    assert f"{n_images} images in {SHARDS} shards" in line and f"in s3://{BUCKET}/cache/datasets/" in line, line
+    assert "copied to the driver's node" not in line, line
+    by_node = dict(re.findall(r"(\S+/[0-9a-f]{8}) (\d+)", line.partition("shards decoded by node:")[2]))
+    assert set(by_node) == {head_node["label"], worker_node["label"]}, line
+    objects = s3.objects("cache/datasets")
+    assert sum(key.endswith(".npy") and "/y_" not in key for key in objects) == SHARDS, sorted(objects)
+    assert sum(key.endswith("/meta.json") for key in objects) == 1
+    (stored_dir,) = sorted((cache / "stored" / "data_cluster").iterdir())
+    stored_table = results.load_runs([stored_dir]).trials
+    assert len(stored_table) == 6 and set(stored_table["status"]) == {"ok"}, stored_table[["status", "error"]]
+    assert set(stored_table["ray_node_id"]) == {head_node["node_id"], worker_node["node_id"]}
+    for node in (head_node, worker_node):  # each node lacked the other's shards: one trial of it downloaded them
+        copied = stored_table.loc[stored_table["ray_node_id"] == node["node_id"], "dataset_copied_mb"]
+        assert (copied > 0).sum() == 1, (node["label"], copied)
+    metrics = ["trial_id", "metric_top1", "metric_nll"]
+    by_id = table.sort_values("trial_id").reset_index(drop=True)[metrics]
+    pd.testing.assert_frame_equal(by_id, stored_table.sort_values("trial_id").reset_index(drop=True)[metrics])
+    print(f"store run: {line}")
