@@ -174,7 +174,6 @@ class Preparations:
         store: ShardStore | None = None,
     ) -> None:
         self.home = ray.get_runtime_context().get_node_id()
-        self.store = store
         self.ready: dict[str, shards.ShardSet] = {}
         self.unavailable: dict[str, str] = {}
         self.error: BaseException | None = None
@@ -286,8 +285,8 @@ def _take(preparation: _Preparation, ref: Any, home_label: str) -> None:
     preparation.pending.pop(ref)
     try:
         record: shards.ShardRecord = ray.get(ref)
-    except ray.exceptions.RayTaskError as error:  # the user's mistake, found in a task: its one line
-        if isinstance(error.cause, UserError):
+    except ray.exceptions.RayTaskError as error:  # the user's mistake or a failed upload, found in a task: one line
+        if isinstance(error.cause, (UserError, OSError)):
             raise error.cause from None
         raise
     preparation.records.append(record)

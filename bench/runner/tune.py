@@ -113,9 +113,8 @@ def _trainable(
     cpu: float,
 ) -> None:
     """One Tune trial: open its prepared dataset (``params["data"]``) on this node, run the core, report the
-    rows. With
-    ``report_evaluations`` (a search with a scheduler) each evaluation is reported too, and the scheduler may end
-    the trial at one of them (Tune then exits this thread)."""
+    rows. With ``report_evaluations`` (a search with a scheduler) each evaluation is reported too, and the
+    scheduler may end the trial at one of them (Tune then exits this thread)."""
     from bench import training  # torch and timm: in the workers; the driver never needs them
 
     memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
