@@ -77,9 +77,7 @@ def bench(
     )
 
 
-def start_bench(
-    *args: Any, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.Popen:
+def start_bench(*args: Any, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """A `bench` process in its own session, so it and the Ray it starts can be killed together."""
     handle = open(log, "w")  # noqa: SIM115 - the child writes to it for its whole life
     return subprocess.Popen(

@@ -39,6 +39,7 @@ from bench.errors import UserError
 LOCK_FOLDER = ".leases"  # not ".lock": that is the flock file of a plain-path run
 RUN_FILES = ("suite.yaml", "env.json", "trials.parquet", "epochs.parquet")  # what a run folder is made of
 DEFAULT_LEASE_S = 60.0
+CHUNK = 8 * 2**20  # bytes per read or write while a file streams to or from a store
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
 
@@ -111,22 +112,25 @@ def list_folders(remote: Remote) -> list[str]:
     return sorted(Path(i.path).name for i in infos if i.type == pafs.FileType.Directory)
 
 
-def upload(local: Path, remote: Remote) -> None:
-    """``local`` as the single object ``remote``, seen whole or not at all; an ``OSError`` names ``remote``."""
+def upload(local: Path, remote: Remote) -> int:
+    """``local`` as the single object ``remote``, seen whole or not at all, streamed in ``CHUNK`` pieces; returns
+    its bytes. An ``OSError`` names ``remote``."""
+    sent = 0
     try:
-        data = local.read_bytes()
+        target = remote.path
         if remote.local:  # a plain file system: write beside it, then rename over it
             parent = remote.path.rsplit("/", 1)[0]
             remote.fs.create_dir(parent, recursive=True)
-            tmp = f"{parent}/.{remote.path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}"
-            with remote.fs.open_output_stream(tmp) as stream:
-                stream.write(data)
-            remote.fs.move(tmp, remote.path)
-        else:
-            with remote.fs.open_output_stream(remote.path) as stream:
-                stream.write(data)
+            target = f"{parent}/.{remote.path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}"
+        with open(local, "rb") as source, remote.fs.open_output_stream(target) as stream:
+            while chunk := source.read(CHUNK):
+                stream.write(chunk)
+                sent += len(chunk)
+        if target != remote.path:
+            remote.fs.move(target, remote.path)
     except OSError as error:
         raise OSError(0, describe(error), remote.uri) from None
+    return sent
 
 
 def download(remote: Remote, local: Path, names: tuple[str, ...] = RUN_FILES) -> list[str]:

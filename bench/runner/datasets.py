@@ -395,7 +395,7 @@ def open_dataset(ref: dict[str, Any], config: TrialConfig) -> tuple[PreparedData
     if (folder / shards.MANIFEST).is_file():
         meta = shards.load_manifest(folder)
     else:
-        with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.is_dir() else None) as scratch:
+        with tempfile.TemporaryDirectory() as scratch:
             fetch(shards.MANIFEST, Path(scratch) / shards.MANIFEST)
             meta = shards.load_manifest(Path(scratch))
     shard_set = shards.ShardSet(fingerprint, meta, home=home, store=uri)

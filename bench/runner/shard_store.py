@@ -24,8 +24,6 @@ from bench.data import shards
 from bench.errors import UserError
 from bench.results import remote
 
-CHUNK = 8 * 2**20  # bytes per read or write while a file streams to or from the store
-
 
 class ShardStore:
     """The ``datasets/`` folder of a store: published datasets and the shards on their way."""
@@ -59,19 +57,7 @@ class ShardStore:
 
     def put(self, folder: Path, fingerprint: str, *names: str) -> int:
         """Upload the files ``names`` of the local ``folder``, in order, each as one object; returns the bytes."""
-        sent = 0
-        for name in names:
-            target = self.folder(fingerprint).child(name)
-            try:
-                if target.local:
-                    self.root.fs.create_dir(self.folder(fingerprint).path, recursive=True)
-                with open(folder / name, "rb") as source, self.root.fs.open_output_stream(target.path) as stream:
-                    while chunk := source.read(CHUNK):
-                        stream.write(chunk)
-                        sent += len(chunk)
-            except OSError as error:
-                raise OSError(0, remote.describe(error), target.uri) from None
-        return sent
+        return sum(remote.upload(folder / name, self.folder(fingerprint).child(name)) for name in names)
 
     def get(self, fingerprint: str, name: str, path: Path) -> int:
         """Download the file ``name`` of a dataset to the local ``path``; returns its bytes."""
@@ -79,7 +65,7 @@ class ShardStore:
         received = 0
         try:
             with open(path, "wb") as file, self.root.fs.open_input_stream(source.path) as stream:
-                while chunk := stream.read(CHUNK):
+                while chunk := stream.read(remote.CHUNK):
                     file.write(chunk)
                     received += len(chunk)
         except OSError as error:

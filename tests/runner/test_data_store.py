@@ -22,12 +22,11 @@ from bench.results.store import TRIALS_FILE
 
 def test_a_store_cache_is_for_bench_run_only(tmp_path: Path) -> None:
     suite = write_suite(tmp_path)
-    for command in (["validate", suite, "--plan"], ["similarity", suite]):
-        done = bench(*command, "--cache-dir", "s3://bucket/cache?secret_key=hidden")
+    for command, name in (([suite, "--plan"], "validate --plan"), ([suite], "similarity")):
+        done = bench(name.split()[0], *command, "--cache-dir", "s3://bucket/cache?secret_key=hidden")
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip() == (
-            f"bench: error: --cache-dir s3://bucket/cache: bench {command[0]}{' --plan' if '--plan' in command else ''}"
-            " needs a local folder (a URI is for bench run)"
+            f"bench: error: --cache-dir s3://bucket/cache: bench {name} needs a local folder (a URI is for bench run)"
         )
 
 

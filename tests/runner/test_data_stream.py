@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -97,9 +96,7 @@ tune:
         assert driver.wait(timeout=300) == 0, log.read_text()
     finally:
         gate.touch()
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGTERM)
-        kill_session(driver.pid)
+        kill_session(driver.pid)  # whatever is left of the run and its Ray
     rows = _rows(out)
     assert len(rows) == 4 and (rows["status"] == "ok").all(), rows[["dataset", "status", "error"]]
     gated = rows[rows["dataset"] == "gated"]
