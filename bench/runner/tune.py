@@ -1,382 +1,50 @@
-"""Ray Tune runs a suite: with ``bench.runner.datasets``, the only modules that import Ray.
+"""Ray Tune runs a suite: the driver. Ray is imported only under ``bench/runner/``.
 
 ``run_suite`` expands a suite into trial configs, prepares each dataset once as shards over the cluster
 (``bench.runner.datasets``), and hands the trials to ``tune.Tuner`` through a searcher that releases each trial, in
-``schedule_order``, as soon as its dataset is published; a two-stage search runs two such stages, the search and
-then each cell's selection on the other seeds. Each worker calls the core, ``bench.training.trial.run_trial``, and
-reports its row back; the driver writes every row as it arrives, atomically, into the run folder's Parquet
-tables, so workers never need to see the run folder. A ``UserError`` or a timeout (``tune.trial_timeout_s``)
-becomes a ``failed`` row at once; any other exception is retried up to ``tune.max_failures`` times, then its row
-says why. Resume is bench's, not Tune's: the run folder's rows say which trials are done. (docs/design.md,
-"Layout of the package")
+``schedule_order``, as soon as its dataset is published (``bench.runner.driver.WhenReady``); a two-stage search
+runs two such stages, the search and then each cell's selection on the other seeds. Each worker runs
+``bench.runner.worker.trainable`` (the core, ``bench.training.trial.run_trial``) and reports its row back; the
+driver writes every row as it arrives, atomically, into the run folder's Parquet tables
+(``bench.runner.driver.RowWriter``), so workers never need to see the run folder. A ``UserError`` or a timeout
+(``tune.trial_timeout_s``) becomes a ``failed`` row at once; any other exception is retried up to
+``tune.max_failures`` times, then its row says why. A search's scheduler stops samples within their cell
+(``bench.runner.schedulers``). Resume is bench's, not Tune's: the run folder's rows say which trials are done.
+(docs/design.md, "Layout of the package")
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import dataclasses
-import json
 import logging
 import os
 import shutil
 import socket
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search import ConcurrencyLimiter
 
 from bench.config import TrialConfig
-from bench.data import display_name
 from bench.errors import StorageError, UserError
 from bench.results import remote
 from bench.results import store as results
-from bench.results.schema import trial_row, utc_now
 from bench.runner import run_dir as runs
 from bench.runner import tracking
-from bench.runner.datasets import Preparations, dataset_ref, open_dataset
+from bench.runner.datasets import Preparations
+from bench.runner.driver import RowWriter, RunSummary, StopAll, WhenReady, dataset_key, label
 from bench.runner.schedulers import PerCellScheduler, scheduler_factory
 from bench.runner.shard_store import ShardStore, open_store
+from bench.runner.worker import trainable
 from bench.suite import Suite
 from bench.suite.spec import TrackingSpec
-from bench.utils import memory
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSummary:
-    run_dir: Path
-    total: int
-    skipped: int  # already ok in the run folder (resume)
-    ok: int = 0
-    failed: int = 0
-    diverged: int = 0
-    stopped: int = 0  # ended early by the search's scheduler
-    seconds: float = 0.0
-    nodes: set[str] = field(default_factory=set)
-    location: str = ""  # the run folder as the user names it: a path, or a URI (run_dir is then its staging copy)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# worker side
-
-
-class TrialTimeout(Exception):
-    """Raised inside a trial's thread when it runs past ``tune.trial_timeout_s``."""
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float | None) -> Iterator[None]:
-    """Raise TrialTimeout in this thread after ``seconds``: a trial stuck in a loop, a slow file system or a
-    hung collective ends as a failed row instead of holding its worker forever. The exception lands at the
-    next Python bytecode, so a single C call (one convolution) finishes first."""
-    if not seconds:
-        yield
-        return
-    target, lock, finished = threading.get_ident(), threading.Lock(), threading.Event()
-
-    def fire() -> None:
-        with lock:
-            if not finished.is_set():
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(TrialTimeout))
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        with lock:  # after this, the timer can no longer fire into code that is not the trial's
-            finished.set()
-        timer.cancel()
-
-
-def _trainable(
-    params: dict[str, Any],
-    run_id: str,
-    timeout_s: float | None,
-    report_evaluations: bool,
-    cpu: float,
-) -> None:
-    """One Tune trial: open its prepared dataset (``params["data"]``) on this node, run the core, report the
-    rows. With ``report_evaluations`` (a search with a scheduler) each evaluation is reported too, and the
-    scheduler may end the trial at one of them (Tune then exits this thread)."""
-    from bench import training  # torch and timm: in the workers; the driver never needs them
-
-    memory.freeze_imported_objects()  # the first call in this worker, after the imports; then a no-op
-    config = dataclasses.replace(TrialConfig.from_dict(params["trial"]), memory_share_mb=_memory_share_mb(cpu))
-    started_at = utc_now()
-
-    def report_evaluation(epochs: list[dict[str, Any]]) -> None:
-        tune.report(_evaluation_report(epochs, started_at=started_at, final=False))
-
-    try:
-        with _deadline(timeout_s):
-            data, copied = open_dataset(params["data"], config)  # shards copied here if need be
-            result = training.run_trial(
-                config, run_id=run_id, data=data, on_evaluation=report_evaluation if report_evaluations else None
-            )
-        row, epochs = result.row, result.epochs
-    except UserError as error:  # the same input would fail again: a failed row, no retry
-        row, epochs = _failed_row(config, run_id, str(error)), []
-    except TrialTimeout:  # so would a retry: a failed row saying so
-        row, epochs = _failed_row(config, run_id, f"timed out after {timeout_s:g} s (tune.trial_timeout_s)"), []
-    finally:
-        memory.release_freed_memory()  # a reused worker starts the next trial as lean as the first
-    row["ray_node_id"] = ray.get_runtime_context().get_node_id()
-    if row["status"] != "failed":
-        row["dataset_copied_mb"] = copied / 2**20
-    tune.report(
-        {**_evaluation_report(epochs, started_at=started_at, final=True), "row_json": json.dumps(row, default=str)}
-    )
-
-
-def _memory_share_mb(cpu_per_trial: float) -> float:
-    """This trial's share of its node's memory: the node's (or its cgroup's) memory over the trials it runs."""
-    here = ray.get_runtime_context().get_node_id()
-    node_cpus = next((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n["NodeID"] == here), 1.0)
-    return memory.trial_share_bytes(memory.system_memory_bytes(), node_cpus, cpu_per_trial) / 2**20
-
-
-def _evaluation_report(epochs: list[dict[str, Any]], *, started_at: str, final: bool) -> dict[str, Any]:
-    """What a trial reports to Tune: its validation top-1 after ``evaluation`` evaluations (the schedulers'
-    metric and time), the optimiser step and the latest curve values (what trackers plot), and its evaluation
-    rows so far (a stopped trial's row is built from them)."""
-    last = epochs[-1] if epochs else {}
-    val_top1 = last.get("val_top1")
-    return {
-        "final": final,
-        "evaluation": len(epochs),
-        "val_top1": float("nan") if val_top1 is None else float(val_top1),
-        "step": _global_step(epochs),
-        "curve": {key: last.get(key) for key in tracking.CURVE},  # what trackers plot
-        "started_at": started_at,
-        "epochs_json": json.dumps(epochs, default=str),
-    }
-
-
-def _global_step(epochs: list[dict[str, Any]]) -> int:
-    """Optimiser steps so far over every phase (an LP-FT trial counts its steps per phase)."""
-    last_per_phase = {row["phase"]: row["step"] for row in epochs}
-    return int(sum(step for step in last_per_phase.values() if step is not None))
-
-
-def _stopped_row(config: TrialConfig, run_id: str, result: dict[str, Any]) -> tuple[dict[str, Any], list]:
-    """The row of a trial a scheduler ended early: its validation metrics at the stop and how far it ran;
-    no test metrics (a stopped sample is never a result, but its cost counts)."""
-    epochs = json.loads(result["epochs_json"])
-    last_per_phase = {row["phase"]: row for row in epochs}.values()
-    val = [row["val_top1"] for row in epochs if row["val_top1"] is not None]
-    row = trial_row(
-        config,
-        run_id=run_id,
-        status="stopped",
-        error=f"stopped by the search's scheduler after {len(epochs)} evaluation(s)",
-        started_at=result.get("started_at") or utc_now(),
-        metric_val_top1=val[-1] if val else None,
-        metric_best_val_top1=max(val) if val else None,
-        steps_run=_global_step(epochs),
-        train_seconds=sum(row["elapsed_seconds"] for row in last_per_phase),
-    )
-    return row, epochs
-
-
-def _dataset_key(config: TrialConfig) -> str:
-    return json.dumps([config.dataset, config.img_size, config.dataset_root, config.shard_format])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# driver side
-
-
-class _RowWriter(tune.Callback):
-    """Writes each trial's row the moment it arrives, and prints one progress line per finished trial."""
-
-    def __init__(self, run_dir: Path, run_id: str, summary: RunSummary, pending: int) -> None:
-        self.run_dir = run_dir
-        self.run_id = run_id
-        self.summary = summary
-        self.before = self._done()  # finished in this run before these trials (an earlier stage, failed datasets)
-        self.pending = self.before + pending
-        self.started = time.monotonic()
-        self.running = 0
-        self.storage_error: OSError | None = None
-        self.reported: set[str] = set()  # Tune trial ids whose row is written
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running = sum(1 for t in trials if t.status == "RUNNING")
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if not result.get("final"):
-            return  # an evaluation of a running trial: for the scheduler
-        row = json.loads(result["row_json"])
-        epochs = json.loads(result["epochs_json"])
-        self.reported.add(trial.trial_id)
-        if self._write([row], {row["trial_id"]: epochs}):
-            self._count(row, trials)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """A trial that ended without its final report was stopped by the scheduler."""
-        result = trial.last_result or {}
-        if trial.trial_id in self.reported or "epochs_json" not in result:
-            return
-        config = TrialConfig.from_dict(trial.config["trial"])
-        row, epochs = _stopped_row(config, self.run_id, result)
-        self.reported.add(trial.trial_id)
-        if self._write([row], {row["trial_id"]: epochs}):
-            self._count(row, trials)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        config = TrialConfig.from_dict(trial.config["trial"])
-        message = _error_message(trial)
-        row = _failed_row(config, self.run_id, message)
-        if self._write([row], {}):
-            self._count(row, trials)
-
-    def write_failed(self, rows: list[dict[str, Any]]) -> bool:
-        """Failed rows of trials that never started (their dataset cannot be had), counted without a line each."""
-        if not self._write(rows, {}):
-            return False
-        self.summary.failed += len(rows)
-        return True
-
-    def _write(self, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> bool:
-        """Write rows; on a storage error (disk full) keep the first one and stop the run (see ``_StopAll``)."""
-        if self.storage_error is not None:
-            return False
-        try:
-            write_rows(self.run_dir, rows, epochs)
-        except OSError as error:  # each write is atomic: the tables hold exactly the rows written before
-            self.storage_error = error
-            return False
-        return True
-
-    def _count(self, row: dict[str, Any], trials: list) -> None:
-        status = row["status"]
-        setattr(self.summary, status, getattr(self.summary, status) + 1)
-        if row.get("node"):
-            self.summary.nodes.add(row["node"])
-        self.running = sum(1 for t in trials if t.status == "RUNNING")
-        done = self._done()
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / (done - self.before) * (self.pending - done) if done > self.before else float("nan")
-        label = _label(row)
-        outcome = f"top1={row['metric_top1']:.1f}" if row.get("metric_top1") is not None else status.upper()
-        if status == "stopped" and row.get("metric_val_top1") is not None:
-            outcome += f" (val_top1={row['metric_val_top1']:.1f})"
-        print(
-            f"[{_clock(elapsed)}] {done}/{self.pending} done, {self.summary.failed} failed, "
-            f"{max(0, self.running - 1)} running, eta {_clock(eta)} | {label}: {outcome}",
-            flush=True,
-        )
-
-    def _done(self) -> int:
-        return self.summary.ok + self.summary.failed + self.summary.diverged + self.summary.stopped
-
-
-class _StopAll(tune.Stopper):
-    """Ends the whole experiment once the run folder cannot be written (later rows would be lost anyway) or the
-    datasets' preparation stopped on an error that ends the run (``Preparations.error``)."""
-
-    def __init__(self, writer: _RowWriter, datasets: Preparations) -> None:
-        self.writer = writer
-        self.datasets = datasets
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return self.writer.storage_error is not None or self.datasets.error is not None
-
-
-class _WhenReady(Searcher):
-    """Hands Tune the stage's trials in ``schedule_order``, each once its dataset is published: trials of a dataset
-    start while later datasets still decode. A trial whose dataset cannot be had gets its failed row at once (one
-    line per reason). Tune calls this from its driver loop, the thread the row writer runs in."""
-
-    def __init__(self, trials: list[TrialConfig], datasets: Preparations, writer: _RowWriter) -> None:
-        super().__init__()
-        self.queue = list(trials)
-        self.datasets = datasets
-        self.writer = writer
-
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return True  # the trials are given; the schedulers have their own metric and mode
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        finished = self.datasets.done  # read first: a dataset published after this is seen below
-        self._fail_unavailable()
-        for index, config in enumerate(self.queue):
-            shard_set = self.datasets.ready.get(_dataset_key(config))
-            if shard_set is not None:
-                del self.queue[index]
-                return {"trial": config.to_dict(), "data": dataset_ref(shard_set)}
-        if not self.queue or finished:  # finished with trials left: the preparation's error ends the stage
-            return Searcher.FINISHED
-        return None  # Tune asks again in a moment
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
-
-    def _fail_unavailable(self) -> None:
-        unavailable = self.datasets.unavailable
-        failed = [config for config in self.queue if _dataset_key(config) in unavailable]
-        if not failed:
-            return
-        self.queue = [config for config in self.queue if _dataset_key(config) not in unavailable]
-        run_id = self.writer.run_id
-        if self.writer.write_failed([_failed_row(t, run_id, unavailable[_dataset_key(t)]) for t in failed]):
-            for message in sorted({unavailable[_dataset_key(t)] for t in failed}):
-                count = sum(1 for t in failed if unavailable[_dataset_key(t)] == message)
-                print(f"bench: {message} -> {count} trial(s) failed", flush=True)
-
-
-def write_rows(run_dir: Path, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> None:
-    written = results.upsert_trials(run_dir / results.TRIALS_FILE, rows)
-    for trial_id in written:
-        if epochs.get(trial_id):
-            results.replace_epochs(run_dir / results.EPOCHS_FILE, trial_id, epochs[trial_id])
-    if written:  # a URI --out: each table as one object, the curves first (a row seen has its curve)
-        runs.sync(run_dir, results.EPOCHS_FILE, results.TRIALS_FILE)
-
-
-def _failed_row(config: TrialConfig, run_id: str, error: str) -> dict[str, Any]:
-    """The row of a trial that produced no result: its identity, hyperparameters and why it failed."""
-    now = utc_now()
-    return trial_row(config, run_id=run_id, status="failed", error=error, started_at=now, finished_at=now)
-
-
-def _error_message(trial: Any) -> str:
-    error = getattr(trial, "error_msg", None) or ""
-    if not error and getattr(trial, "error_file", None):
-        try:
-            error = Path(trial.error_file).read_text()
-        except OSError:
-            error = ""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "trial failed without an error message")[:500]
-
-
-def _clock(seconds: float) -> str:
-    if seconds != seconds:  # nan
-        return "--:--"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+__all__ = ["RunSummary", "run_suite", "schedule_order"]
 
 
 def _connect(address: str | None, num_cpus: int | None) -> dict[str, Any]:
@@ -488,8 +156,8 @@ def run_suite(
             done_ids, val_top1 = _finished(run_dir)
             confirm, unselected = suite.confirm_trials(val_top1)
             for config in unselected:
-                label = _label(config.to_dict())
-                print(f"bench: no sample of {label} finished: its other seeds are not run", flush=True)
+                cell = label(config.to_dict())
+                print(f"bench: no sample of {cell} finished: its other seeds are not run", flush=True)
             confirm = [_placed(t, cache) for t in confirm if t.trial_id not in done_ids]
             if confirm:
                 print(f"bench: the selected settings on the other seeds: {len(confirm)} trials", flush=True)
@@ -537,19 +205,11 @@ def _finished(run_dir: Path) -> tuple[set[str], dict[str, float]]:
     return set(table.loc[table["status"] != "failed", "trial_id"]), top1
 
 
-def _label(trial: dict[str, Any]) -> str:
-    """A trial's cell in one line, from its config (``to_dict``) or its row."""
-    scratch = "" if trial.get("pretrained") in (True, None) else "(scratch)"
-    size = f"shots={trial['shots']}" if trial.get("shots") else f"frac={trial['data_fraction']}"
-    dataset = display_name(trial["dataset"])
-    return f"{trial['backbone']}{scratch} {dataset} freeze={trial['freeze']} {size} seed={trial['seed']}"
-
-
 def _dataset_configs(trials: list[TrialConfig]) -> dict[str, TrialConfig]:
     """One trial config per (dataset, size, root): what is prepared."""
     configs: dict[str, TrialConfig] = {}
     for config in trials:
-        configs.setdefault(_dataset_key(config), config)
+        configs.setdefault(dataset_key(config), config)
     return configs
 
 
@@ -595,12 +255,12 @@ def _tune(
     search: bool,
 ) -> None:
     scheduler = _scheduler(suite) if search else None
-    context = tracking.Context(suite=suite.name, run_id=run_dir.name, run_dir=run_dir, label=_label)
+    context = tracking.Context(suite=suite.name, run_id=run_dir.name, run_dir=run_dir, label=label)
     trackers = tracking.callbacks(tracking_spec, context)
     resources = {"cpu": suite.tune.resources_per_trial.cpu, "gpu": suite.tune.resources_per_trial.gpu}
-    trainable = tune.with_resources(
+    runnable = tune.with_resources(
         tune.with_parameters(
-            _trainable,
+            trainable,
             run_id=run_dir.name,
             timeout_s=suite.tune.trial_timeout_s,
             report_evaluations=scheduler is not None or bool(trackers),  # trackers plot each evaluation
@@ -608,11 +268,11 @@ def _tune(
         ),
         resources,
     )
-    writer = _RowWriter(run_dir, run_dir.name, summary, pending=len(trials))
-    searcher = _WhenReady(schedule_order(trials), datasets, writer)
+    writer = RowWriter(run_dir, run_dir.name, summary, pending=len(trials))
+    searcher = WhenReady(schedule_order(trials), datasets, writer)
     scratch = tempfile.mkdtemp(prefix="bench-tune-")
     tuner = tune.Tuner(
-        trainable,
+        runnable,
         tune_config=tune.TuneConfig(
             # Each trial once its dataset is published; as many pending at once as may run (Tune's own default
             # for a searcher is one pending trial at a time).
@@ -629,7 +289,7 @@ def _tune(
             storage_path=scratch,
             verbose=0,
             callbacks=[writer, *trackers],  # the row first: a tracker never delays or loses it
-            stop=_StopAll(writer, datasets),
+            stop=StopAll(writer, datasets),
             failure_config=tune.FailureConfig(max_failures=suite.tune.max_failures),
         ),
     )
