@@ -52,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_leaderboard(run_dir: str) -> None:
-    from bench.results import leaderboard, remote
+    from bench.analysis import Analysis
+    from bench.results import remote
     from bench.results import store as results
 
     if remote.is_uri(run_dir):  # read back from the store: what a reader of the run sees
@@ -64,7 +65,7 @@ def _print_leaderboard(run_dir: str) -> None:
         return
     else:
         data = results.load_runs([run_dir])
-    print(leaderboard.run_summary(data.trials))
+    print(Analysis.of(data.trials).summary())
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -117,10 +118,51 @@ def _similarity(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from bench.results import leaderboard
-
-    print(leaderboard.leaderboard_command(args.run_dirs, by=args.by, fmt=args.format))
+    print(leaderboard_text(args.run_dirs, by=args.by, fmt=args.format))
     return 0
+
+
+def leaderboard_text(run_dirs: Sequence[str | Path], by: str = "dataset", fmt: str = "md") -> str:
+    """What `bench leaderboard` prints: the ranked table and, in md, the overall ranking (``by="dataset"``) or
+    the regime matrix (``by="regime"``).
+
+    Problems met while loading (a truncated file, a missing column) go to stderr, one line each, so CSV on
+    stdout stays clean.
+
+    Raises:
+        UserError: ``by`` or ``fmt`` is not a choice of the command, or the runs cannot be read.
+    """
+    from bench.analysis import Analysis
+    from bench.analysis.tables import display_leaderboard, display_overall
+    from bench.analysis.verdicts import display_matrix
+    from bench.results.store import load_runs
+    from bench.utils.tables import format_table
+
+    if by not in ("dataset", "regime"):
+        raise UserError(f"--by: expected 'dataset' or 'regime', got {by!r}")
+    if fmt not in ("md", "csv"):
+        raise UserError(f"--format: expected 'md' or 'csv', got {fmt!r}")
+    data = load_runs(run_dirs)
+    for problem in data.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    analysis = Analysis.of(data.trials)
+    board = analysis.leaderboard(by)
+    if fmt == "csv":
+        return format_table(board, "csv")
+    parts = [
+        f"## Leaderboard by {by} (test top-1, mean over seeds, 95% Student-t interval; '=k' = tied)\n",
+        format_table(display_leaderboard(board)),
+    ]
+    if by == "dataset":
+        parts += [
+            "\n## Overall ranking (mean rank across datasets; mean top-1 in logit space)\n",
+            format_table(display_overall(analysis.overall())),
+        ]
+    else:
+        parts += ["\n## Regime matrix, measured vs textbook\n", format_table(display_matrix(analysis.matrix()))]
+    if not analysis.excluded.empty:
+        parts.append(f"\n{len(analysis.excluded)} trial(s) failed or diverged and are left out of these statistics.\n")
+    return "".join(parts)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.config import TrialConfig
 from bench.perf.flops import matmul_gflops, matmul_label, training_flops_per_image
 from bench.perf.trials import PerfTrial, default_trials, run_child
-from bench.results.leaderboard import markdown_table
+from bench.utils.tables import markdown_table
 
 COLUMNS = (
     "trial",

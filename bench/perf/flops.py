@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.config import TrialConfig
 from bench.perf.trials import Measurement
-from bench.results.leaderboard import markdown_table
+from bench.utils.tables import markdown_table
 from bench.training import precision
 
 # ---------------------------------------------------------------------------------------------------------

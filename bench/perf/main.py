@@ -38,7 +38,7 @@ from bench.perf.trials import (
     run_plain,
     table_rows,
 )
-from bench.results.leaderboard import markdown_table
+from bench.utils.tables import markdown_table
 
 # ---------------------------------------------------------------------------------------------------------
 # entry point

@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from bench.results.leaderboard import markdown_table
+from bench.utils.tables import markdown_table
 from bench.utils import memory
 
 SIZES = (2000, 8000, 16000, 32000, 64000)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bench.perf.trials import run_plain
-from bench.results.leaderboard import markdown_table
+from bench.utils.tables import markdown_table
 
 if TYPE_CHECKING:
     import pandas as pd

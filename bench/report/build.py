@@ -4,8 +4,8 @@ Why: a leaderboard says who won; a researcher also needs to see how the answer m
 pretraining buys, how deep to freeze, what it costs, whether cheap transferability estimates predict the
 outcome, and enough of the suite and environment to reproduce or distrust the numbers. `write_report` turns
 one or more run folders into report/report.html (self-contained, offline), report/report.md and
-report/figures/*.png. All statistics come from `bench.results.leaderboard`, so the report and `bench leaderboard`
-never disagree.
+report/figures/*.png. All statistics come from one `bench.analysis.Analysis`, so the report and
+`bench leaderboard` never disagree.
 """
 
 from __future__ import annotations
@@ -18,34 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from scipy import stats as st
 
 import bench
+from bench.analysis import Analysis
+from bench.analysis.cells import CELL, dataset_labels, shown_datasets
+from bench.analysis.outcomes import rank_correlations
+from bench.analysis.tables import display_leaderboard, display_overall, pct
+from bench.analysis.verdicts import display_matrix
 from bench.errors import UserError
 from bench.report import figures as figs
 from bench.report.render import Document, save_figures, to_html, to_markdown
 from bench.results import remote
-from bench.results.leaderboard import (
-    CELL,
-    DEFAULT_THRESHOLDS,
-    DataThresholds,
-    dataset_labels,
-    display_leaderboard,
-    display_matrix,
-    display_overall,
-    excluded_trials,
-    leaderboard,
-    of_runs,
-    overall_ranking,
-    pct,
-    prepare,
-    regime_matrix,
-    seed_stats,
-    select_hparams,
-    shown_datasets,
-    tuned_runs,
-)
-from bench.results.schema import STATUSES
+from bench.results.schema import DEFAULT_THRESHOLDS, STATUSES, DataThresholds
 from bench.results.store import RunData, load_runs
 
 TITLE = "Transfer-learning benchmark report"
@@ -98,20 +82,17 @@ def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS)
     names (`shown_datasets`); section 7 says which data each name stands for."""
     names = _dataset_names_table(data.trials)
     data = dataclasses.replace(data, trials=shown_datasets(data.trials))
-    trials = data.trials
-    prepared = prepare(trials, thresholds)
-    selected = select_hparams(prepared, tried=trials)
-    board = leaderboard(trials, by="dataset", thresholds=thresholds)
+    analysis = Analysis.of(data.trials, thresholds)
     doc = Document(TITLE)
-    _overview(doc, data, prepared, thresholds)
-    _section_matrix(doc, trials, prepared, thresholds)
-    _section_learning_curves(doc, board)
-    _section_pretraining(doc, selected)
-    _section_freeze(doc, board, selected, thresholds)
-    _section_cost(doc, trials, board, thresholds)
-    _section_hyperparameters(doc, prepared, selected)
-    _section_transferability(doc, prepared, selected)
-    _section_reproduce(doc, data, names)
+    _overview(doc, data, thresholds)
+    _section_matrix(doc, analysis)
+    _section_learning_curves(doc, analysis.leaderboard("dataset"))
+    _section_pretraining(doc, analysis.pretraining_gain())
+    _section_freeze(doc, analysis.freeze_profile())
+    _section_cost(doc, analysis)
+    _section_hyperparameters(doc, analysis)
+    _section_transferability(doc, analysis.transferability_points())
+    _section_reproduce(doc, data, analysis.excluded, names)
     return doc
 
 
@@ -124,7 +105,7 @@ def _dataset_names_table(trials: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------- sections
 
 
-def _overview(doc: Document, data: RunData, prepared: pd.DataFrame, thresholds: DataThresholds) -> None:
+def _overview(doc: Document, data: RunData, thresholds: DataThresholds) -> None:
     trials = data.trials
     counts = trials["status"].value_counts()
     status = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if s != "stopped" or counts.get(s, 0))
@@ -150,9 +131,10 @@ def _overview(doc: Document, data: RunData, prepared: pd.DataFrame, thresholds: 
         doc.bullets(data.problems)
 
 
-def _section_matrix(doc: Document, trials: pd.DataFrame, prepared: pd.DataFrame, thresholds: DataThresholds) -> None:
+def _section_matrix(doc: Document, analysis: Analysis) -> None:
     doc.heading("1. The regime matrix, measured")
-    matrix = regime_matrix(trials, thresholds=thresholds)
+    matrix = analysis.matrix()
+    prepared = analysis.prepared
     doc.para("The textbook advice (the project's starting notes):")
     doc.table(
         pd.DataFrame(
@@ -202,8 +184,8 @@ def _section_matrix(doc: Document, trials: pd.DataFrame, prepared: pd.DataFrame,
         )
     tuning = set(matrix.get("hyperparameters", pd.Series(dtype=object)).dropna()) - {""}
     if "fixed_verdict" in matrix:
-        runs = tuned_runs(trials)
-        trials = of_runs(trials, runs)
+        runs = analysis.tuned_runs
+        analysis = analysis.of_runs(runs)
         changed = matrix[matrix["verdict_changed"] == True]  # noqa: E712 (None where not measured in both)
         doc.para(
             f"These runs hold both a hyperparameter search ({len(runs)} run(s)) and runs at fixed hyperparameters: "
@@ -231,7 +213,7 @@ def _section_matrix(doc: Document, trials: pd.DataFrame, prepared: pd.DataFrame,
             "Hyperparameters: every verdict here compares strategies at the suite's fixed hyperparameters; a "
             "strategy's result may depend on them (a `search:` block in the suite tunes each strategy instead)."
         )
-    regime_board = leaderboard(trials, by="regime", thresholds=thresholds)
+    regime_board = analysis.leaderboard("regime")
     if not regime_board.empty:
         doc.heading("Ranking inside each regime cell", 3)
         doc.table(display_leaderboard(regime_board))
@@ -254,24 +236,8 @@ def _section_learning_curves(doc: Document, board: pd.DataFrame) -> None:
     )
 
 
-def pretraining_gain(selected: pd.DataFrame) -> pd.DataFrame:
-    """Pretrained minus scratch test top-1 per (cell, backbone, strategy), paired by seed (same data subset)."""
-    if selected.empty or selected["pretrained"].nunique() < 2:
-        return pd.DataFrame()
-    keys = CELL + ["per_class", "backbone", "strategy", "seed"]
-    per_seed = selected.groupby(keys + ["pretrained"], dropna=False)["metric_top1"].mean().unstack("pretrained")
-    if True not in per_seed or False not in per_seed:
-        return pd.DataFrame()
-    diff = (per_seed[True] - per_seed[False]).dropna().rename("gain").reset_index()
-    rows = []
-    for key, group in diff.groupby(keys[:-1], dropna=False):
-        rows.append({**dict(zip(keys[:-1], key)), **seed_stats(group["gain"])})
-    return pd.DataFrame(rows)
-
-
-def _section_pretraining(doc: Document, selected: pd.DataFrame) -> None:
+def _section_pretraining(doc: Document, gains: pd.DataFrame) -> None:
     doc.heading("3. What pretraining buys")
-    gains = pretraining_gain(selected)
     if gains.empty:
         doc.para(
             "These runs hold no scratch twin (`pretrained: false`) of a pretrained entry, so the gain of "
@@ -299,35 +265,8 @@ def _section_pretraining(doc: Document, selected: pd.DataFrame) -> None:
     )
 
 
-def freeze_profile(board: pd.DataFrame, selected: pd.DataFrame, thresholds: DataThresholds) -> pd.DataFrame:
-    """Pretrained entries without lp_ft, with their frozen share (frozen_param_fraction, else freeze depth)."""
-    frozen_source = (
-        "frozen_param_fraction"
-        if selected.get("frozen_param_fraction", pd.Series(dtype=float)).notna().any()
-        else "freeze"
-    )
-    if frozen_source not in selected:
-        return pd.DataFrame()
-    frozen = (
-        selected.assign(_f=pd.to_numeric(selected[frozen_source], errors="coerce"))
-        .groupby(CELL + ["entry"])["_f"]
-        .mean()
-        .rename("frozen")
-        .reset_index()
-    )
-    profile = board[board["pretrained"].astype(bool) & (board["strategy"] != "lp_ft")].merge(
-        frozen, on=CELL + ["entry"]
-    )
-    profile = profile[profile["frozen"].notna()]
-    profile["size_label"] = [
-        f"{d} ({thresholds.regime(p) or 'size unknown'})" for d, p in zip(profile["data"], profile["per_class"])
-    ]
-    return profile
-
-
-def _section_freeze(doc: Document, board: pd.DataFrame, selected: pd.DataFrame, thresholds: DataThresholds) -> None:
+def _section_freeze(doc: Document, profile: pd.DataFrame) -> None:
     doc.heading("4. Freeze-depth profile")
-    profile = freeze_profile(board, selected, thresholds)
     fig = figs.freeze_profile_figure(profile) if not profile.empty else None
     if fig is None:
         doc.para("No pretrained entry with a known freeze depth.")
@@ -343,9 +282,9 @@ def _section_freeze(doc: Document, board: pd.DataFrame, selected: pd.DataFrame, 
     )
 
 
-def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thresholds: DataThresholds) -> None:
+def _section_cost(doc: Document, analysis: Analysis) -> None:
     doc.heading("5. Backbone leaderboard and cost")
-    overall = overall_ranking(trials, thresholds=thresholds)
+    trials, board, overall = analysis.trials, analysis.leaderboard("dataset"), analysis.overall()
     doc.para(
         "Across datasets: mean rank (each dataset weighs the same; within a dataset, ranks averaged over its "
         "data sizes) and mean test top-1 in logit space mapped back to percent (Kornblith et al. 2019)."
@@ -397,21 +336,9 @@ def _section_cost(doc: Document, trials: pd.DataFrame, board: pd.DataFrame, thre
     )
 
 
-# Estimates computed before training (bench.similarity.scores); `transferability` is LogME.
-def hyperparameter_sensitivity(prepared: pd.DataFrame) -> pd.DataFrame:
-    """Mean validation and test top-1 per (dataset, strategy, learning rate), over seeds, data sizes and
-    backbones: how much a strategy's result depends on its learning rate."""
-    if prepared.empty or "hp_lr" not in prepared:
-        return pd.DataFrame()
-    rows = prepared.assign(hp_lr=pd.to_numeric(prepared["hp_lr"], errors="coerce")).dropna(subset=["hp_lr"])
-    points = rows.groupby(["dataset", "strategy", "hp_lr"]).agg(
-        val_top1=("metric_val_top1", "mean"), test_top1=("metric_top1", "mean"), trials=("trial_id", "size")
-    )
-    return points.reset_index()
-
-
-def _section_hyperparameters(doc: Document, prepared: pd.DataFrame, selected: pd.DataFrame) -> None:
+def _section_hyperparameters(doc: Document, analysis: Analysis) -> None:
     """Only where some (cell, entry) ran more than one hyperparameter setting (a sweep or a search)."""
+    selected = analysis.selected
     if selected.empty or "n_settings" not in selected or not (selected["n_settings"] > 1).any():
         return
     doc.heading("Hyperparameters: selected on validation, and sensitivity", 3)
@@ -428,7 +355,7 @@ def _section_hyperparameters(doc: Document, prepared: pd.DataFrame, selected: pd
     chosen = chosen.reset_index()
     chosen["val"], chosen["test"] = chosen["val"].round(1), chosen["test"].round(1)
     doc.table(chosen.rename(columns={"val": "val top-1 %", "test": "test top-1 %", "selected": "selected (val)"}))
-    points = hyperparameter_sensitivity(prepared)
+    points = analysis.sensitivity()
     doc.figure(
         "sensitivity",
         figs.sensitivity_figure(points),
@@ -437,70 +364,8 @@ def _section_hyperparameters(doc: Document, prepared: pd.DataFrame, selected: pd
     )
 
 
-ESTIMATES = ("similarity_score", "transferability", "leep", "nce", "h_score")
-
-
-def transferability_points(prepared: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, backbone) at the dataset's largest data size: the estimates and the measured outcomes."""
-    measured = [c for c in ESTIMATES if c in prepared and prepared[c].notna().any()]
-    if not measured or selected.empty:
-        return pd.DataFrame()
-    pretrained = selected[selected["pretrained"].astype(bool)]
-    largest = pretrained[pretrained["per_class"] == pretrained.groupby("dataset")["per_class"].transform("max")]
-    cell = largest.groupby(["dataset", "backbone", "entry", "strategy"])["metric_top1"].mean().reset_index()
-    best = cell.groupby(["dataset", "backbone"])["metric_top1"].max().rename("best_top1")
-    probe = (
-        cell[cell["strategy"] == "linear_probe"]
-        .groupby(["dataset", "backbone"])["metric_top1"]
-        .max()
-        .rename("probe_top1")
-    )
-    estimates = prepared.groupby(["dataset", "backbone"])[measured].mean()
-    points = estimates.join(best, how="inner").join(probe, how="left")
-    gains = pretraining_gain(selected)
-    if not gains.empty:
-        top = gains[gains["per_class"] == gains.groupby("dataset")["per_class"].transform("max")]
-        points = points.join(top.groupby(["dataset", "backbone"])["mean"].max().rename("pretraining_gain"), how="left")
-    return points.reset_index()
-
-
-def rank_correlations(points: pd.DataFrame) -> pd.DataFrame:
-    """Kendall tau (with its p) and Spearman rho of each estimate against each outcome, per dataset (>= 3
-    backbones) and pooled: the question the transferability literature asks (does the estimate rank the
-    backbones as training does?). Kendall's tau-b handles ties and reads as (concordant - discordant) pairs."""
-    pairs = [
-        (estimate, outcome)
-        for estimate in ("transferability", "leep", "nce", "h_score")
-        for outcome in ("probe_top1", "best_top1")
-    ]
-    pairs += [("similarity_score", "best_top1"), ("similarity_score", "pretraining_gain")]
-    rows = []
-    for estimate, outcome in pairs:
-        if estimate not in points or outcome not in points:
-            continue
-        for scope, group in [("all (dataset, backbone) pairs", points)] + list(points.groupby("dataset")):
-            usable = group[[estimate, outcome]].dropna()
-            if len(usable) < 3 or usable[estimate].nunique() < 2 or usable[outcome].nunique() < 2:
-                continue
-            tau, p = st.kendalltau(usable[estimate], usable[outcome])
-            rho = st.spearmanr(usable[estimate], usable[outcome]).statistic
-            rows.append(
-                {
-                    "estimate": estimate,
-                    "outcome": outcome,
-                    "scope": scope,
-                    "n": len(usable),
-                    "kendall tau": round(float(tau), 3),
-                    "p": round(float(p), 4),
-                    "spearman rho": round(float(rho), 3),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _section_transferability(doc: Document, prepared: pd.DataFrame, selected: pd.DataFrame) -> None:
+def _section_transferability(doc: Document, points: pd.DataFrame) -> None:
     doc.heading("6. Transferability estimates against outcomes")
-    points = transferability_points(prepared, selected)
     if points.empty:
         doc.para(
             "Similarity and transferability were not measured in these runs (the `similarity_score` and "
@@ -545,7 +410,7 @@ def _section_transferability(doc: Document, prepared: pd.DataFrame, selected: pd
     doc.table(points.round(3))
 
 
-def _section_reproduce(doc: Document, data: RunData, names: pd.DataFrame) -> None:
+def _section_reproduce(doc: Document, data: RunData, excluded: pd.DataFrame, names: pd.DataFrame) -> None:
     doc.heading("7. Suite, environment and failed trials")
     if not names.empty:
         doc.para("The datasets above, by the name shown, and the data each name stands for:")
@@ -592,7 +457,6 @@ def _section_reproduce(doc: Document, data: RunData, names: pd.DataFrame) -> Non
             doc.pre(yaml.safe_dump(suite, sort_keys=False).strip())
         else:
             doc.para("No suite.yaml in this run folder.")
-    excluded = excluded_trials(data.trials)
     doc.heading("Failed and diverged trials", 3)
     if excluded.empty:
         doc.para("None: every trial finished with a test accuracy.")

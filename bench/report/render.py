@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.results.leaderboard import format_table
+from bench.utils.tables import format_table
 
 
 @dataclass

@@ -59,7 +59,7 @@ def similarity_table(suite: Suite, *, cache_dir: Path | None) -> pd.DataFrame:
 
 
 def format_similarity_table(table: pd.DataFrame, fmt: str = "md") -> str:
-    from bench.results.leaderboard import format_table
+    from bench.utils.tables import format_table
 
     if fmt == "md" and table["error"].isna().all():
         table = table.drop(columns="error")

@@ -1,1 +1,1 @@
-"""Small helpers every layer shares: atomic file writes and memory accounting."""
+"""Small helpers every layer shares: atomic file writes, memory accounting and table formatting."""

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from bench.results.leaderboard import parse_table
+from bench.utils.tables import parse_table
 
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bench.perf import compiled, flops, main, trials
-from bench.results.leaderboard import markdown_table, parse_table
+from bench.utils.tables import markdown_table, parse_table
 
 
 def test_markdown_table_round_trips():

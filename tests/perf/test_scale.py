@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.perf import scale
-from bench.results.leaderboard import parse_table
+from bench.utils.tables import parse_table
 
 
 def test_link_folders_are_hard_links_to_a_deterministic_pool(tmp_path):

@@ -14,7 +14,8 @@ import pytest
 from conftest import make_row, require, write_run
 
 from bench.report import figures as figs
-from bench.report.build import pretraining_gain, rank_correlations, report_command, transferability_points, write_report
+from bench.analysis.outcomes import pretraining_gain, rank_correlations, transferability_points
+from bench.report.build import report_command, write_report
 from bench.results.leaderboard import prepare, select_hparams
 
 T_975_DF2 = 4.302652729749464

@@ -266,10 +266,12 @@ def test_format_table_and_run_summary() -> None:
     assert md.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x\\|y |", "|  | z |"]
     summary = run_summary(df)
     assert "| digits | 100% | efficientnet_lite0 / linear_probe | 82.0 ± 5.0 | 3 |" in summary
-    with pytest.raises(UserError, match="--format"):
+    with pytest.raises(ValueError, match="table format"):
         format_table(df, "xlsx")
-    with pytest.raises(UserError, match="--by"):
+    with pytest.raises(ValueError, match="grouping"):
         leaderboard(df, by="backbone")
+    with pytest.raises(UserError, match="--by"):
+        leaderboard_command([], by="backbone")
 
 
 def test_leaderboard_command_markdown(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
