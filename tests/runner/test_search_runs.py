@@ -1,5 +1,8 @@
 """A hyperparameter search on a real local Ray: early stopping stays within a cell, stopped samples are rows
-that no leaderboard ranks, and resume runs no sample twice."""
+that no leaderboard ranks, and resume runs no sample twice.
+
+The cells here differ by strategy only, so a scheduler keyed by strategy would pass these tests too: that a cell
+is told apart by its dataset and its seed as well is checked, without Ray, by tests/runner/test_schedulers.py."""
 
 from __future__ import annotations
 
