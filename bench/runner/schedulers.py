@@ -40,6 +40,7 @@ def scheduler_factory(kind: str, *, grace_evaluations: int, reduction_factor: fl
 
 
 def cell_of(trial: Trial) -> str:
+    """The cell (``TrialConfig.cell_id``) of a Tune trial whose config is ``{"trial": TrialConfig.to_dict()}``."""
     return TrialConfig.from_dict(trial.config["trial"]).cell_id
 
 
