@@ -3,14 +3,22 @@
 `bench.suite.spec` expands a suite file into `TrialConfig`s, `bench.runner.tune` ships them to workers, and
 `bench.training.trial.run_trial` runs one. Everything that can change a trial's numbers is a field here, so
 `trial_id` (a hash of those fields) recognises the same trial in a rerun, a resume or another suite.
+
+Each field declares its role in its metadata, and a field without one is refused (`field_roles`):
+
+- ``IDENTITY``: what the trial computes; part of `trial_id`.
+- ``IDENTITY_WHEN_SET``: added after trial ids were first published; part of `trial_id` only when it differs
+  from its default, so the trials of earlier runs keep their ids (and resume) unless they use the field.
+- ``PLACEMENT``: where or how the trial runs, not what it computes; left out of `trial_id`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TRACKERS = ("mlflow", "wandb", "tensorboard")  # experiment trackers a run can mirror its trials to
@@ -19,26 +27,10 @@ OPTIMIZERS = ("adamw", "sgd")
 AUGMENTS = ("none", "flip", "crop_flip")
 COMPILE_SETTINGS = ("off", "on", "auto")  # train.compile (bench.training.compiled)
 
-# Fields that say where or how a trial runs but not what it computes: left out of trial_id.
-_PLACEMENT_FIELDS = (
-    "suite",
-    "cache_dir",
-    "device",
-    "feature_cache",
-    "fold_batchnorm",
-    "padded_depthwise_grad",
-    "download",
-    "similarity",
-    "similarity_threshold",
-    "gpu_share",
-    "compile",
-    "plugins",
-    "memory_share_mb",
-)
-# Fields added after trial ids were first published: part of the identity only when set, so the trials of
-# earlier runs keep their ids (and resume) unless they use the field.
-_OPTIONAL_IDENTITY: dict[str, Any] = {"eval_every_steps": None, "shard_format": "raw"}
-
+IDENTITY = {"role": "identity"}
+IDENTITY_WHEN_SET = {"role": "identity_when_set"}
+PLACEMENT = {"role": "placement"}
+ROLES = ("identity", "identity_when_set", "placement")
 
 # Training hyperparameters a suite's `search:` block may search: everything else identifies the trial's cell.
 SEARCHABLE = (
@@ -56,50 +48,70 @@ SEARCHABLE = (
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Every knob of one trial. Defaults are the smoke suite's (suites/smoke.yaml)."""
+    """Every knob of one trial. Defaults are the smoke suite's (suites/smoke.yaml). Raises TypeError when built
+    from a subclass that adds a field without a role (see `field_roles`)."""
 
-    backbone: str
-    dataset: str
-    freeze: float | str = "linear_probe"  # 0..1, or a strategy's name (bench.models.strategies)
-    pretrained: bool = True
-    weights: str | None = None  # explicit weights file (timm `file:`), else the registry default
-    dataset_root: str | None = None
-    download: bool = False
-    data_fraction: float | None = 1.0  # fraction of each class's training pool ...
-    shots: int | None = None  # ... or a fixed number per class (then data_fraction is None)
-    seed: int = 0
-    img_size: int = 64
-    epochs: int | None = 5  # train for epochs ...
-    steps: int | None = None  # ... or for a fixed number of optimiser steps
-    batch_size: int | Literal["auto"] = 64  # "auto": the largest that fits the card (bench.training.batch_size)
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    probe_lr: float | None = None  # lp_ft: learning rate of the linear-probe phase (default: lr)
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # SGD only
-    warmup_fraction: float = 0.1  # share of the steps spent in linear warm-up before the cosine decay
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    val_fraction: float = 0.1  # share of each class's training split held out for model selection
-    eval_every: int = 1  # epochs between validation evaluations (epochs.parquet rows) ...
-    eval_every_steps: int | None = None  # ... or optimiser steps between them (and after the last step)
-    shard_format: str = "raw"  # prepared images as stored: "raw" uint8, or "jpeg" (lossy: bench.data.shards)
-    suite: str = ""
-    cache_dir: str | None = None  # prepared datasets and frozen features; None = no disk cache
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    feature_cache: bool = True  # train on cached frozen features where that is exact (see bench.speedups.features)
-    fold_batchnorm: bool = True  # CPU: evaluate with BatchNorm folded into the conv before it (bench.speedups.fold)
-    padded_depthwise_grad: bool = (
-        True  # CPU: the slow depthwise weight gradients from padded input (bench.speedups.depthwise)
-    )
-    similarity: bool = True  # measure similarity / transferability (bench.similarity.scores) into the row
-    similarity_threshold: float | None = (
-        None  # regime cut on similarity_score; None = bench.similarity.scores's default
-    )
-    gpu_share: float = 1.0  # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
-    compile: str = "auto"  # "off" | "on" | "auto": forward passes through torch.compile (bench.training.compiled)
-    plugins: tuple[str, ...] = ()  # modules imported before the trial runs (the suite's `plugins:`)
-    memory_share_mb: float | None = None  # this trial's share of its node's memory (set by the runner)
+    # --- what the trial computes (identity) ---
+    backbone: str = field(metadata=IDENTITY)
+    dataset: str = field(metadata=IDENTITY)  # by its identity name (bench.data.names): a display name is not data
+    freeze: float | str = field(default="linear_probe", metadata=IDENTITY)  # 0..1, or a strategy (models.strategies)
+    pretrained: bool = field(default=True, metadata=IDENTITY)
+    weights: str | None = field(default=None, metadata=IDENTITY)  # weights file (timm `file:`), else the default
+    dataset_root: str | None = field(default=None, metadata=IDENTITY)
+    download: bool = field(default=False, metadata=PLACEMENT)  # fetch a missing dataset: the same data either way
+    data_fraction: float | None = field(default=1.0, metadata=IDENTITY)  # fraction of each class's training pool ...
+    shots: int | None = field(default=None, metadata=IDENTITY)  # ... or a number per class (data_fraction None)
+    seed: int = field(default=0, metadata=IDENTITY)
+    img_size: int = field(default=64, metadata=IDENTITY)
+    epochs: int | None = field(default=5, metadata=IDENTITY)  # train for epochs ...
+    steps: int | None = field(default=None, metadata=IDENTITY)  # ... or for a fixed number of optimiser steps
+    # "auto": the largest that fits the card (bench.training.batch_size)
+    batch_size: int | Literal["auto"] = field(default=64, metadata=IDENTITY)
+    optimizer: str = field(default="adamw", metadata=IDENTITY)
+    lr: float = field(default=1e-3, metadata=IDENTITY)
+    probe_lr: float | None = field(default=None, metadata=IDENTITY)  # lp_ft: the probe phase's lr (default: lr)
+    weight_decay: float = field(default=1e-4, metadata=IDENTITY)
+    momentum: float = field(default=0.9, metadata=IDENTITY)  # SGD only
+    # share of the steps spent in linear warm-up before the cosine decay
+    warmup_fraction: float = field(default=0.1, metadata=IDENTITY)
+    label_smoothing: float = field(default=0.0, metadata=IDENTITY)
+    augment: str = field(default="none", metadata=IDENTITY)
+    # share of each class's training split held out for model selection
+    val_fraction: float = field(default=0.1, metadata=IDENTITY)
+    eval_every: int = field(default=1, metadata=IDENTITY)  # epochs between validation evaluations (epochs rows) ...
+
+    # --- what the trial computes, added later: identity only when set ---
+    # ... or optimiser steps between them (and after the last step)
+    eval_every_steps: int | None = field(default=None, metadata=IDENTITY_WHEN_SET)
+    # prepared images as stored: "raw" uint8, or "jpeg" (lossy: bench.data.shards)
+    shard_format: str = field(default="raw", metadata=IDENTITY_WHEN_SET)
+
+    # --- where and how the trial runs (placement): not part of trial_id ---
+    suite: str = field(default="", metadata=PLACEMENT)
+    # prepared datasets and frozen features; None = no disk cache
+    cache_dir: str | None = field(default=None, metadata=PLACEMENT)
+    device: str = field(default="auto", metadata=PLACEMENT)  # "auto" = cuda when available, else cpu
+    # train on cached frozen features where that is exact (see bench.speedups.features)
+    feature_cache: bool = field(default=True, metadata=PLACEMENT)
+    # CPU: evaluate with BatchNorm folded into the conv before it (bench.speedups.fold)
+    fold_batchnorm: bool = field(default=True, metadata=PLACEMENT)
+    # CPU: the slow depthwise weight gradients from padded input (bench.speedups.depthwise)
+    padded_depthwise_grad: bool = field(default=True, metadata=PLACEMENT)
+    # measure similarity / transferability (bench.similarity.scores) into the row
+    similarity: bool = field(default=True, metadata=PLACEMENT)
+    # regime cut on similarity_score; None = bench.similarity.scores's default
+    similarity_threshold: float | None = field(default=None, metadata=PLACEMENT)
+    # the share of one card this trial may use (tune.resources_per_trial.gpu when < 1)
+    gpu_share: float = field(default=1.0, metadata=PLACEMENT)
+    # "off" | "on" | "auto": forward passes through torch.compile (bench.training.compiled)
+    compile: str = field(default="auto", metadata=PLACEMENT)
+    # modules imported before the trial runs (the suite's `plugins:`)
+    plugins: tuple[str, ...] = field(default=(), metadata=PLACEMENT)
+    # this trial's share of its node's memory (set by the runner)
+    memory_share_mb: float | None = field(default=None, metadata=PLACEMENT)
+
+    def __post_init__(self) -> None:
+        field_roles(type(self))  # a subclass's field without a role is refused before any id is computed
 
     @property
     def strategy(self) -> str:
@@ -129,20 +141,21 @@ class TrialConfig:
         return None if self.batch_size == "auto" else int(self.batch_size)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the trial's result (the input of `trial_id`)."""
+        """The input of `trial_id`: field name -> value for the ``IDENTITY`` fields, and for the
+        ``IDENTITY_WHEN_SET`` fields that differ from their defaults; ``dataset`` by its identity name."""
         from bench.data.names import identity_name
 
-        fields = dataclasses.asdict(self)
+        fields: dict[str, Any] = {}
+        for spec in dataclasses.fields(self):
+            role, value = spec.metadata["role"], getattr(self, spec.name)
+            if role == "identity" or (role == "identity_when_set" and value != spec.default):
+                fields[spec.name] = value
         fields["dataset"] = identity_name(self.dataset)  # a display name changes no data
-        for name in _PLACEMENT_FIELDS:
-            fields.pop(name)
-        for name, default in _OPTIONAL_IDENTITY.items():
-            if fields[name] == default:
-                fields.pop(name)
         return fields
 
     @property
     def trial_id(self) -> str:
+        """16 hex digits of the SHA-256 of `identity()`: the same for the same computation, wherever it runs."""
         return _digest(self.identity())
 
     @property
@@ -155,13 +168,38 @@ class TrialConfig:
         return _digest(identity)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (``plugins`` as a tuple): what `from_dict` takes back."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """The config of ``values`` (as `to_dict` gives them; ``plugins`` may be a list, as JSON gives it back).
+        Raises TypeError for an unknown or a missing required field."""
         return cls(**{**values, "plugins": tuple(values.get("plugins") or ())})
+
+
+@functools.cache
+def field_roles(cls: type) -> dict[str, str]:
+    """Field name -> role (``identity``, ``identity_when_set`` or ``placement``) of the dataclass ``cls``.
+
+    Raises TypeError when a field declares no role or an unknown one, so that no new field silently joins (or
+    leaves) the identity, and when a searchable hyperparameter (``SEARCHABLE``) is not an ``identity`` field."""
+    roles = {spec.name: spec.metadata.get("role") for spec in dataclasses.fields(cls)}
+    undeclared = sorted(name for name, role in roles.items() if role not in ROLES)
+    if undeclared:
+        raise TypeError(
+            f"{cls.__name__}: fields {undeclared} declare no role: give each `field(metadata=IDENTITY)`, "
+            "`IDENTITY_WHEN_SET` (for a field added after ids were published) or `PLACEMENT` (bench.config)"
+        )
+    not_identity = sorted(name for name in SEARCHABLE if roles.get(name) != "identity")
+    if not_identity:
+        raise TypeError(f"{cls.__name__}: searchable fields {not_identity} are not identity fields")
+    return roles
 
 
 def _digest(fields: dict[str, Any]) -> str:
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+field_roles(TrialConfig)  # at import: every field of the config has a role

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench.config import TrialConfig
+from bench.config import IDENTITY, IDENTITY_WHEN_SET, PLACEMENT, SEARCHABLE, TrialConfig, field_roles
 
 BASE = TrialConfig(backbone="efficientnet_lite0", dataset="digits")
 CONFIGS = {
@@ -64,3 +64,47 @@ def test_a_fresh_process_computes_the_same_ids_from_the_serialised_config():
     )
     fresh = {name: tuple(ids) for name, ids in json.loads(done.stdout).items()}
     assert fresh == {name: (c.trial_id, c.cell_id) for name, c in CONFIGS.items()} == PINNED
+
+
+def test_a_field_without_a_role_is_refused():
+    """A new field cannot silently join the identity (changing every published id) or leave it."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(TrialConfig):
+        new_knob: int = 0
+
+    with pytest.raises(TypeError, match=r"\['new_knob'\] declare no role"):
+        Extended(backbone="efficientnet_lite0", dataset="digits")
+    with pytest.raises(TypeError, match="new_knob"):
+        field_roles(Extended)
+
+    @dataclasses.dataclass(frozen=True)
+    class Misspelt(TrialConfig):
+        new_knob: int = dataclasses.field(default=0, metadata={"role": "identiy"})
+
+    with pytest.raises(TypeError, match="new_knob"):
+        Misspelt(backbone="efficientnet_lite0", dataset="digits")
+
+
+def test_each_role_decides_what_a_new_field_does_to_the_id():
+    @dataclasses.dataclass(frozen=True)
+    class Extended(TrialConfig):
+        where: str = dataclasses.field(default="here", metadata=PLACEMENT)
+        later: int = dataclasses.field(default=0, metadata=IDENTITY_WHEN_SET)
+        knob: int = dataclasses.field(default=0, metadata=IDENTITY)
+
+    extended = Extended(backbone="efficientnet_lite0", dataset="digits")
+    assert dataclasses.replace(extended, where="there").trial_id == extended.trial_id
+    assert "later" not in extended.identity() and extended.identity()["knob"] == 0
+    assert dataclasses.replace(extended, later=1).trial_id != extended.trial_id
+    # a field added `when set`, left at its default, keeps the ids published before it existed
+    only_later = {k: v for k, v in extended.identity().items() if k != "knob"}
+    assert only_later == BASE.identity()
+    assert field_roles(Extended)["where"] == "placement" and field_roles(TrialConfig)["plugins"] == "placement"
+
+
+def test_searchable_hyperparameters_are_identity_fields_and_leave_the_cell():
+    roles = field_roles(TrialConfig)
+    assert all(roles[name] == "identity" for name in SEARCHABLE)
+    searched = dataclasses.replace(BASE, lr=0.5, probe_lr=0.1, batch_size=8, optimizer="sgd")
+    assert searched.cell_id == BASE.cell_id and searched.trial_id != BASE.trial_id
