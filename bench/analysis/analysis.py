@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import outcomes, tables, verdicts
-from bench.analysis.cells import METRIC, dataset_labels, excluded_trials, of_runs, prepare, run_membership
-from bench.analysis.selection import search_cost, select_hparams, tuned_runs
+from bench.analysis.cells import CELL, METRIC, REGIME, dataset_labels, excluded_trials, of_runs, prepare, run_membership
+from bench.analysis.edges import edge_counts, searched_edges
+from bench.analysis.selection import SCHEDULE_COLUMNS, attempted, search_cost, select_hparams, tuned_runs
+from bench.analysis.tuning_curves import tuning_curves
 from bench.results.schema import DEFAULT_THRESHOLDS, DataThresholds
 
 GROUPINGS = ("dataset", "regime")
@@ -67,6 +69,17 @@ class Analysis:
         return select_hparams(self.prepared, self.metric, tried=self.trials)
 
     @cached_property
+    def attempts(self) -> pd.DataFrame:
+        """Every sample the runs tried (ok, stopped, diverged), labelled (``attempted``)."""
+        return attempted(self.trials)
+
+    @cached_property
+    def regime_seeds(self) -> pd.DataFrame:
+        """Per (regime cell, entry, seed): the metric averaged over the cells common to the regime cell's entries
+        (``bench.analysis.tables.regime_seeds``); the values paired tests compare."""
+        return tables.regime_seeds(self.selected, self.metric)[1] if not self.selected.empty else pd.DataFrame()
+
+    @cached_property
     def cost(self) -> pd.DataFrame:
         """What each (dataset, data size, entry) cost (``search_cost``)."""
         return search_cost(self.trials)
@@ -111,8 +124,58 @@ class Analysis:
                 board = tables.dataset_board(self.selected, self.cost, self.labels, self.metric)
             else:
                 board = tables.regime_board(self.selected, self.cost, self.labels, self.metric)
-            self._boards[by] = board
+            self._boards[by] = self._with_quality(board, by)
         return self._boards[by]
+
+    def _with_quality(self, board: pd.DataFrame, by: str) -> pd.DataFrame:
+        """``board`` with edge_selections (searched dimensions whose selection lies on an edge of what was tried,
+        ``edges``) and, where rows say it, converged_share (share of the selected trials that converged)."""
+        if board.empty:
+            return board
+        cells = self.selected[CELL + ["entry", "similarity_regime", "data_regime"]].drop_duplicates(CELL + ["entry"])
+        edges = self.edges()
+        on_edge = edges[edges["position"].isin(("lower edge", "upper edge"))].merge(cells, on=CELL + ["entry"])
+        keys = (CELL if by == "dataset" else REGIME) + ["entry"]
+        counts = on_edge.groupby(keys).size().rename("edge_selections")
+        board = board.merge(counts.reset_index(), on=keys, how="left")
+        board["edge_selections"] = board["edge_selections"].fillna(0).astype(int)
+        if "converged" in self.selected:
+            flags = self.selected.assign(_c=self.selected["converged"].astype("boolean").astype(float))
+            share = flags.groupby(keys)["_c"].mean().rename("converged_share")
+            board = board.merge(share.reset_index(), on=keys, how="left")
+        return board
+
+    def edges(self) -> pd.DataFrame:
+        """Per (cell, entry, searched dimension): the selected value's position among the values the search tried
+        ("interior", "lower edge", "upper edge"; ``bench.analysis.edges.searched_edges``)."""
+        return searched_edges(self.selected, self.attempts, keys=CELL + ["entry", "strategy"], skip=SCHEDULE_COLUMNS)
+
+    def edge_counts(self) -> pd.DataFrame:
+        """How many selections per strategy lie inside or on an edge of the search (``edge_counts``)."""
+        return edge_counts(self.edges(), by=("strategy",))
+
+    def tuning_curves(self) -> pd.DataFrame:
+        """Expected best validation top-1, and the test top-1 of that selection, against the number of samples
+        searched (Dodge et al. 2019), per (regime cell, entry): each cell's curve over the samples of its search
+        seed (the seed that ran the most settings), averaged over the regime cell's (dataset, data size) cells.
+        Columns: similarity_regime, data_regime, entry, strategy, n, expected_val, expected_test, cells."""
+        rows = self.prepared.dropna(subset=["similarity_regime", "data_regime"])
+        hp = sorted(c for c in rows.columns if c.startswith("hp_") and c not in SCHEDULE_COLUMNS)
+        if rows.empty or not hp or "metric_val_top1" not in rows:
+            return pd.DataFrame()
+        settings = rows.groupby(CELL + ["entry", "seed"])[hp].apply(lambda g: len(g.drop_duplicates()))
+        search_seed = (
+            settings.reset_index(name="_n").sort_values("_n", ascending=False).drop_duplicates(CELL + ["entry"])
+        )
+        searched = rows.merge(search_seed[CELL + ["entry", "seed"]], on=CELL + ["entry", "seed"])
+        keys = REGIME + CELL + ["entry", "strategy"]
+        curves = tuning_curves(searched, keys, sample=hp)
+        n_max = curves.groupby(REGIME + ["entry"])["n_samples"].transform("min")
+        curves = curves[curves["n"] <= n_max]
+        out = curves.groupby(REGIME + ["entry", "strategy", "n"], sort=True).agg(
+            expected_val=("expected_val", "mean"), expected_test=("expected_test", "mean"), cells=("dataset", "size")
+        )
+        return out.reset_index()
 
     def overall(self) -> pd.DataFrame:
         """Entries across datasets: mean rank and logit-mean accuracy (``bench.analysis.tables.overall_of``)."""
@@ -124,7 +187,7 @@ class Analysis:
 
     def measured_matrix(self) -> pd.DataFrame:
         """The regime matrix of all these rows (``bench.analysis.verdicts.matrix_of``)."""
-        return verdicts.matrix_of(self.leaderboard("regime"))
+        return verdicts.matrix_of(self.leaderboard("regime"), self.regime_seeds, self.metric)
 
     def matrix(self) -> pd.DataFrame:
         """The regime matrix, stating for each cell whether its verdict was reached with tuned or fixed

@@ -202,3 +202,44 @@ def edge_counts(table: pd.DataFrame, by: Sequence[str] = ("strategy",)) -> pd.Da
     counts.columns.name = None
     counts["total"] = counts.sum(axis=1)
     return counts.reset_index()
+
+
+def searched_edges(
+    selected: pd.DataFrame, attempts: pd.DataFrame, keys: Sequence[str] = EDGE_KEYS, skip: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Each group's selected value of each dimension it searched, placed among the values the group tried.
+
+    Needs no suite: the dimension is the list of values its samples took (``hp_<name>`` columns of `attempts`,
+    finished, stopped and diverged samples alike), so for a grid it is the grid, and for a range the draws; a
+    selection on the lowest or highest value tried was not bracketed by the search. Only dimensions with two or
+    more distinct values in a group count; `skip` names hp columns that are not settings (hp_total_steps).
+
+    Args:
+        selected: rows of the selected settings (``select_hparams``) with the `keys` columns.
+        attempts: every sample of the same runs, labelled like `selected` (strategy, entry, data).
+        keys: the columns that name a group (a cell and an entry).
+        skip: hp columns to leave out.
+
+    Returns:
+        The `keys` columns, dimension (without ``hp_``), value, position (``classify`` on the tried values) and
+        tried (how many distinct values).
+    """
+    columns = [*keys, "dimension", "value", "position", "tried"]
+    hp_cols = sorted(c for c in attempts.columns if c.startswith("hp_") and c not in skip and c in selected)
+    if selected.empty or attempts.empty or not hp_cols:
+        return pd.DataFrame(columns=columns)
+    tried = attempts.groupby(list(keys), dropna=False, sort=True)
+    chosen = selected.groupby(list(keys), dropna=False, sort=True)[hp_cols].first()
+    rows = []
+    for group_key, group in tried:
+        if group_key not in chosen.index:
+            continue
+        for column in hp_cols:
+            values = [v for v in group[column].dropna().unique()]
+            value = chosen.loc[group_key, column]
+            if len(values) < 2 or pd.isna(value):
+                continue
+            position = classify(value, values)
+            labels = dict(zip(keys, group_key if isinstance(group_key, tuple) else (group_key,)))
+            rows.append({**labels, "dimension": column[3:], "value": value, "position": position, "tried": len(values)})
+    return pd.DataFrame(rows, columns=columns)

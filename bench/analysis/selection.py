@@ -49,7 +49,7 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC, tried: pd.DataF
     label_cols = [c for c in hp_cols if c not in SCHEDULE_COLUMNS]
     attempts = rows
     if tried is not None and not tried.empty:
-        attempts = labelled(tried[tried["status"].isin(("ok", "stopped", "diverged"))].copy())
+        attempts = attempted(tried)
         attempts = attempts[[c for c in group_keys + label_cols if c in attempts]].reindex(
             columns=group_keys + label_cols
         )
@@ -84,6 +84,12 @@ def select_hparams(prepared: pd.DataFrame, metric: str = METRIC, tried: pd.DataF
     return chosen.drop(columns="_hp_key").reset_index(drop=True)
 
 
+def attempted(trials: pd.DataFrame) -> pd.DataFrame:
+    """The samples a search tried (status ok, stopped or diverged; failed rows tried nothing), labelled with
+    strategy, entry and data like ``prepare``'s rows."""
+    return labelled(trials[trials["status"].isin(("ok", "stopped", "diverged"))].copy())
+
+
 def search_cost(df: pd.DataFrame) -> pd.DataFrame:
     """What each (dataset, data size, entry) cost, every trial counted whatever its status: trials_run,
     trials_stopped (ended early by a search's scheduler) and compute_seconds (their training seconds summed)."""
@@ -99,7 +105,7 @@ def search_cost(df: pd.DataFrame) -> pd.DataFrame:
 def tuned_runs(df: pd.DataFrame) -> set[str]:
     """The runs (see ``run_membership``) in which some (cell, entry, seed) ran more than one hyperparameter
     setting: a search or a sweep."""
-    rows = labelled(df[df["status"].isin(("ok", "stopped", "diverged"))].copy())
+    rows = attempted(df)
     hp_cols = sorted(c for c in rows.columns if c.startswith("hp_") and c not in SCHEDULE_COLUMNS)
     if rows.empty or not hp_cols:
         return set()

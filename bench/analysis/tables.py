@@ -47,16 +47,9 @@ def regime_board(selected: pd.DataFrame, cost: pd.DataFrame, labels: dict[str, s
     Per seed, an entry's cells common to every entry of its regime cell (`common_cells`) are averaged, then
     statistics are taken over seeds. Arguments as `dataset_board`.
     """
-    usable = common_cells(selected[selected["similarity_regime"].notna() & selected["data_regime"].notna()])
+    usable, pooled = regime_seeds(selected, metric)
     if usable.empty:
         return pd.DataFrame()
-    # Per seed, average the entry's cells inside the regime cell; then statistics over seeds.
-    per_seed = usable.groupby(REGIME + ENTRY + ["seed"], dropna=False)
-    pooled = (
-        per_seed[[c for c in (metric, "metric_macro_f1", "metric_val_top1", "train_seconds") if c in usable]]
-        .mean()
-        .reset_index()
-    )
     stats = aggregate(pooled, REGIME + ENTRY, metric)
     cells = usable[REGIME + ["entry", "dataset", "data"]].drop_duplicates()
     cover = usable.groupby(REGIME + ["entry"]).agg(
@@ -78,6 +71,18 @@ def regime_board(selected: pd.DataFrame, cost: pd.DataFrame, labels: dict[str, s
         ["_s", "_d", "rank_position", "mean", "entry"], ascending=[True, True, True, False, True], kind="stable"
     )
     return ranked.drop(columns=["_s", "_d"]).reset_index(drop=True)
+
+
+def regime_seeds(selected: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(usable, pooled): the selected rows of cells common to every entry of their regime cell
+    (`common_cells`), and per (regime cell, entry, seed) the mean of `metric` (and of macro-F1, validation top-1,
+    train seconds) over those cells: one value per seed, the unit the regime statistics and paired tests use."""
+    usable = common_cells(selected[selected["similarity_regime"].notna() & selected["data_regime"].notna()])
+    if usable.empty:
+        return usable, pd.DataFrame(columns=REGIME + ENTRY + ["seed", metric])
+    per_seed = usable.groupby(REGIME + ENTRY + ["seed"], dropna=False)
+    columns = [c for c in (metric, "metric_macro_f1", "metric_val_top1", "train_seconds") if c in usable]
+    return usable, per_seed[columns].mean().reset_index()
 
 
 def common_cells(selected: pd.DataFrame) -> pd.DataFrame:

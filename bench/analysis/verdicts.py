@@ -11,8 +11,13 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.cells import DATA_REGIMES, SIMILARITY_REGIMES
+from bench.analysis.paired import holm, paired_difference, verdict_of
 from bench.analysis.stats import intervals_overlap
 from bench.analysis.tables import cost_text, pct
+
+ALPHA = 0.05  # family-wise error rate of the matrix's verdicts (Holm over its comparisons)
+EQUIVALENCE_POINTS = 2.0  # "no strategy reliably better": the paired 95% interval lies within +-2 points
+MIN_SEEDS = 5  # fewer paired seeds than this: the verdict stands, its reason says it rests on too few
 
 # The textbook matrix: advice text and the strategies that count as following it.
 _FINE_TUNE = {"full", "lp_ft"}
@@ -27,18 +32,27 @@ def textbook_advice(similarity_regime: str, data_regime: str) -> tuple[str, set[
     return "no safe recipe (risk of overfitting)", None
 
 
-def matrix_of(board: pd.DataFrame) -> pd.DataFrame:
-    """The measured 2x3 matrix beside the textbook one, from a regime leaderboard (`regime_board`): one row per
-    (similarity regime, data regime).
+def matrix_of(board: pd.DataFrame, seeds: pd.DataFrame | None = None, metric: str = "metric_top1") -> pd.DataFrame:
+    """The measured 2x3 matrix beside the textbook one, from a regime leaderboard (`regime_board`) and its
+    per-seed values (`regime_seeds`): one row per (similarity regime, data regime).
 
     best_*: the best entry of the cell; runner_up_*: the best entry of a different strategy (pretrained vs
-    scratch counts as different); margin = best mean - runner-up mean. Verdict rule:
-    - cells with advice (high: linear probe; low + sufficient: full or lp_ft): compare the best entry that
-      follows the advice with the best one that does not. Intervals overlap (or either has one seed): "no clear
-      winner"; the advised one higher: "agrees"; lower: "disagrees".
-    - low + scarce/limited ("no safe recipe"): "agrees" when the best and the runner-up overlap (no strategy
-      is reliably better, as the textbook expects), "disagrees" when the best clearly beats the runner-up (a
-      recipe exists here), "no clear winner" when one seed leaves no interval.
+    scratch counts as different); margin = best mean - runner-up mean.
+
+    verdict (paired, the one to read): each cell makes one comparison on the per-seed values its entries share
+    (same seeds, so same data subsets and head initialisations): the difference a - b per seed, its mean
+    (effect), Student-t 95% interval (effect_ci_low/high) and paired t-test p (p_value), with Holm's correction
+    over the matrix's comparisons (p_holm, family-wise ALPHA).
+    - cells with advice (high: linear probe; low + sufficient: full or lp_ft): a = the best entry that follows
+      the advice, b = the best one that does not. "confirmed" when a is higher and p_holm < ALPHA, "refuted"
+      when b is higher and p_holm < ALPHA, else "inconclusive".
+    - low + scarce/limited ("no safe recipe": no strategy reliably better): a = the best entry, b = the runner-up.
+      "refuted" when p_holm < ALPHA (a recipe exists here), "confirmed" when the 95% interval of the difference
+      lies within +-EQUIVALENCE_POINTS (an equivalence test: the two are within 2 points), else "inconclusive".
+    n_pairs: the seeds the comparison rests on; with fewer than MIN_SEEDS the reason says so. Without `seeds`
+    (or with fewer than 2 pairs) the verdict is "inconclusive".
+    interval_verdict (the earlier, unpaired rule, kept for comparison with earlier findings): the same pairs
+    compared by their independent 95% intervals: "agrees", "disagrees" or "no clear winner" (docs/design.md).
     A cell with no trial has verdict "not measured". similarity_source says whether the similarity regime was
     measured or taken from the declared dataset group (natural = high, others = low). hyperparameters: "tuned"
     where every cell of the best and the runner-up entries selected its setting among several on validation,
@@ -56,7 +70,7 @@ def matrix_of(board: pd.DataFrame) -> pd.DataFrame:
             )
             row: dict[str, object] = {"similarity_regime": sim, "data_regime": data, "advice": advice}
             if cell.empty:
-                rows.append({**row, "verdict": "not measured", "reason": "no trial in this cell"})
+                rows.append({**row, "verdict": "not measured", "reason": "no trial in this cell", "n_pairs": 0})
                 continue
             cell = cell.sort_values(["mean", "entry"], ascending=[False, True])
             key = cell["strategy"] + np.where(cell["pretrained"].astype(bool), "", " (scratch)")
@@ -82,9 +96,80 @@ def matrix_of(board: pd.DataFrame) -> pd.DataFrame:
                 trials_stopped=int(cell["trials_stopped"].sum()),
                 compute_seconds=float(cell["compute_seconds"].sum()),
             )
-            row["verdict"], row["reason"] = _verdict(cell, key, advised)
+            row["interval_verdict"], row["interval_reason"] = _verdict(cell, key, advised)
+            row.update(_paired(cell, key, advised, seeds, metric))
             rows.append(row)
-    return pd.DataFrame(rows)
+    return _holm_verdicts(pd.DataFrame(rows))
+
+
+def _comparison(cell: pd.DataFrame, key: pd.Series, advised: set[str] | None) -> tuple[pd.Series, pd.Series] | None:
+    """(a, b) of a regime cell (see `matrix_of`), or None when the cell has nothing to compare."""
+    if advised is None:
+        others = cell[key != key.iloc[0]]
+        return None if others.empty else (cell.iloc[0], others.iloc[0])
+    follows = cell["strategy"].isin(advised) & cell["pretrained"].astype(bool)
+    if not follows.any() or follows.all():
+        return None
+    return cell[follows].iloc[0], cell[~follows].iloc[0]
+
+
+def _paired(
+    cell: pd.DataFrame, key: pd.Series, advised: set[str] | None, seeds: pd.DataFrame | None, metric: str
+) -> dict[str, object]:
+    """The cell's paired comparison: comparison, effect, its interval, p_value, n_pairs and a provisional
+    verdict/reason (`_holm_verdicts` settles them once every p value of the matrix is known)."""
+    pair = _comparison(cell, key, advised)
+    out: dict[str, object] = {"kind": "no recipe" if advised is None else "advice"}
+    if pair is None:
+        reason = "only one strategy measured" if advised is None else "the advised strategy was not compared"
+        return {**out, "verdict": "inconclusive", "reason": reason, "n_pairs": 0}
+    a, b = pair
+    out["comparison"] = f"{key.loc[a.name]} vs {key.loc[b.name]}"
+    if seeds is None or seeds.empty:
+        return {**out, "verdict": "inconclusive", "reason": "no per-seed values to pair", "n_pairs": 0}
+    regime = (seeds["similarity_regime"] == a["similarity_regime"]) & (seeds["data_regime"] == a["data_regime"])
+    values = {
+        side: seeds[regime & (seeds["entry"] == row["entry"])].set_index("seed")[metric]
+        for side, row in (("a", a), ("b", b))
+    }
+    result = paired_difference(values["a"], values["b"])
+    out.update(
+        n_pairs=result.n,
+        effect=result.mean_diff,
+        effect_ci_low=result.ci_low,
+        effect_ci_high=result.ci_high,
+        effect_boot_low=result.boot_low,
+        effect_boot_high=result.boot_high,
+        p_value=result.p_value,
+        _result=result,
+    )
+    return out
+
+
+def _holm_verdicts(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Holm-adjust the matrix's p values together and read each compared cell's verdict (rules in `matrix_of`)."""
+    if "p_value" not in matrix:
+        return matrix
+    matrix["p_holm"] = holm(matrix["p_value"].astype(float).to_numpy())
+    for i, row in matrix[matrix["_result"].notna()].iterrows():
+        effect, low, high, p = row["effect"], row["effect_ci_low"], row["effect_ci_high"], row["p_holm"]
+        if pd.isna(p):
+            matrix.loc[i, ["verdict", "reason"]] = ["inconclusive", f"{row['comparison']}: fewer than 2 paired seeds"]
+            continue
+        if row["kind"] == "advice":
+            verdict = verdict_of(row["_result"], p, ALPHA, expected_sign=1)
+        elif p < ALPHA:
+            verdict = "refuted"
+        else:
+            verdict = "confirmed" if low >= -EQUIVALENCE_POINTS and high <= EQUIVALENCE_POINTS else "inconclusive"
+        reason = (
+            f"{row['comparison']}: {effect:+.1f} pts [{low:+.1f}, {high:+.1f}], Holm p = {p:.3g}, "
+            f"{int(row['n_pairs'])} paired seeds"
+        )
+        if row["n_pairs"] < MIN_SEEDS:
+            reason += f" (fewer than {MIN_SEEDS}: weak evidence)"
+        matrix.loc[i, ["verdict", "reason"]] = [verdict, reason]
+    return matrix.drop(columns="_result")
 
 
 def _tuning(entries: pd.DataFrame) -> str:

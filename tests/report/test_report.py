@@ -269,8 +269,8 @@ def test_a_report_over_a_fixed_and_a_tuned_run_says_which_verdicts_tuning_change
     html = write_report([fixed, write_run(tmp_path / "tuned", tuned)], tmp_path / "out")
     md = (html.parent / "report.md").read_text()
     matrix = md.split("## 1. The regime matrix, measured")[1].split("## 2.")[0]
-    assert "Tuning changed 1 verdict(s): low similarity, sufficient data: disagrees -> agrees." in matrix
+    assert "Tuning changed 1 verdict(s): low similarity, sufficient data: refuted -> confirmed." in matrix
     assert "| low | sufficient | efficientnet_lite0 / full | 98.0 ± 2.5 |" in matrix
-    assert "| tuned | 12 trials (0 stopped), 48 s | disagrees (efficientnet_lite0 / linear_probe) | yes |" in matrix
+    assert "| tuned | 12 trials (0 stopped), 48 s | refuted (efficientnet_lite0 / linear_probe) | yes |" in matrix
     cost = md.split("## 5. Backbone leaderboard and cost")[1].split("## 6.")[0]
     assert "Total compute of these runs: 48 training seconds over 12 trials." in cost  # fixed's 6 trials: tuned's too

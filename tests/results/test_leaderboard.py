@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as st
 from conftest import make_row, write_run
 
 from bench.errors import UserError
@@ -226,19 +227,80 @@ def test_regime_matrix_verdicts() -> None:
         _regime_rows("svhn", "structured", None, 50, {"lp_ft": [80.0, 81.0, 82.0], "linear_probe": [40.0, 41.0, 42.0]}),
     )
     matrix = regime_matrix(df).set_index(["similarity_regime", "data_regime"])
-    assert matrix.loc[("high", "sufficient"), "verdict"] == "agrees"
+    # The unpaired rule, kept as interval_verdict: independent 95% intervals.
+    assert matrix.loc[("high", "sufficient"), "interval_verdict"] == "agrees"
     assert matrix.loc[("high", "sufficient"), "best_strategy"] == "linear_probe"
     assert matrix.loc[("high", "sufficient"), "margin"] == pytest.approx(20.0)
     assert matrix.loc[("high", "sufficient"), "similarity_source"] == "declared"
-    assert matrix.loc[("high", "limited"), "verdict"] == "no clear winner"
+    assert matrix.loc[("high", "limited"), "interval_verdict"] == "no clear winner"
     assert matrix.loc[("high", "limited"), "best_strategy"] == "full"
-    assert matrix.loc[("low", "sufficient"), "verdict"] == "disagrees"
+    assert matrix.loc[("low", "sufficient"), "interval_verdict"] == "disagrees"
     assert matrix.loc[("low", "sufficient"), "runner_up_strategy"] == "full"
-    assert matrix.loc[("low", "scarce"), "verdict"] == "agrees"
-    assert matrix.loc[("low", "limited"), "verdict"] == "disagrees"
+    assert matrix.loc[("low", "scarce"), "interval_verdict"] == "agrees"
+    assert matrix.loc[("low", "limited"), "interval_verdict"] == "disagrees"
     assert matrix.loc[("low", "limited"), "mean"] == pytest.approx(81.0)
     assert matrix.loc[("high", "scarce"), "verdict"] == "not measured"
     assert len(matrix) == 6
+    # The paired rule: per-seed differences of the compared entries. Every difference here is constant except
+    # in (low, scarce), so those tests are exact (p = 0): the overlap in (high, limited) hid that full beats the
+    # probe by 1 point on every seed, which refutes "freeze" there.
+    assert matrix.loc[("high", "sufficient"), "verdict"] == "confirmed"
+    assert matrix.loc[("high", "sufficient"), "effect"] == pytest.approx(20.0)
+    assert matrix.loc[("high", "limited"), "verdict"] == "refuted"
+    assert matrix.loc[("high", "limited"), "effect"] == pytest.approx(-1.0)
+    assert matrix.loc[("low", "sufficient"), "verdict"] == "refuted"
+    assert matrix.loc[("low", "limited"), "verdict"] == "refuted"
+    # (low, scarce): probe - full per seed = 5, 2, -1: mean 2, sd 3, t(0.975, 2) = 4.303: [-5.45, 9.45], not
+    # within +-2 points (no equivalence) and p = 0.38 (no difference): inconclusive.
+    scarce = matrix.loc[("low", "scarce")]
+    assert scarce["verdict"] == "inconclusive" and scarce["n_pairs"] == 3
+    assert (scarce["effect_ci_low"], scarce["effect_ci_high"]) == pytest.approx(
+        (2 - 4.302653 * 3 / 3**0.5, 2 + 4.302653 * 3 / 3**0.5)
+    )
+    assert scarce["p_value"] == pytest.approx(st.ttest_rel([55.0, 60, 65], [50.0, 58, 66]).pvalue)
+    assert "fewer than 5" in scarce["reason"]
+
+
+def test_paired_verdicts_see_what_overlapping_intervals_hide_and_holm_corrects() -> None:
+    # Five seeds whose offsets are shared by both strategies: the intervals overlap, the paired test does not.
+    offsets = [0.0, 10.0, -8.0, 5.0, -4.0]
+    probe = [70.0 + o for o in offsets]
+    full = [70.0 + o - d for o, d in zip(offsets, [2.0, 3.0, 2.5, 3.5, 3.0])]
+    df = frame(_regime_rows("nat", "natural", None, 200, {"linear_probe": probe, "full": full}))
+    row = regime_matrix(df).set_index(["similarity_regime", "data_regime"]).loc[("high", "sufficient")]
+    assert row["interval_verdict"] == "no clear winner"
+    p = st.ttest_rel(probe, full).pvalue
+    assert row["p_value"] == pytest.approx(p) and p < 0.001
+    assert row["verdict"] == "confirmed" and row["n_pairs"] == 5 and row["effect"] == pytest.approx(2.8)
+    # Two comparisons at p = 0.03 each: Holm multiplies the smaller by 2 -> 0.06, not below 0.05.
+    a = [70.0, 71.0, 72.0, 73.0, 74.0]
+    diffs = np.array([1.0, 2.0, 3.0, 4.0, 0.0])
+    shift = 0.0
+    while st.ttest_rel(a, list(np.array(a) - diffs - shift)).pvalue > 0.03:
+        shift += 0.01
+    b = list(np.array(a) - diffs - shift)
+    p_one = st.ttest_rel(a, b).pvalue
+    two = frame(
+        _regime_rows("nat", "natural", None, 200, {"linear_probe": a, "full": b}),
+        _regime_rows("sat", "structured", None, 200, {"full": a, "linear_probe": b}),
+    )
+    matrix = regime_matrix(two).set_index(["similarity_regime", "data_regime"])
+    for cell in (("high", "sufficient"), ("low", "sufficient")):
+        assert matrix.loc[cell, "p_value"] == pytest.approx(p_one)
+        assert matrix.loc[cell, "p_holm"] == pytest.approx(2 * p_one) and 2 * p_one > 0.05
+        assert matrix.loc[cell, "verdict"] == "inconclusive"
+    # Alone, the same comparison is confirmed.
+    alone = regime_matrix(frame(_regime_rows("nat", "natural", None, 200, {"linear_probe": a, "full": b})))
+    assert alone.set_index(["similarity_regime", "data_regime"]).loc[("high", "sufficient"), "verdict"] == "confirmed"
+
+
+def test_no_recipe_cells_are_confirmed_by_equivalence_within_two_points() -> None:
+    best = [60.0, 50.0, 70.0, 65.0, 55.0]
+    runner = [b - d for b, d in zip(best, [0.5, -0.3, 0.8, 0.2, 0.1])]
+    df = frame(_regime_rows("pcam", "specialized", None, 5, {"linear_probe": best, "full": runner}))
+    row = regime_matrix(df).set_index(["similarity_regime", "data_regime"]).loc[("low", "scarce")]
+    assert row["effect_ci_low"] > -2 and row["effect_ci_high"] < 2 and row["p_holm"] >= 0.05
+    assert row["verdict"] == "confirmed"
 
 
 def test_regime_cell_averages_datasets_per_seed_and_thresholds_are_configurable() -> None:
@@ -257,7 +319,8 @@ def test_regime_cell_averages_datasets_per_seed_and_thresholds_are_configurable(
 def test_single_seed_gives_no_clear_winner() -> None:
     df = frame(_regime_rows("nat", "natural", None, 200, {"linear_probe": [90.0], "full": [50.0]}))
     row = regime_matrix(df).set_index(["similarity_regime", "data_regime"]).loc[("high", "sufficient")]
-    assert row["verdict"] == "no clear winner" and "seeds" in row["reason"]
+    assert row["interval_verdict"] == "no clear winner" and "seeds" in row["interval_reason"]
+    assert row["verdict"] == "inconclusive" and "fewer than 2 paired seeds" in row["reason"]
 
 
 def test_format_table_and_run_summary() -> None:
@@ -295,7 +358,7 @@ def test_regime_cell_compares_entries_on_common_cells_only() -> None:
     assert board.loc["linear_probe", "mean"] == pytest.approx(61.0)
     assert board.loc["linear_probe", "cells_left_out"] == 1 and board.loc["full", "n_cells"] == 1
     row = regime_matrix(df).set_index(["similarity_regime", "data_regime"]).loc[("high", "sufficient")]
-    assert row["verdict"] == "disagrees" and row["best_strategy"] == "full"
+    assert row["verdict"] == "refuted" and row["best_strategy"] == "full"
 
 
 def test_a_matrix_over_tuned_and_fixed_runs_states_both_verdicts_and_what_changed() -> None:
@@ -332,15 +395,15 @@ def test_a_matrix_over_tuned_and_fixed_runs_states_both_verdicts_and_what_change
     )
     assert tuned_runs(frame(fixed, tuned)) == {"run-tuned"}
     alone = regime_matrix(frame(tuned)).set_index(["similarity_regime", "data_regime"]).loc[("low", "sufficient")]
-    assert alone["verdict"] == "agrees" and alone["hyperparameters"] == "tuned" and "fixed_verdict" not in alone
+    assert alone["verdict"] == "confirmed" and alone["hyperparameters"] == "tuned" and "fixed_verdict" not in alone
     assert (alone["trials_run"], alone["trials_stopped"], alone["compute_seconds"]) == (13, 1, 61.0)
     both = regime_matrix(frame(fixed, tuned)).set_index(["similarity_regime", "data_regime"])
     row = both.loc[("low", "sufficient")]
-    assert (row["verdict"], row["fixed_verdict"], row["verdict_changed"]) == ("agrees", "disagrees", True)
+    assert (row["verdict"], row["fixed_verdict"], row["verdict_changed"]) == ("confirmed", "refuted", True)
     assert row["best_strategy"] == "full" and row["fixed_best_entry"].endswith("linear_probe")
     assert both.loc[("high", "scarce"), "verdict_changed"] is None  # measured in neither
     shown = display_matrix(both.reset_index()).set_index(["similarity", "data"]).loc[("low", "sufficient")]
-    assert shown["verdict changed"] == "yes" and shown["at fixed hyperparameters"].startswith("disagrees")
+    assert shown["verdict changed"] == "yes" and shown["at fixed hyperparameters"].startswith("refuted")
     assert shown["search cost"] == "13 trials (1 stopped), 61 s"
     # A search that ended with one finished sample (the others stopped) still tuned its cell.
     one_left = [r for r in tuned if not (r["strategy"] == "full" and r["hp_lr"] == 1e-3)]
