@@ -56,8 +56,8 @@ from bench import training
 from bench.config import TrialConfig
 from bench.perf.suites import leaderboard_difference
 from bench.results import store as results
-from bench.utils.tables import markdown_table
 from bench.runner import run_dir as runs
+from bench.utils.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

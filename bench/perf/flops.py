@@ -12,8 +12,8 @@ from torch import nn
 
 from bench.config import TrialConfig
 from bench.perf.trials import Measurement
-from bench.utils.tables import markdown_table
 from bench.training import precision
+from bench.utils.tables import markdown_table
 
 # ---------------------------------------------------------------------------------------------------------
 # FLOPs

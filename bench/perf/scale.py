@@ -36,8 +36,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from bench.utils.tables import markdown_table
 from bench.utils import memory
+from bench.utils.tables import markdown_table
 
 SIZES = (2000, 8000, 16000, 32000, 64000)
 QUICK_SIZES = (200, 400)

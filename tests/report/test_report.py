@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from conftest import make_row, require, write_run
 
-from bench.report import figures as figs
 from bench.analysis.outcomes import pretraining_gain, rank_correlations, transferability_points
+from bench.report import figures as figs
 from bench.report.build import report_command, write_report
 from bench.results.leaderboard import prepare, select_hparams
 

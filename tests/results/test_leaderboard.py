@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as st
 from conftest import make_row, write_run
+from scipy import stats as st
 
 from bench.errors import UserError
 from bench.results.leaderboard import (
