@@ -174,7 +174,14 @@ def pct(mean: float, half: float | None = None) -> str:
 
 
 def display_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
-    """The columns a reader wants, percentages with their 95% half-widths."""
+    """The columns a reader wants, percentages with their 95% half-widths.
+
+    Where some entry searched or swept (several settings, or stopped samples): "edge" (the board's
+    edge_selections: searched dimensions whose selected value is the lowest or highest value tried; blank when 0)
+    and, last, "search cost". Where the board has converged_share (rows with a ``converged`` flag): "converged",
+    the share of the selected trials that converged, in percent (blank where no selected trial carries the flag),
+    before the search cost.
+    """
     if board.empty:
         return board
     keys = [c for c in ("similarity_regime", "data_regime", "dataset", "data") if c in board]
@@ -191,10 +198,16 @@ def display_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
         out["selected hp (val)"] = board["selected"]
     if "train_seconds_mean" in board:
         out["train s"] = board["train_seconds_mean"].map(lambda s: f"{s:.1f}" if np.isfinite(s) else "")
-    searched = ("n_settings" in board and (board["n_settings"] > 1).any()) or (
-        "trials_stopped" in board and (board["trials_stopped"] > 0).any()
+    searched = (
+        ("n_settings" in board and (board["n_settings"] > 1).any())
+        or ("tuned_cells" in board and (board["tuned_cells"] > 0).any())
+        or ("trials_stopped" in board and (board["trials_stopped"] > 0).any())
     )
-    if searched and "trials_run" in board:  # a sweep or a search: show what it cost
+    if searched and "edge_selections" in board:
+        out["edge"] = [str(int(n)) if n else "" for n in board["edge_selections"].fillna(0)]
+    if "converged_share" in board and board["converged_share"].notna().any():
+        out["converged"] = [f"{100 * s:.0f}%" if pd.notna(s) else "" for s in board["converged_share"]]
+    if searched and "trials_run" in board:  # a sweep or a search: show what it cost (the last column)
         out["search cost"] = [
             cost_text(n, k, t)
             for n, k, t in zip(board["trials_run"], board["trials_stopped"], board["compute_seconds"])

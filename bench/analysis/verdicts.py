@@ -212,35 +212,86 @@ def _verdict(cell: pd.DataFrame, key: pd.Series, advised: set[str] | None) -> tu
     return "disagrees", f"{key.loc[b.name]} beats {key.loc[a.name]} beyond the 95% intervals"
 
 
-def display_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
-    """The regime matrix as a reader wants it: one row per regime cell, percentages with their intervals."""
+def display_matrix(matrix: pd.DataFrame, board: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The regime matrix as a reader wants it: one row per regime cell, the paired verdict first.
+
+    Columns: similarity, data, textbook, comparison (a vs b), "effect (pts, 95% CI)" (mean per-seed difference
+    a - b with its Student-t interval, "+3.1 [+1.2, +5.0]"), "Holm p", seeds (paired seeds), verdict, why (its
+    reason), best strategy and its "top-1 % (95% CI)", hyperparameters; "search cost" where some cell was tuned;
+    the fixed-vs-tuned columns where the matrix has fixed_verdict.
+
+    `board`: the regime leaderboard of the same rows (``Analysis.leaderboard("regime")``). With it, "edge
+    selections" (the compared entries' edge_selections summed; the best entry's where nothing was compared) and,
+    where the board has converged_share, "converged" (the lower share of the compared entries, percent); a
+    verdict whose compared entries have a share below 90% gets "; rests on unconverged trials" in its why.
+    Cells without a paired comparison leave the comparison columns blank.
+    """
+
+    def compared(r: pd.Series) -> pd.DataFrame:
+        """The board rows of the entries the cell compared: its (a, b) found again by strategy key in the order
+        `matrix_of` ranks them (mean down, entry up); the best entry where there is no comparison."""
+        cell = board[
+            (board["similarity_regime"] == r["similarity_regime"]) & (board["data_regime"] == r["data_regime"])
+        ]
+        if cell.empty:
+            return cell
+        cell = cell.sort_values(["mean", "entry"], ascending=[False, True])
+        key = cell["strategy"] + np.where(cell["pretrained"].astype(bool), "", " (scratch)")
+        comparison = r.get("comparison")
+        if not isinstance(comparison, str):
+            return cell[cell["entry"] == r.get("best_entry")]
+        firsts = [cell[key == side].head(1) for side in comparison.split(" vs ")]
+        return pd.concat(firsts)
+
+    def number(value: object) -> float:
+        return float(value) if value is not None and pd.notna(value) else np.nan
+
+    quality = board is not None and not board.empty and "edge_selections" in board
+    converged = quality and "converged_share" in board and board["converged_share"].notna().any()
+    tuned = "trials_run" in matrix and matrix["hyperparameters"].isin(("tuned", "partly tuned")).any()
     out = []
     for _, r in matrix.iterrows():
         measured = r.get("verdict") != "not measured"
-        out.append(
-            {
-                "similarity": r["similarity_regime"],
-                "data": r["data_regime"],
-                "best strategy": r.get("best_entry", "") if measured else "",
-                "top-1 % (95% CI)": pct(r["mean"], r["ci95"]) if measured else "",
-                "margin (pts)": f"{r['margin']:+.1f} vs {r['runner_up_entry']}"
-                if measured and pd.notna(r.get("margin"))
-                else "",
-                "textbook": r["advice"],
-                "verdict": r["verdict"],
-                "why": r["reason"],
-                "hyperparameters": r.get("hyperparameters", "") if measured else "",
-            }
-        )
-        if "trials_run" in matrix and matrix["hyperparameters"].isin(("tuned", "partly tuned")).any():
-            out[-1]["search cost"] = (
+        effect, low, high = (number(r.get(c)) for c in ("effect", "effect_ci_low", "effect_ci_high"))
+        p_holm, n_pairs = number(r.get("p_holm")), number(r.get("n_pairs"))
+        if np.isnan(effect):
+            effect_text = ""
+        elif np.isnan(low):
+            effect_text = f"{effect:+.1f}"
+        else:
+            effect_text = f"{effect:+.1f} [{low:+.1f}, {high:+.1f}]"
+        row: dict[str, object] = {
+            "similarity": r["similarity_regime"],
+            "data": r["data_regime"],
+            "textbook": r["advice"],
+            "comparison": r.get("comparison") if isinstance(r.get("comparison"), str) else "",
+            "effect (pts, 95% CI)": effect_text,
+            "Holm p": "" if np.isnan(p_holm) else f"{p_holm:.3g}",
+            "seeds": int(n_pairs) if n_pairs > 0 else "",
+            "verdict": r["verdict"],
+            "why": r["reason"],
+            "best strategy": r.get("best_entry", "") if measured else "",
+            "top-1 % (95% CI)": pct(r["mean"], r["ci95"]) if measured else "",
+            "hyperparameters": r.get("hyperparameters", "") if measured else "",
+        }
+        if tuned:
+            row["search cost"] = (
                 cost_text(r["trials_run"], r["trials_stopped"], r["compute_seconds"]) if measured else ""
             )
+        entries = compared(r) if quality and measured else pd.DataFrame()
+        if quality:
+            row["edge selections"] = int(entries["edge_selections"].sum()) if not entries.empty else ""
+        if converged:
+            share = entries["converged_share"].min() if not entries.empty else np.nan
+            row["converged"] = f"{100 * share:.0f}%" if pd.notna(share) else ""
+            if pd.notna(share) and share < 0.9:
+                row["why"] = f"{row['why']}; rests on unconverged trials"
         if "fixed_verdict" in matrix:
-            out[-1]["at fixed hyperparameters"] = (
+            row["at fixed hyperparameters"] = (
                 r["fixed_verdict"]
                 if r["fixed_verdict"] == "not measured"
                 else f"{r['fixed_verdict']} ({r['fixed_best_entry']})"
             )
-            out[-1]["verdict changed"] = {True: "yes", False: "no"}.get(r["verdict_changed"], "")
+            row["verdict changed"] = {True: "yes", False: "no"}.get(r["verdict_changed"], "")
+        out.append(row)
     return pd.DataFrame(out)

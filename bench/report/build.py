@@ -24,7 +24,7 @@ from bench.analysis import Analysis
 from bench.analysis.cells import CELL, dataset_labels, shown_datasets
 from bench.analysis.outcomes import rank_correlations
 from bench.analysis.tables import display_leaderboard, display_overall, pct
-from bench.analysis.verdicts import display_matrix
+from bench.analysis.verdicts import ALPHA, EQUIVALENCE_POINTS, MIN_SEEDS, display_matrix
 from bench.errors import UserError
 from bench.report import figures as figs
 from bench.report.render import Document, save_figures, to_html, to_markdown
@@ -135,6 +135,9 @@ def _section_matrix(doc: Document, analysis: Analysis) -> None:
     doc.heading("1. The regime matrix, measured")
     matrix = analysis.matrix()
     prepared = analysis.prepared
+    # The rows the matrix was measured on: the tuned runs' where fixed runs sit beside them (`Analysis.matrix`).
+    measured = analysis.of_runs(analysis.tuned_runs) if "fixed_verdict" in matrix else analysis
+    regime_board = measured.leaderboard("regime")
     doc.para("The textbook advice (the project's starting notes):")
     doc.table(
         pd.DataFrame(
@@ -151,23 +154,36 @@ def _section_matrix(doc: Document, analysis: Analysis) -> None:
     doc.figure(
         "regime_matrix",
         figs.regime_matrix_figure(matrix),
-        "Measured regime matrix. Each box: the best entry, its test top-1 with 95% interval, its margin "
-        "over the best entry of another strategy, the textbook advice and the verdict.",
+        "Measured regime matrix. Each box: the best entry and its test top-1 with 95% interval, the two entries "
+        "the verdict compares with the paired effect (points, 95% interval), Holm-adjusted p and paired seeds, "
+        "the textbook advice, and the verdict (colour: green confirmed, vermillion refuted, yellow "
+        "inconclusive, grey not measured).",
         alt="Regime matrix: similarity (high, low) by data regime (scarce, limited, sufficient)",
     )
-    doc.table(display_matrix(matrix))
+    shown = display_matrix(matrix, regime_board)
+    doc.table(shown)
     doc.para(
-        "Verdict rule. Where the textbook advises a strategy (high similarity: linear probe; low similarity with "
-        "sufficient data: full fine-tuning or lp_ft), the best entry that follows the advice is compared with "
-        "the best entry that does not: **agrees** when the advised one is higher and the 95% intervals do not "
-        "overlap, **disagrees** when the other one is higher beyond the intervals, **no clear winner** when "
-        "they overlap or a single seed leaves no interval. Where the textbook has no safe recipe (low "
-        "similarity, scarce or limited data), the verdict **agrees** when the best strategy's interval overlaps "
-        "the runner-up's (no strategy reliably better), and **disagrees** when one strategy wins beyond the "
-        "intervals (a recipe exists there). Scratch training counts as a strategy other than the advised one. "
-        "Within a regime cell each entry is averaged, per seed, over the (dataset, data size) cells common to "
-        "all its entries, so strategies are compared on the same data."
+        "Verdict rule (paired). Each regime cell makes one comparison between two entries, a and b, on the seeds "
+        "they share (a seed fixes the data subset and the head's initialisation, so the two differ only by "
+        "strategy): per seed, each entry's test top-1 is averaged over the (dataset, data size) cells common to "
+        "the regime cell's entries, and the effect is the mean difference a − b over seeds (points) with its "
+        "95% Student-t interval. The paired t-test's p values are adjusted together with Holm's method over "
+        f"the matrix's comparisons, so that the family-wise error rate is {ALPHA:g}. Where the textbook advises "
+        "a strategy (high similarity: linear probe; low similarity with sufficient data: full fine-tuning or "
+        "lp_ft), a is the best entry that follows the advice and b the best one that does not: **confirmed** "
+        f"when a is higher with Holm p < {ALPHA:g}, **refuted** when b is higher with Holm p < {ALPHA:g}, "
+        "**inconclusive** otherwise. Where the textbook has no safe recipe (low similarity, scarce or limited "
+        "data), a is the best entry and b the best entry of another strategy: **refuted** when they differ with "
+        f"Holm p < {ALPHA:g} (a recipe exists there), **confirmed** when the 95% interval of the difference "
+        f"lies within ±{EQUIVALENCE_POINTS:g} points (an equivalence margin: no strategy reliably better), "
+        "**inconclusive** otherwise. Scratch training counts as a strategy other than the advised one. A "
+        f"comparison on fewer than {MIN_SEEDS} paired seeds keeps its verdict, and its reason flags it as weak "
+        "evidence."
     )
+    doc.para(_seeds_text(matrix) + " " + _interval_text(matrix))
+    convergence = _convergence_text(measured.selected, shown)
+    if convergence:
+        doc.para(convergence)
     declared = prepared[prepared["similarity_source"] == "declared"]["dataset"].unique()
     if len(declared):
         doc.para(
@@ -185,7 +201,6 @@ def _section_matrix(doc: Document, analysis: Analysis) -> None:
     tuning = set(matrix.get("hyperparameters", pd.Series(dtype=object)).dropna()) - {""}
     if "fixed_verdict" in matrix:
         runs = analysis.tuned_runs
-        analysis = analysis.of_runs(runs)
         changed = matrix[matrix["verdict_changed"] == True]  # noqa: E712 (None where not measured in both)
         doc.para(
             f"These runs hold both a hyperparameter search ({len(runs)} run(s)) and runs at fixed hyperparameters: "
@@ -206,17 +221,94 @@ def _section_matrix(doc: Document, analysis: Analysis) -> None:
         doc.para(
             "Hyperparameters: 'tuned' verdicts compare each strategy at its own setting, selected on validation "
             "top-1 among a search's samples in every cell (section 5 lists them); 'search cost' counts every "
-            "trial behind the regime cell, stopped samples included."
+            "trial behind the regime cell, stopped samples included; 'edge selections' counts the compared "
+            "entries' searched dimensions whose selected value is the lowest or highest value tried (section 5, "
+            "'Did the search find its optimum?')."
         )
     else:
         doc.para(
             "Hyperparameters: every verdict here compares strategies at the suite's fixed hyperparameters; a "
             "strategy's result may depend on them (a `search:` block in the suite tunes each strategy instead)."
         )
-    regime_board = analysis.leaderboard("regime")
     if not regime_board.empty:
         doc.heading("Ranking inside each regime cell", 3)
         doc.table(display_leaderboard(regime_board))
+
+
+def _seeds_text(matrix: pd.DataFrame) -> str:
+    """How many paired seeds the verdicts rest on, and which rest on fewer than MIN_SEEDS."""
+    pairs = matrix.get("n_pairs", pd.Series(0, index=matrix.index)).fillna(0).astype(int)
+    compared = matrix[pairs > 0]
+    if compared.empty:
+        return "No regime cell has two entries measured on common seeds, so no verdict rests on a paired comparison."
+    counts = pairs[pairs > 0]
+    if counts.min() == counts.max():
+        where = f"in each of the {len(compared)} compared regime cells" if len(compared) > 1 else "(one compared cell)"
+        text = f"The verdicts rest on {counts.min()} paired seeds {where}."
+    else:
+        text = (
+            f"The verdicts rest on {counts.min()} to {counts.max()} paired seeds: "
+            + ", ".join(f"{r.similarity_regime}/{r.data_regime} {p}" for r, p in zip(compared.itertuples(), counts))
+            + "."
+        )
+    weak = compared[counts < MIN_SEEDS]
+    if len(weak):
+        text += (
+            f" Fewer than {MIN_SEEDS} (weak evidence): "
+            + ", ".join(f"{r.similarity_regime} similarity, {r.data_regime} data" for r in weak.itertuples())
+            + "."
+        )
+    return text
+
+
+_INTERVAL_TO_PAIRED = {"agrees": "confirmed", "disagrees": "refuted", "no clear winner": "inconclusive"}
+
+
+def _interval_text(matrix: pd.DataFrame) -> str:
+    """The sentence on the earlier, unpaired rule, kept as interval_verdict, and where it reads differently."""
+    text = (
+        "The earlier, unpaired rule (the two entries' independent 95% intervals: agrees, disagrees or no clear "
+        "winner) is kept as the matrix's `interval_verdict` column, for comparison with earlier reports"
+    )
+    if "interval_verdict" not in matrix:
+        return text + "."
+    rows = matrix[matrix["interval_verdict"].notna()]
+    differ = rows[rows["interval_verdict"].map(_INTERVAL_TO_PAIRED) != rows["verdict"]]
+    if differ.empty:
+        return text + "; it reads the same as the paired rule in every measured cell."
+    return (
+        text
+        + f"; it reads differently in {len(differ)} cell(s): "
+        + "; ".join(
+            f"{r.similarity_regime} similarity, {r.data_regime} data: {r.interval_verdict} (paired: {r.verdict})"
+            for r in differ.itertuples()
+        )
+        + "."
+    )
+
+
+def _convergence_text(selected: pd.DataFrame, shown: pd.DataFrame) -> str:
+    """Where the selected rows carry a ``converged`` flag: the share that converged, and the verdicts whose
+    compared entries fall below 90% (``display_matrix`` marks their why); "" without the flag."""
+    if "converged" not in selected:
+        return ""
+    flags = selected["converged"].astype("boolean").dropna()
+    if flags.empty:
+        return ""
+    text = (
+        f"Convergence: {int(flags.sum())} of the {len(flags)} selected trials that record it (the `converged` "
+        f"column) converged ({100 * flags.mean():.0f}%)."
+    )
+    unconverged = shown[shown["why"].str.contains("rests on unconverged trials", regex=False)]
+    if unconverged.empty:
+        return text + " Every verdict's compared entries converged in at least 90% of their selected trials."
+    return (
+        text
+        + " Verdicts resting on entries with fewer than 90% of their selected trials converged (marked in the "
+        + "'why' column): "
+        + "; ".join(f"{r['similarity']} similarity, {r['data']} data" for _, r in unconverged.iterrows())
+        + "."
+    )
 
 
 def _section_learning_curves(doc: Document, board: pd.DataFrame) -> None:
@@ -362,6 +454,55 @@ def _section_hyperparameters(doc: Document, analysis: Analysis) -> None:
         "Sensitivity to the learning rate: validation (solid) and test (dashed) top-1 against the learning rate, "
         "per dataset and strategy, each point a mean over seeds, data sizes and backbones.",
     )
+    _search_edges(doc, analysis)
+    doc.figure(
+        "tuning_curves",
+        figs.tuning_curves_figure(analysis.tuning_curves()),
+        'Tuning curves (Dodge et al. 2019, "Show your work"): per regime cell, the expected best validation '
+        "top-1 among n hyperparameter samples drawn at random (with replacement) from a cell's search (solid), "
+        "and the expected test top-1 of the sample so selected (dashed), against n; one colour per entry. Each "
+        "(dataset, data size) cell contributes the samples of the seed that searched the most settings; curves "
+        "are averaged over the regime cell's cells, up to the smallest search among them. A curve still rising "
+        "at its right end says more samples would likely have found a better setting; an entry run at a single "
+        "setting is a lone point at n = 1.",
+    )
+
+
+def _search_edges(doc: Document, analysis: Analysis) -> None:
+    """The subsection "Did the search find its optimum?": per strategy, how many selections lie inside or on an
+    edge of the values tried (``Analysis.edge_counts``), and which (cell, entry, dimension) sit on an edge."""
+    doc.heading("Did the search find its optimum?", 3)
+    edges = analysis.edges()
+    if edges.empty:
+        doc.para("No (cell, entry) searched a dimension with two or more values, so no selection can sit on an edge.")
+        return
+    doc.para(
+        "For each (cell, entry) and searched dimension, where the selected value lies among the values the "
+        "search tried (finished, stopped and diverged samples alike): interior, or the lowest (lower edge) or "
+        "highest (upper edge) value tried. A selection on an edge was not bracketed by the search: the optimum "
+        "may lie beyond what was tried."
+    )
+    counts = analysis.edge_counts()
+    always = ["strategy", "interior", "lower edge", "upper edge", "total"]
+    doc.table(counts[[c for c in counts.columns if c in always or counts[c].any()]])
+    on_edge = edges[edges["position"].isin(("lower edge", "upper edge"))]
+    if on_edge.empty:
+        doc.para("Every selection lies inside the values tried.")
+        return
+    doc.para(
+        "Selections on an edge of what was tried: "
+        + "; ".join(
+            f"{r.dataset} {r.data}, {r.entry}: {r.dimension} = {_value_text(r.value)} ({r.position} of "
+            f"{r.tried} values tried)"
+            for r in on_edge.itertuples()
+        )
+        + "."
+    )
+
+
+def _value_text(value: object) -> str:
+    """A hyperparameter value as the selection labels write it: 0.01, 64, adamw."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _section_transferability(doc: Document, points: pd.DataFrame) -> None:

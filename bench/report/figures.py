@@ -18,7 +18,12 @@ from matplotlib.figure import Figure
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-VERDICT_COLOURS = {"agrees": "#009E73", "disagrees": "#D55E00", "no clear winner": "#F0E442", "not measured": "#DDDDDD"}
+VERDICT_COLOURS = {  # the paired verdicts of `bench.analysis.verdicts.matrix_of`
+    "confirmed": "#009E73",  # green
+    "refuted": "#D55E00",  # vermillion
+    "inconclusive": "#F0E442",  # yellow
+    "not measured": "#DDDDDD",  # grey
+}
 PANEL_W, PANEL_H = 3.4, 2.7
 MAX_COLS = 4
 
@@ -62,30 +67,33 @@ def _grid(n_panels: int, n_rows_hint: int = 1) -> tuple[Figure, list]:
 
 
 def regime_matrix_figure(matrix: pd.DataFrame) -> Figure:
-    """The measured 2x3 matrix: one box per regime cell, coloured and labelled by its verdict."""
-    fig = Figure(figsize=(11, 5.2), layout="constrained")
+    """The measured 2x3 matrix (`bench.analysis.verdicts.matrix_of`): one box per regime cell, coloured by its
+    paired verdict (``VERDICT_COLOURS``, legend below) and showing the best entry with its top-1, the compared
+    pair with the effect (points, 95% interval), Holm p and paired seeds, the textbook advice and the verdict."""
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(11, 5.8), layout="constrained")
     ax = fig.subplots()
     sims, datas = ["high", "low"], ["scarce", "limited", "sufficient"]
     for _, row in matrix.iterrows():
         x, y = datas.index(row["data_regime"]), 1 - sims.index(row["similarity_regime"])
         verdict = row["verdict"]
-        ax.add_patch(_rect(x, y, VERDICT_COLOURS.get(verdict, "#DDDDDD")))
+        ax.add_patch(_rect(x, y, VERDICT_COLOURS.get(verdict, VERDICT_COLOURS["not measured"])))
         if verdict == "not measured":
             lines = ["not measured", f"textbook: {row['advice']}"]
         else:
             ci = "" if not np.isfinite(row["ci95"]) else f" ± {row['ci95']:.1f}"
-            margin = (
-                ""
-                if not np.isfinite(row["margin"])
-                else f"margin {row['margin']:+.1f} pts over {row['runner_up_strategy']}"
-            )
-            lines = [
-                str(row["best_entry"]),
-                f"top-1 {row['mean']:.1f}{ci} %",
-                margin,
-                f"textbook: {row['advice']}",
-                f"verdict: {verdict}",
-            ]
+            lines = [str(row["best_entry"]), f"top-1 {row['mean']:.1f}{ci} %"]
+            comparison = row.get("comparison")
+            if isinstance(comparison, str):
+                lines.append(comparison)
+            effect, low, high = (row.get(c, np.nan) for c in ("effect", "effect_ci_low", "effect_ci_high"))
+            if pd.notna(effect):
+                interval = f" [{low:+.1f}, {high:+.1f}]" if pd.notna(low) else ""
+                p = row.get("p_holm", np.nan)
+                lines.append(f"effect {effect:+.1f}{interval} pts" + (f", Holm p {p:.2g}" if pd.notna(p) else ""))
+                lines.append(f"{int(row['n_pairs'])} paired seeds")
+            lines += [f"textbook: {row['advice']}", f"verdict: {verdict}"]
         ax.text(
             x + 0.5,
             y + 0.5,
@@ -103,11 +111,13 @@ def regime_matrix_figure(matrix: pd.DataFrame) -> Figure:
     )
     ax.set_yticks([1.5, 0.5], ["high similarity", "low similarity"])
     ax.set_xlabel("data regime (training images per class)")
-    ax.set_title(
-        "Measured regime matrix: best strategy per cell (green agrees, vermillion disagrees, yellow no clear winner)",
-        fontsize=10,
-    )
+    ax.set_title("Measured regime matrix: paired verdict on the textbook advice per cell", fontsize=10)
     ax.tick_params(length=0)
+    handles = [
+        Patch(facecolor=colour, alpha=0.55, edgecolor="#444444", label=verdict)
+        for verdict, colour in VERDICT_COLOURS.items()
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, title="verdict")
     return fig
 
 
@@ -314,7 +324,9 @@ def _log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _legend(fig: Figure, axes: list) -> None:
+def _legend(fig: Figure, axes: list, title: str | None = None) -> None:
+    """One legend for every panel's labelled lines, right of the panels; `title` by default says what solid and
+    dashed mean where some line is a scratch entry's."""
     handles, labels = {}, []
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -327,7 +339,8 @@ def _legend(fig: Figure, axes: list) -> None:
             labels,
             loc="outside right upper",
             fontsize=7,
-            title="solid = pretrained, dashed/hollow = scratch" if any("scratch" in lb for lb in labels) else None,
+            title=title
+            or ("solid = pretrained, dashed/hollow = scratch" if any("scratch" in lb for lb in labels) else None),
             title_fontsize=7,
         )
 
@@ -346,19 +359,58 @@ def sensitivity_figure(points: pd.DataFrame) -> Figure | None:
             line = panel[panel["strategy"] == strategy].sort_values("hp_lr")
             if line.empty:
                 continue
-            ax.plot(line["hp_lr"], line["val_top1"], color=colour, marker=marker, label=f"{strategy} (validation)")
-            ax.plot(
-                line["hp_lr"],
-                line["test_top1"],
-                color=colour,
-                marker=marker,
-                linestyle="--",
-                markerfacecolor="white",
-                label=f"{strategy} (test)",
-            )
+            _val_test(ax, line, "hp_lr", ("val_top1", "test_top1"), colour, marker, (strategy, "test"))
         ax.set_xscale("log")
         ax.set_title(short_name(dataset), fontsize=9)
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("top-1 (%)")
     _legend(fig, axes)
+    return fig
+
+
+def _val_test(
+    ax: Any, line: pd.DataFrame, x: str, y: tuple[str, str], colour: str, marker: str, names: tuple[str, str]
+) -> None:
+    """Two lines of `line` against column `x`: ``y[0]`` solid and filled, labelled "<names[0]> (validation)", and
+    ``y[1]`` dashed and hollow, labelled "<names[0]> (<names[1]>)"."""
+    ax.plot(line[x], line[y[0]], color=colour, marker=marker, label=f"{names[0]} (validation)")
+    ax.plot(
+        line[x],
+        line[y[1]],
+        color=colour,
+        marker=marker,
+        linestyle="--",
+        markerfacecolor="white",
+        label=f"{names[0]} ({names[1]})",
+    )
+
+
+def tuning_curves_figure(curves: pd.DataFrame) -> Figure | None:
+    """Tuning curves (Dodge et al. 2019) from ``bench.analysis.Analysis.tuning_curves``: a panel per regime cell
+    (similarity x data regime), a colour per entry; the expected best validation top-1 among n samples (solid,
+    filled markers) and the expected test top-1 of that selection (dashed, hollow markers) against n. None when
+    no (regime cell, entry) reaches n = 2 (nothing was searched)."""
+    if curves.empty or curves["n"].max() < 2:
+        return None
+    order = {r: i for i, r in enumerate(("high", "low", "scarce", "limited", "sufficient"))}
+    panels = sorted(
+        set(zip(curves["similarity_regime"], curves["data_regime"])), key=lambda k: (order.get(k[0]), order.get(k[1]))
+    )
+    styles = style_map(sorted(curves["entry"].unique()))
+    fig, axes = _grid(len(panels))
+    for ax, (sim, data) in zip(axes, panels):
+        panel = curves[(curves["similarity_regime"] == sim) & (curves["data_regime"] == data)]
+        for entry, (colour, marker) in styles.items():
+            line = panel[panel["entry"] == entry].sort_values("n")
+            if line.empty:
+                continue
+            _val_test(
+                ax, line, "n", ("expected_val", "expected_test"), colour, marker, (entry, "test of the selection")
+            )
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.set_title(f"{sim} similarity, {data} data", fontsize=9)
+        ax.set_xlabel("samples searched (n)")
+        ax.set_ylabel("expected top-1 (%)")
+        ax.grid(alpha=0.3)
+    _legend(fig, axes, title="solid = best validation, dashed = its test")
     return fig

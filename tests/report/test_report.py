@@ -270,7 +270,163 @@ def test_a_report_over_a_fixed_and_a_tuned_run_says_which_verdicts_tuning_change
     md = (html.parent / "report.md").read_text()
     matrix = md.split("## 1. The regime matrix, measured")[1].split("## 2.")[0]
     assert "Tuning changed 1 verdict(s): low similarity, sufficient data: refuted -> confirmed." in matrix
-    assert "| low | sufficient | efficientnet_lite0 / full | 98.0 ± 2.5 |" in matrix
-    assert "| tuned | 12 trials (0 stopped), 48 s | refuted (efficientnet_lite0 / linear_probe) | yes |" in matrix
+    # Tuned: full at 1e-2 (97 + seed) against the probe at 1e-3 (90 + seed, it wins on validation): 7 points on
+    # each of 3 seeds, no spread, so p = 0; 3 seeds are fewer than 5. Each selection is an edge of its 2 values.
+    assert "| low | sufficient | full fine-tune | full vs linear_probe | +7.0 [+7.0, +7.0] | 0 | 3 | confirmed |" in (
+        matrix
+    )
+    assert "3 paired seeds (fewer than 5: weak evidence) | efficientnet_lite0 / full | 98.0 ± 2.5 | tuned |" in matrix
+    assert "| 12 trials (0 stopped), 48 s | 2 | refuted (efficientnet_lite0 / linear_probe) | yes |" in matrix
+    assert "The verdicts rest on 3 paired seeds (one compared cell). Fewer than 5 (weak evidence): low" in matrix
     cost = md.split("## 5. Backbone leaderboard and cost")[1].split("## 6.")[0]
     assert "Total compute of these runs: 48 training seconds over 12 trials." in cost  # fixed's 6 trials: tuned's too
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a searched study: paired verdicts, edges of the search, tuning curves and convergence, checked by hand
+
+DIGITS_PROBE = {1e-2: (90.0, 85.0), 1e-3: (80.0, 88.0), 1e-4: (70.0, 60.0)}  # lr: (validation, test), every seed
+DIGITS_FULL = [80.0, 83.0, 81.0, 84.0, 82.0]  # per seed, at the fixed lr 1e-3
+PBC_PROBE = [75.0, 77.0, 76.0, 77.0, 76.0]  # per seed, at the fixed lr 1e-3; seed 0 did not converge
+PBC_FULL = {1e-3: (85.0, [78.0, 75.0, 80.0, 76.0, 77.0]), 1e-2: (70.0, [70.0] * 5), 1e-4: (60.0, [60.0] * 5)}
+
+
+def searched_rows() -> list[dict]:
+    """Five seeds, two cells at 100 images per class. digits (natural: high similarity): the linear probe searches
+    lr over 1e-4, 1e-3, 1e-2 and selects 1e-2 (best validation), the highest value tried; full runs at 1e-3.
+    pbc (specialized: low similarity): full searches the same lrs and selects 1e-3 (interior); the probe runs at
+    1e-3. Only the probe's rows carry ``converged``: on digits only the selected lr converged, on pbc all but
+    seed 0."""
+    rows = []
+    pbc = {"dataset": "pbc", "dataset_group": "specialized"}
+    for seed in range(5):
+        for lr, (val, test) in DIGITS_PROBE.items():
+            rows.append(make_row(seed=seed, hp_lr=lr, metric_val_top1=val, metric_top1=test, converged=lr == 1e-2))
+        top1 = DIGITS_FULL[seed]
+        rows.append(make_row(seed=seed, strategy="full", metric_val_top1=top1, metric_top1=top1, converged=None))
+        top1 = PBC_PROBE[seed]
+        rows.append(make_row(**pbc, seed=seed, metric_val_top1=top1, metric_top1=top1, converged=seed != 0))
+        for lr, (val, tests) in PBC_FULL.items():
+            rows.append(
+                make_row(
+                    **pbc, seed=seed, strategy="full", hp_lr=lr, metric_val_top1=val, metric_top1=tests[seed],
+                    converged=None,
+                )
+            )  # fmt: skip
+    return rows
+
+
+def paired_by_hand(differences: list[float]) -> tuple[float, float, float, float]:
+    """(mean, 95% low, 95% high, two-sided p) of the paired t-test on per-seed differences."""
+    from scipy import stats
+
+    d = pd.Series(differences)
+    n, mean, sd = len(d), d.mean(), d.std(ddof=1)
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half, 2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(run folder, report.md) of ``searched_rows``."""
+    folder = tmp_path_factory.mktemp("searched")
+    run = write_run(folder / "run", searched_rows())
+    html = write_report([run], folder / "out")
+    return run, (html.parent / "report.md").read_text()
+
+
+def test_the_matrix_shows_paired_verdicts_with_holm_p_edges_and_convergence(searched: tuple[Path, str]) -> None:
+    _, md = searched
+    matrix = md.split("## 1. The regime matrix, measured")[1].split("## 2.")[0]
+    # high: probe at 1e-2 (85 on every seed) minus full; low: full at 1e-3 minus the probe. Holm over the two.
+    high = paired_by_hand([85.0 - v for v in DIGITS_FULL])
+    low = paired_by_hand([f - p for f, p in zip(PBC_FULL[1e-3][1], PBC_PROBE)])
+    first, second = sorted([high[3], low[3]])
+    holm = {first: 2 * first, second: max(2 * first, second)}
+    assert holm[high[3]] < 0.05 < holm[low[3]]  # the design: one confirmed, one inconclusive
+    assert (
+        f"| high | sufficient | linear probe (feature extraction) | linear_probe vs full | +3.0 [{high[1]:+.1f}, "
+        f"{high[2]:+.1f}] | {holm[high[3]]:.3g} | 5 | confirmed | linear_probe vs full: +3.0 pts"
+    ) in matrix
+    # The best strategy, its top-1, what tuning cost (3 lrs x 5 seeds + 5), 1 edge selection, 100% converged.
+    assert "/ linear_probe | 85.0 ± 0.0 | partly tuned | 20 trials (0 stopped), 200 s | 1 | 100% |" in matrix
+    assert (
+        f"| low | sufficient | full fine-tune | full vs linear_probe | +1.0 [{low[1]:+.1f}, {low[2]:+.1f}] | "
+        f"{holm[low[3]]:.3g} | 5 | inconclusive |"
+    ) in matrix
+    # 4 of the probe's 5 pbc trials converged: below 90%, so the verdict is marked; full's selection is interior.
+    assert "5 paired seeds; rests on unconverged trials | efficientnet_lite0 / full |" in matrix
+    assert "| 20 trials (0 stopped), 200 s | 0 | 80% |" in matrix
+    assert "The verdicts rest on 5 paired seeds in each of the 2 compared regime cells." in matrix
+    assert "kept as the matrix's `interval_verdict` column" in matrix
+    # Selected trials with a flag: digits' probe at 1e-2 (5, converged), pbc's probe (4 of 5); the probe's other
+    # digits lrs (not converged) are not selected, so they do not count.
+    assert (
+        "Convergence: 9 of the 10 selected trials that record it (the `converged` column) converged (90%). "
+        "Verdicts resting on entries with fewer than 90% of their selected trials converged (marked in the 'why' "
+        "column): low similarity, sufficient data."
+    ) in matrix
+    # The per-dataset leaderboard: the edge count (blank when 0) and the converged share.
+    board = md.split("### Per dataset and data size")[1]
+    cost = "15 trials (0 stopped), 150 s"
+    assert f"/ linear_probe | 85.0 ± 0.0 | 79.0 ± 0.0 | 5 | hp_lr=0.01 | 10.0 | 1 | 100% | {cost} |" in board
+    assert f"/ full | 77.2 ± 2.4 | 79.0 ± 0.0 | 5 | hp_lr=0.001 | 10.0 |  |  | {cost} |" in board
+
+
+def test_the_report_says_which_selections_sit_on_an_edge_of_the_search(searched: tuple[Path, str]) -> None:
+    _, md = searched
+    section = md.split("### Did the search find its optimum?")[1].split("## 6.")[0]
+    # The probe's 1e-2 on digits is the highest lr tried; full's 1e-3 on pbc lies between 1e-4 and 1e-2.
+    assert "| strategy | interior | lower edge | upper edge | total |" in section
+    assert "| full | 1 | 0 | 0 | 1 |" in section and "| linear_probe | 0 | 0 | 1 | 1 |" in section
+    assert (
+        "Selections on an edge of what was tried: digits 100%, efficientnet_lite0 / linear_probe: lr = 0.01 "
+        "(upper edge of 3 values tried)."
+    ) in section
+
+
+def test_the_tuning_curves_figure_draws_the_expected_maximum_by_hand(searched: tuple[Path, str]) -> None:
+    from bench.analysis import Analysis
+    from bench.results.store import load_runs
+
+    run, md = searched
+    assert "![" in md.split("### Did the search find its optimum?")[1] and "(figures/tuning_curves.png)" in md
+    assert (run.parent / "out" / "figures" / "tuning_curves.png").is_file()
+    fig = figs.tuning_curves_figure(Analysis.of(load_runs([run]).trials).tuning_curves())
+    (ax,) = [a for a in fig.axes if a.get_title() == "high similarity, sufficient data"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    # The probe's digits search, validation 70 < 80 < 90 (tests 60, 88, 85): the best of n draws with
+    # replacement is the i-th lowest with probability (i/3)^n - ((i-1)/3)^n.
+    probability = {n: [(i / 3) ** n - ((i - 1) / 3) ** n for i in (1, 2, 3)] for n in (1, 2, 3)}
+    val = [sum(p * v for p, v in zip(probability[n], (70.0, 80.0, 90.0))) for n in (1, 2, 3)]
+    test = [sum(p * v for p, v in zip(probability[n], (60.0, 88.0, 85.0))) for n in (1, 2, 3)]
+    assert val == pytest.approx([80.0, 760 / 9, 2340 / 27]) and test == pytest.approx([233 / 3, 749 / 9, 2291 / 27])
+    entry = "efficientnet_lite0 / linear_probe"
+    assert list(lines[f"{entry} (validation)"].get_xdata()) == [1, 2, 3]
+    assert list(lines[f"{entry} (validation)"].get_ydata()) == pytest.approx(val)
+    assert list(lines[f"{entry} (test of the selection)"].get_ydata()) == pytest.approx(test)
+    assert lines[f"{entry} (test of the selection)"].get_linestyle() == "--"
+    # full ran one setting there: a lone point at n = 1.
+    assert list(lines["efficientnet_lite0 / full (validation)"].get_xdata()) == [1]
+    # Without a search there is no figure.
+    assert figs.tuning_curves_figure(Analysis.of(pd.DataFrame(study_rows())).tuning_curves()) is None
+
+
+def test_the_regime_matrix_figure_colours_each_box_by_its_paired_verdict(searched: tuple[Path, str]) -> None:
+    from matplotlib.colors import to_rgb
+
+    from bench.analysis import Analysis
+    from bench.results.store import load_runs
+
+    run, _ = searched
+    fig = figs.regime_matrix_figure(Analysis.of(load_runs([run]).trials).matrix())
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["confirmed", "refuted", "inconclusive", "not measured"]
+    (ax,) = fig.axes
+    # Boxes in the matrix's order: high x (scarce, limited, sufficient), then low.
+    colours = [patch.get_facecolor()[:3] for patch in ax.patches]
+    grey, green, yellow = to_rgb("#DDDDDD"), to_rgb("#009E73"), to_rgb("#F0E442")
+    assert colours == [pytest.approx(c) for c in (grey, grey, green, grey, grey, yellow)]
+    (box,) = [t.get_text() for t in ax.texts if "verdict: confirmed" in t.get_text()]
+    high = paired_by_hand([85.0 - v for v in DIGITS_FULL])
+    assert f"effect +3.0 [{high[1]:+.1f}, {high[2]:+.1f}] pts" in box and "5 paired seeds" in box
