@@ -115,6 +115,9 @@ class EpochLosses:
 
 @dataclass
 class FitOutcome:
+    """What ``fit`` did in a phase: optimiser steps taken, training seconds (compiling and validation left out),
+    training images seen, and whether a non-finite loss ended it."""
+
     steps: int
     seconds: float
     images_seen: int
@@ -123,34 +126,75 @@ class FitOutcome:
     padded_convs: int = 0
 
 
-def fit(
-    model: nn.Module,
-    train: Split,
-    val: Split,
-    *,
-    prepare: Callable[[torch.Tensor, bool], torch.Tensor],
-    phase: Phase,
-    config: TrialConfig,
-    device: torch.device,
-    log: list[dict[str, Any]],
-    evaluator: BatchNormFolded | None = None,
-    on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
-    steps: compiled.PhaseSteps | None = None,
-) -> FitOutcome:
-    """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train``; validate
-    after every ``config.eval_every`` epochs and the last (or every ``config.eval_every_steps`` steps and the
-    last), on ``evaluator``'s folded twin where given, append
-    the evaluation's row to ``log`` and hand ``log`` to ``on_evaluation`` (a scheduler may end the trial there).
-    ``steps``: the phase's forward passes (default: eager); the seconds of the steps that compiled a graph go to
-    ``steps.stats``, not to the outcome's ``seconds``."""
-    steps = steps or phase_steps(config, device, phase.batch_size)
-    # timm's factory: no weight decay on biases and norm weights, frozen parameters left out.
+@dataclass
+class Validation:
+    """A phase's validation: on which split, how often, on what model, and where each evaluation's row goes.
+
+    ``every_epochs``: evaluate after every that many epochs and the last; ``every_steps`` (when set, instead):
+    after every that many optimiser steps and the last. ``evaluator``: the model's folded twin
+    (``bench.speedups.fold``), evaluated in its place. Each row is appended to ``log``, and ``log`` is handed to
+    ``on_evaluation`` (a scheduler may end the trial there)."""
+
+    split: Split
+    log: list[dict[str, Any]]
+    every_epochs: int = 1
+    every_steps: int | None = None
+    evaluator: BatchNormFolded | None = None
+    on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None
+
+    def after_step(self, step: int, last_step: int) -> bool:
+        """Whether to validate once ``step`` of a phase of ``last_step`` steps is done."""
+        return bool(self.every_steps) and (step % self.every_steps == 0 or step >= last_step)
+
+    def after_epoch(self, epoch: int, last_epoch: int) -> bool:
+        """Whether to validate at the end of ``epoch`` of ``last_epoch``."""
+        return not self.every_steps and (epoch % self.every_epochs == 0 or epoch == last_epoch)
+
+    def scores(
+        self, model: nn.Module, prepare: Callable, device: torch.device, steps: compiled.PhaseSteps
+    ) -> tuple[float | None, float | None]:
+        """Top-1 (%) and NLL of ``model`` (or its folded twin) on the split; None for an empty split."""
+        if not len(self.split):
+            return None, None
+        metrics = evaluate(self.evaluator.current() if self.evaluator else model, self.split, prepare, device, steps)
+        return metrics["top1"], metrics["nll"]
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Append an evaluation's ``row`` to ``log`` and hand ``log`` to ``on_evaluation``."""
+        self.log.append(row)
+        if self.on_evaluation is not None:
+            self.on_evaluation(self.log)
+
+
+class _Stopwatch:
+    """A phase's training seconds: wall time while running, less what ``skip`` takes out (compiling)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since = time.perf_counter()
+
+    def resume(self) -> None:
+        self._since = time.perf_counter()
+
+    def skip(self, seconds: float) -> None:
+        self._since += seconds
+
+    def total(self) -> float:
+        return self.seconds + time.perf_counter() - self._since
+
+    def stop(self) -> float:
+        self.seconds = self.total()
+        return self.seconds
+
+
+def _optimizer(model: nn.Module, phase: Phase, config: TrialConfig) -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
+    """timm's optimizer factory (no weight decay on biases and norm weights, frozen parameters left out) and a
+    per-step schedule: linear warm-up from lr/100 (a stable start for freshly initialised heads), then cosine
+    decay to zero over the remaining steps."""
     optimizer = create_optimizer_v2(
         model, opt=config.optimizer, lr=phase.lr, weight_decay=config.weight_decay, momentum=config.momentum
     )
     warmup = int(config.warmup_fraction * phase.steps)
-    # Per-step schedule: linear warm-up from lr/100 (stable start for freshly initialised heads), then cosine
-    # decay to zero over the remaining steps.
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=max(1, phase.steps - warmup),
@@ -160,38 +204,57 @@ def fit(
         lr_min=0.0,
         t_in_epochs=False,
     )
+    return optimizer, scheduler
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    validation: Validation,
+    *,
+    prepare: Callable[[torch.Tensor, bool], torch.Tensor],
+    phase: Phase,
+    config: TrialConfig,
+    device: torch.device,
+    steps: compiled.PhaseSteps | None = None,
+) -> FitOutcome:
+    """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train`` (turned into
+    model inputs by ``prepare``), with ``config``'s optimiser, schedule, seed and label smoothing, validating as
+    ``validation`` says. ``steps``: the phase's forward passes (default: eager); the seconds of the steps that
+    compiled a graph go to ``steps.stats``, not to the outcome's ``seconds``. Returns the outcome; a non-finite
+    loss ends the phase with ``diverged`` set (no exception)."""
+    steps = steps or phase_steps(config, device, phase.batch_size)
+    optimizer, scheduler = _optimizer(model, phase, config)
     train = _stage(train, device)
     order = torch.Generator().manual_seed(config.seed)  # data order: a function of the seed alone
-    steps_per_epoch = max(1, math.ceil(len(train) / phase.batch_size))
-    n_epochs = math.ceil(phase.steps / steps_per_epoch)
+    n_epochs = math.ceil(phase.steps / max(1, math.ceil(len(train) / phase.batch_size)))
     frozen = list(frozen_modules(model))  # what is frozen does not change within a phase
     # CPU only: on CUDA the mode would route nothing, and it costs a Python call per op of each forward pass.
     kernels = depthwise.padded_weight_grad() if config.padded_depthwise_grad and device.type == "cpu" else None
-    step, seconds, seen = 0, 0.0, 0
-    every_steps = config.eval_every_steps
+    step, seen, clock = 0, 0, _Stopwatch()
 
     def validate(epoch: int, losses: EpochLosses, elapsed: float) -> None:
-        current = evaluator.current() if evaluator else model
-        val_metrics = evaluate(current, val, prepare, device, steps) if len(val) else {"top1": None, "nll": None}
-        set_train_mode(model, frozen)  # evaluation may end mid-epoch (eval_every_steps)
-        log.append(
+        top1, nll = validation.scores(model, prepare, device, steps)
+        set_train_mode(model, frozen)  # evaluation may end mid-epoch (every_steps)
+        validation.record(
             {
                 "epoch": epoch,
                 "step": step,
                 "phase": phase.name,
                 "train_loss": losses.mean(),
-                "val_top1": val_metrics["top1"],
-                "val_nll": val_metrics["nll"],
+                "val_top1": top1,
+                "val_nll": nll,
                 "lr": optimizer.param_groups[0]["lr"],
                 "elapsed_seconds": elapsed,
             }
         )
-        if on_evaluation is not None:
-            on_evaluation(log)
+
+    def padded_per_eager_step(steps_run: int) -> int:
+        return kernels.used // max(1, steps_run - steps.stats.compiled_steps) if kernels else 0
 
     for epoch in range(1, n_epochs + 1):
         set_train_mode(model, frozen)
-        tic = time.perf_counter()
+        clock.resume()
         losses = EpochLosses(device)
         for batch_idx in torch.randperm(len(train), generator=order).split(phase.batch_size):
             short = train.short_batch is not None and len(batch_idx) < phase.batch_size
@@ -211,32 +274,26 @@ def fit(
             if compiling:  # its forward and backward graphs compiled in this step: compile time, not training time
                 spent = time.perf_counter() - step_tic
                 steps.stats.seconds += spent
-                tic += spent
+                clock.skip(spent)
             # Checked once the step is queued, so the device has its backward pass to work on meanwhile. A
             # non-finite loss ends the phase at this step; the update made from it is never evaluated (a
             # diverged trial has no metrics).
             if not losses.last_finite():
                 return FitOutcome(
-                    step,
-                    seconds + time.perf_counter() - tic,
-                    seen,
-                    diverged=True,
-                    padded_convs=kernels.used // max(1, step + 1 - steps.stats.compiled_steps) if kernels else 0,
+                    step, clock.total(), seen, diverged=True, padded_convs=padded_per_eager_step(step + 1)
                 )
             step += 1
             scheduler.step_update(step)
             seen += len(batch_idx)
-            if every_steps and (step % every_steps == 0 or step >= phase.steps):
-                elapsed = seconds + time.perf_counter() - tic
-                validate(epoch, losses, elapsed)
-                tic, seconds = time.perf_counter(), elapsed  # validation time is not training time
+            if validation.after_step(step, phase.steps):
+                validate(epoch, losses, clock.stop())
+                clock.resume()  # validation time is not training time
             if step >= phase.steps:
                 break
-        seconds += time.perf_counter() - tic
-        if not every_steps and (epoch % config.eval_every == 0 or epoch == n_epochs):
-            validate(epoch, losses, seconds)
-    eager_steps = max(1, step - steps.stats.compiled_steps)
-    return FitOutcome(step, seconds, seen, diverged=False, padded_convs=kernels.used // eager_steps if kernels else 0)
+        clock.stop()
+        if validation.after_epoch(epoch, n_epochs):
+            validate(epoch, losses, clock.seconds)
+    return FitOutcome(step, clock.seconds, seen, diverged=False, padded_convs=padded_per_eager_step(step))
 
 
 @torch.no_grad()

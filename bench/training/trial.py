@@ -13,31 +13,30 @@ from __future__ import annotations
 
 import gc
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.config import TrialConfig
 from bench.data import PreparedDataset, prepare_dataset
 from bench.errors import UserError
 from bench.models import Backbone, Normalize, build_backbone
-from bench.models.freeze import FreezePlan
 from bench.models.strategies import apply_phase, holds_frozen_features
 from bench.plugins import load_plugins
-from bench.results.schema import DEFAULT_THRESHOLDS, SCHEMA_VERSION, trial_row, utc_now
+from bench.results.schema import utc_now
 from bench.speedups.fold import BatchNormFolded
 from bench.training import precision
 from bench.training.batch_size import auto_batch_size
-from bench.training.compiled import CompileStats, use_disk_cache
+from bench.training.compiled import PhaseSteps, use_disk_cache
 from bench.training.compiled import resolve as resolve_compile
-from bench.training.device import device_name, out_of_memory, peak_memory_mb, resolve_device
+from bench.training.device import out_of_memory, resolve_device
 from bench.training.inputs import Split, as_labels, select_indices
-from bench.training.loop import evaluate, fit, phase_steps
-from bench.training.phases import Phase, phase_setup, plan_phases
+from bench.training.loop import Validation, evaluate, fit, phase_steps
+from bench.training.phases import Phase, PhaseSetup, phase_setup, plan_phases
+from bench.training.record import TrialRecord
 from bench.training.similarity import measure_similarity
 from bench.utils import memory
 from bench.utils.memory import frozen_feature_bytes
@@ -47,6 +46,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrialResult:
+    """What ``run_trial`` returns: the trial's row and its evaluation rows."""
+
     row: dict[str, Any]  # one trials.parquet row
     epochs: list[dict[str, Any]] = field(default_factory=list)  # one epochs.parquet row per evaluation
 
@@ -58,15 +59,18 @@ def run_trial(
     data: PreparedDataset | None = None,
     on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> TrialResult:
-    """Run one trial and return its result row and evaluation rows.
+    """Run one trial of ``config`` and return its result row and evaluation rows.
 
-    ``on_evaluation`` is called after each validation evaluation with the evaluation rows so far (the Ray layer
+    ``run_id``: the run the rows belong to. ``data``: the prepared dataset when the caller has opened it (the
+    Ray layer opens its shards on the trial's node); otherwise it is prepared here, once per process.
+    ``on_evaluation``: called after each validation evaluation with the evaluation rows so far (the Ray layer
     reports them to Tune's scheduler, which may end the trial there).
 
-    ``data`` is the prepared dataset when the caller has opened it (the Ray layer opens its shards on the
-    trial's node); otherwise it is prepared here, once per process. Out of memory (CUDA, or
-    the CPU allocator) starts the trial again at half the batch size, down to 1; the row records
-    ``batch_size_used`` and ``oom_halvings``.
+    Out of memory (CUDA, or the CPU allocator) starts the trial again at half the batch size, down to 1; the
+    row records ``batch_size_used`` and ``oom_halvings``. A non-finite loss is a row with status ``diverged``.
+    Raises ``bench.errors.UserError`` for bad input (an unknown backbone or dataset, a missing dataset root,
+    unreadable weights, frozen features beyond ``config.memory_share_mb``), out-of-memory errors at batch size
+    1, and whatever ``on_evaluation`` raises.
     """
     started_at = utc_now()
     load_plugins(config.plugins)  # in a Ray worker: installed plug-ins and the suite's, before any name is used
@@ -109,6 +113,28 @@ def run_trial(
         batch_size, halvings = batch_size // 2, halvings + 1
 
 
+@dataclass
+class _Built:
+    """A try's model and inputs: the backbone on its device, the training and validation indices, the image
+    splits (read batch by batch from the dataset's shards: no split is held whole) and the phases to train."""
+
+    backbone: Backbone
+    normalize: Normalize
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    images: dict[str, Split]
+    phases: list[Phase]
+
+
+@dataclass
+class _LastPhase:
+    """The last trained phase: its model and inputs, its folded evaluator and its forward passes."""
+
+    setup: PhaseSetup
+    evaluator: BatchNormFolded | None
+    steps: PhaseSteps
+
+
 def _attempt(
     config: TrialConfig,
     data: PreparedDataset,
@@ -119,9 +145,33 @@ def _attempt(
     started_at: str,
     on_evaluation: Callable[[list[dict[str, Any]]], None] | None,
 ) -> TrialResult:
-    """One try at the trial with mini-batches of ``batch_size``."""
-    train_idx, val_idx = select_indices(data.y_train, config)
+    """One try at the trial with mini-batches of ``batch_size``: build, check, measure similarity, train each
+    phase, evaluate on the test split, and record."""
+    built = _build(config, data, device, batch_size)
+    _check_memory_share(config, data, built.backbone.feature_dim, len(built.val_idx))
+    record = TrialRecord(
+        config,
+        run_id=run_id,
+        started_at=started_at,
+        device=device,
+        data=data,
+        backbone=built.backbone,
+        n_train=len(built.train_idx),
+        n_val=len(built.val_idx),
+        phases=built.phases,
+        compile_mode=resolve_compile(config.compile, device),
+    )
+    record.scores = measure_similarity(config, data, backbone=built.backbone, device=device)  # before training
+    last = _train(config, data, device, built, record, on_evaluation)
+    if record.status == "ok":
+        record.metrics = _test(last, record.epochs, device)
+    return TrialResult(row=record.row(), epochs=record.epoch_rows())
 
+
+def _build(config: TrialConfig, data: PreparedDataset, device: torch.device, batch_size: int) -> _Built:
+    """The trial's splits, its backbone with a new head (seeded by ``config.seed``) on ``device``, and its
+    phases at ``batch_size``. Raises UserError for an unknown backbone or unreadable weights."""
+    train_idx, val_idx = select_indices(data.y_train, config)
     torch.manual_seed(config.seed)  # the scratch baseline's random init, and anything else drawing from it
     backbone = build_backbone(
         config.backbone,
@@ -131,7 +181,6 @@ def _attempt(
         head_seed=config.seed,
         img_size=config.img_size,
     )
-    _check_memory_share(config, data, backbone.feature_dim, len(val_idx))
     normalize = Normalize(backbone.mean, backbone.std).to(device)
     backbone.body.to(device)
     backbone.head.to(device)
@@ -139,93 +188,70 @@ def _attempt(
     backbone.body.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    images = {  # read batch by batch from the dataset's shards: no split is held whole
+    images = {
         "train": Split(data.x_train.take(train_idx), as_labels(data.y_train[train_idx])),
         "val": Split(data.x_train.take(val_idx), as_labels(data.y_train[val_idx])),
         "test": Split(data.x_test, as_labels(data.y_test)),
     }
-    scores = measure_similarity(config, data, backbone=backbone, device=device)
     phases = plan_phases(config, n_train=len(train_idx), batch_size=batch_size)
-    epoch_rows: list[dict[str, Any]] = []
-    status, error = "ok", None
-    train_seconds, images_seen, padded_convs = 0.0, 0, 0
-    compile_mode = resolve_compile(config.compile, device)
+    return _Built(backbone, normalize, train_idx, val_idx, images, phases)
+
+
+def _train(
+    config: TrialConfig,
+    data: PreparedDataset,
+    device: torch.device,
+    built: _Built,
+    record: TrialRecord,
+    on_evaluation: Callable[[list[dict[str, Any]]], None] | None,
+) -> _LastPhase:
+    """Train each phase in the one loop, on the cached path where it is exact, into ``record``; stop at a
+    diverged phase. Returns the last phase trained."""
     use_disk_cache(config.cache_dir)
-    phase_stats: list[CompileStats] = []  # each phase's compiling, its evaluations' included
-    plan: FreezePlan
-    frozen_paths: list[str] = []
-    for phase in phases:
-        plan = apply_phase(backbone.body, phase.freeze)
+    for phase in built.phases:
+        plan = apply_phase(built.backbone.body, phase.freeze)
+        indices = (built.train_idx, built.val_idx)
         setup = phase_setup(
-            backbone, plan, images, (train_idx, val_idx), data, normalize, config, device, phase.batch_size
+            built.backbone, plan, built.images, indices, data, built.normalize, config, device, phase.batch_size
         )
-        frozen_paths.append(setup.frozen_path)
         # One trace per phase. fp32 evaluation only: under bf16 autocast the folded weights round differently
         # from conv-then-BN, so the "same function up to float rounding" promise would not hold. Not with
         # compiled steps: inductor fuses the BatchNorms itself, and each traced twin is a new class to dynamo
         # (a graph per trial).
-        fold = config.fold_batchnorm and not precision.uses_bf16(device) and compile_mode == "eager"
+        fold = config.fold_batchnorm and not precision.uses_bf16(device) and record.compile_mode == "eager"
         evaluator = BatchNormFolded(setup.model) if fold else None
         steps = phase_steps(config, device, phase.batch_size)
-        phase_stats.append(steps.stats)
+        validation = Validation(
+            setup.splits["val"],
+            record.epochs,
+            every_epochs=config.eval_every,
+            every_steps=config.eval_every_steps,
+            evaluator=evaluator,
+            on_evaluation=on_evaluation,
+        )
         outcome = fit(
             setup.model,
             setup.splits["train"],
-            setup.splits["val"],
+            validation,
             prepare=setup.prepare,
             phase=phase,
             config=config,
             device=device,
-            log=epoch_rows,
-            evaluator=evaluator,
-            on_evaluation=on_evaluation,
             steps=steps,
         )
-        train_seconds += outcome.seconds
-        images_seen += outcome.images_seen
-        padded_convs = max(padded_convs, outcome.padded_convs)
+        record.add_phase(phase, plan, setup.frozen_path, outcome, steps.stats, evaluator.n_folded if evaluator else 0)
         if outcome.diverged:
-            status, error = "diverged", f"non-finite loss at step {outcome.steps} of phase '{phase.name}'"
             break
+    return _LastPhase(setup, evaluator, steps)
 
-    metrics = {}
-    if status == "ok":  # `setup` is the last phase's: the model as trained, on the inputs it was trained on
-        model = evaluator.current() if evaluator else setup.model
-        metrics = evaluate(model, setup.splits["test"], setup.prepare, device, steps)
-        # fit() always validates after its last step: the last epoch row is this model on the validation split.
-        metrics["val_top1"] = epoch_rows[-1]["val_top1"]
-    compiling = CompileStats(compile_mode)
-    for stats in phase_stats:
-        compiling.add(stats)
-    row = _result_row(
-        config,
-        run_id=run_id,
-        status=status,
-        error=error,
-        backbone=backbone,
-        data=data,
-        plan=plan,
-        n_train=len(train_idx),
-        n_val=len(val_idx),
-        metrics=metrics,
-        epoch_rows=epoch_rows,
-        phases=phases,
-        train_seconds=train_seconds,
-        images_seen=images_seen,
-        device=device,
-        frozen_paths=[f"{p.name}: {path}" for p, path in zip(phases, frozen_paths, strict=False)]
-        if len(phases) > 1
-        else frozen_paths,
-        started_at=started_at,
-        scores=scores,
-        eval_folded_bn=evaluator.n_folded if evaluator else 0,  # how the last phase was evaluated
-        padded_depthwise_grad=padded_convs,  # convolutions per eager step trained through depthwise
-        compiling=compiling,
-    )
-    for epoch_row in epoch_rows:
-        epoch_row.update(schema_version=SCHEMA_VERSION, run_id=run_id, trial_id=config.trial_id)
-    return TrialResult(row=row, epochs=epoch_rows)
+
+def _test(last: _LastPhase, epochs: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """The test metrics of the model as trained, on the inputs it was trained on, and its validation top-1 (fit
+    always validates after its last step: the last evaluation row is this model on the validation split)."""
+    model = last.evaluator.current() if last.evaluator else last.setup.model
+    metrics: dict[str, Any] = evaluate(model, last.setup.splits["test"], last.setup.prepare, device, last.steps)
+    metrics["val_top1"] = epochs[-1]["val_top1"]
+    return metrics
 
 
 def _check_memory_share(config: TrialConfig, data: PreparedDataset, feature_dim: int, n_val: int) -> None:
@@ -245,23 +271,13 @@ def _check_memory_share(config: TrialConfig, data: PreparedDataset, feature_dim:
         )
 
 
-def _data_columns(data: PreparedDataset) -> dict[str, Any]:
-    """Where the dataset's shards came from (nothing for a dataset prepared in memory)."""
-    shards = data.meta.get("shards")
-    if not shards:
-        return {}
-    return {
-        "dataset_shards": sum(len(entries) for entries in shards.values()),
-        "dataset_shard_format": data.meta.get("shard_format", "raw"),
-        "dataset_decoded_by": data.meta.get("decoded_by_counts"),
-    }
-
-
 _DATASETS: dict[tuple, PreparedDataset] = {}
 
 
 def load_dataset(config: TrialConfig) -> PreparedDataset:
-    """The prepared dataset, decoded once per process (and once per cache folder across processes)."""
+    """The prepared dataset of ``config`` (its dataset, image size, root, cache folder and shard format), decoded
+    once per process (and once per cache folder across processes). Raises UserError for an unknown dataset or a
+    missing root (``bench.data.prepare_dataset``)."""
     key = (config.dataset, config.img_size, config.dataset_root, config.cache_dir, config.shard_format)
     if key not in _DATASETS:
         _DATASETS[key] = prepare_dataset(
@@ -273,83 +289,3 @@ def load_dataset(config: TrialConfig) -> PreparedDataset:
             shard_format=config.shard_format,
         )
     return _DATASETS[key]
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _result_row(
-    config: TrialConfig,
-    *,
-    run_id: str,
-    status: str,
-    error: str | None,
-    backbone: Backbone,
-    data: PreparedDataset,
-    plan: FreezePlan,
-    n_train: int,
-    n_val: int,
-    metrics: dict[str, Any],
-    epoch_rows: list[dict[str, Any]],
-    phases: list[Phase],
-    train_seconds: float,
-    images_seen: int,
-    device: torch.device,
-    frozen_paths: list[str],
-    started_at: str,
-    scores: dict[str, Any],
-    eval_folded_bn: int,
-    padded_depthwise_grad: int,
-    compiling: CompileStats,
-) -> dict[str, Any]:
-    head_params = sum(p.numel() for p in backbone.head.parameters())
-    val_scores = [r["val_top1"] for r in epoch_rows if r["val_top1"] is not None]
-    return trial_row(
-        config,
-        run_id=run_id,
-        status=status,
-        error=error,
-        started_at=started_at,
-        weights=backbone.weights,
-        weights_sha256=backbone.weights_sha256,
-        dataset_group=data.group,
-        dataset_fingerprint=data.fingerprint,
-        n_classes=data.n_classes,
-        frozen_param_fraction=plan.frozen_param_fraction,
-        freeze_groups=f"{plan.n_frozen_groups}/{plan.n_groups}",
-        trainable_params=plan.backbone_params - plan.frozen_params + head_params,
-        total_params=plan.backbone_params + head_params,
-        n_train=n_train,
-        n_val=n_val,
-        n_test=len(data.y_test),
-        images_per_class=n_train / data.n_classes,
-        data_regime=DEFAULT_THRESHOLDS.regime(n_train / data.n_classes),
-        hp_total_steps=sum(p.steps for p in phases),
-        metric_top1=metrics.get("top1"),
-        metric_macro_f1=metrics.get("macro_f1"),
-        metric_nll=metrics.get("nll"),
-        metric_val_top1=metrics.get("val_top1"),
-        metric_best_val_top1=max(val_scores) if val_scores else None,
-        feature_cache=any(path.endswith(("features", "prefix")) for path in frozen_paths),
-        frozen_prefix=", ".join(frozen_paths),
-        train_seconds=train_seconds,
-        images_per_second=images_seen / train_seconds if train_seconds > 0 else None,
-        peak_memory_mb=peak_memory_mb(device),
-        device=device_name(device),
-        precision=precision.name(device),
-        node=socket.gethostname(),
-        torch_version=torch.__version__,
-        timm_version=_version("timm"),
-        ray_version=_version("ray"),
-        **scores,
-        eval_folded_bn=eval_folded_bn,
-        padded_depthwise_grad=padded_depthwise_grad,
-        compiled=compiling.mode,
-        compile_seconds=compiling.seconds,
-        compiled_steps=compiling.compiled_steps,
-        **_data_columns(data),
-    )

@@ -17,7 +17,7 @@ from bench.errors import UserError
 from bench.models import build as backbones
 from bench.models.build import build_backbone, bundled_weights_path, load_state_dict
 from bench.models.freeze import apply_freeze, set_train_mode
-from bench.results.schema import TRIAL_COLUMNS
+from bench.results.schema import DEFAULT_THRESHOLDS, TRIAL_COLUMNS
 from bench.speedups import features
 
 pytestmark = pytest.mark.slow
@@ -382,7 +382,7 @@ def test_a_rewritten_weights_file_is_never_served_from_an_old_template(tmp_path)
 
 
 def test_data_regime_thresholds():
-    assert [core.trial.DEFAULT_THRESHOLDS.regime(n) for n in (1, 9.9, 10, 99, 100)] == [
+    assert [DEFAULT_THRESHOLDS.regime(n) for n in (1, 9.9, 10, 99, 100)] == [
         "scarce",
         "scarce",
         "limited",
