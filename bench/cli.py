@@ -159,7 +159,10 @@ def leaderboard_text(run_dirs: Sequence[str | Path], by: str = "dataset", fmt: s
             format_table(display_overall(analysis.overall())),
         ]
     else:
-        parts += ["\n## Regime matrix, measured vs textbook\n", format_table(display_matrix(analysis.matrix()))]
+        parts += [
+            "\n## Regime matrix, measured vs textbook\n",
+            format_table(display_matrix(analysis.matrix(), analysis.leaderboard("regime"))),
+        ]
     if not analysis.excluded.empty:
         parts.append(f"\n{len(analysis.excluded)} trial(s) failed or diverged and are left out of these statistics.\n")
     return "".join(parts)

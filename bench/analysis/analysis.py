@@ -165,7 +165,9 @@ class Analysis:
             return pd.DataFrame()
         settings = rows.groupby(CELL + ["entry", "seed"])[hp].apply(lambda g: len(g.drop_duplicates()))
         search_seed = (
-            settings.reset_index(name="_n").sort_values("_n", ascending=False).drop_duplicates(CELL + ["entry"])
+            settings.reset_index(name="_n")
+            .sort_values(["_n", "seed"], ascending=[False, True], kind="stable")
+            .drop_duplicates(CELL + ["entry"])
         )
         searched = rows.merge(search_seed[CELL + ["entry", "seed"]], on=CELL + ["entry", "seed"])
         keys = REGIME + CELL + ["entry", "strategy"]

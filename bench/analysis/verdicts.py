@@ -49,8 +49,8 @@ def matrix_of(board: pd.DataFrame, seeds: pd.DataFrame | None = None, metric: st
     - low + scarce/limited ("no safe recipe": no strategy reliably better): a = the best entry, b = the runner-up.
       "refuted" when p_holm < ALPHA (a recipe exists here), "confirmed" when the 95% interval of the difference
       lies within +-EQUIVALENCE_POINTS (an equivalence test: the two are within 2 points), else "inconclusive".
-    n_pairs: the seeds the comparison rests on; with fewer than MIN_SEEDS the reason says so. Without `seeds`
-    (or with fewer than 2 pairs) the verdict is "inconclusive".
+    a_entry, b_entry: the entries compared. n_pairs: the seeds the comparison rests on; with fewer than
+    MIN_SEEDS the reason says so. Without `seeds` (or with fewer than 2 pairs) the verdict is "inconclusive".
     interval_verdict (the earlier, unpaired rule, kept for comparison with earlier findings): the same pairs
     compared by their independent 95% intervals: "agrees", "disagrees" or "no clear winner" (docs/design.md).
     A cell with no trial has verdict "not measured". similarity_source says whether the similarity regime was
@@ -124,7 +124,7 @@ def _paired(
         reason = "only one strategy measured" if advised is None else "the advised strategy was not compared"
         return {**out, "verdict": "inconclusive", "reason": reason, "n_pairs": 0}
     a, b = pair
-    out["comparison"] = f"{key.loc[a.name]} vs {key.loc[b.name]}"
+    out.update(comparison=f"{key.loc[a.name]} vs {key.loc[b.name]}", a_entry=a["entry"], b_entry=b["entry"])
     if seeds is None or seeds.empty:
         return {**out, "verdict": "inconclusive", "reason": "no per-seed values to pair", "n_pairs": 0}
     regime = (seeds["similarity_regime"] == a["similarity_regime"]) & (seeds["data_regime"] == a["data_regime"])
@@ -228,20 +228,13 @@ def display_matrix(matrix: pd.DataFrame, board: pd.DataFrame | None = None) -> p
     """
 
     def compared(r: pd.Series) -> pd.DataFrame:
-        """The board rows of the entries the cell compared: its (a, b) found again by strategy key in the order
-        `matrix_of` ranks them (mean down, entry up); the best entry where there is no comparison."""
+        """The board rows of the entries the cell compared (a_entry, b_entry); the best entry where there is no
+        comparison."""
         cell = board[
             (board["similarity_regime"] == r["similarity_regime"]) & (board["data_regime"] == r["data_regime"])
         ]
-        if cell.empty:
-            return cell
-        cell = cell.sort_values(["mean", "entry"], ascending=[False, True])
-        key = cell["strategy"] + np.where(cell["pretrained"].astype(bool), "", " (scratch)")
-        comparison = r.get("comparison")
-        if not isinstance(comparison, str):
-            return cell[cell["entry"] == r.get("best_entry")]
-        firsts = [cell[key == side].head(1) for side in comparison.split(" vs ")]
-        return pd.concat(firsts)
+        names = [r.get(c) for c in ("a_entry", "b_entry") if isinstance(r.get(c), str)] or [r.get("best_entry")]
+        return cell[cell["entry"].isin(names)]
 
     def number(value: object) -> float:
         return float(value) if value is not None and pd.notna(value) else np.nan
