@@ -1,6 +1,6 @@
 """The run folder's tables: one Parquet schema, written atomically, read forgivingly.
 
-Writers (``bench.runner.tune``): ``upsert_trials`` and ``replace_epochs`` write each table through a temporary file
+Writers (``bench.runner.driver.write_rows``): ``upsert_trials``, ``replace_epochs`` write each table via a temp file
 in the same folder, fsynced and renamed over the old one, under a lock, so a finished trial is never lost and a
 stored ``ok`` row is never replaced. Readers (leaderboard, report, notebooks): ``load_runs`` merges run folders by
 ``trial_id`` without double counting and turns each unreadable file, missing column or empty run into one line of

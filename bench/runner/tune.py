@@ -3,7 +3,9 @@
 ``run_suite`` expands a suite into trial configs, prepares each dataset once as shards over the cluster
 (``bench.runner.datasets``), and hands the trials to ``tune.Tuner`` through a searcher that releases each trial, in
 ``schedule_order``, as soon as its dataset is published (``bench.runner.driver.WhenReady``); a two-stage search
-runs two such stages, the search and then each cell's selection on the other seeds. Each worker runs
+runs two such stages, the search and then each cell's selection on the other seeds, and a search that extends
+itself (``search.extend``) runs one more search stage per round of points past its cells' edges in between
+(``Suite.search_rounds``, recomputed from the rows, so a resumed run finds the rounds it misses). Each worker runs
 ``bench.runner.worker.trainable`` (the core, ``bench.training.trial.run_trial``) and reports its row back; the
 driver writes every row as it arrives, atomically, into the run folder's Parquet tables
 (``bench.runner.driver.RowWriter``), so workers never need to see the run folder. A ``UserError`` or a timeout
@@ -140,18 +142,30 @@ def run_suite(
         cache = os.path.abspath(local.expanduser())
         trials = [_placed(t, cache) for t in suite.trials() if t.trial_id not in done_ids]
         total = suite.trial_count()
-        skipped = len(done_ids) if suite.two_stage else total - len(trials)
+        skipped = len(done_ids) if suite.two_stage or suite.extends else total - len(trials)
         summary = RunSummary(run_dir=run_dir, total=total, skipped=skipped, location=opened.location)
-        stages = " (two stages: the search on the first seed, then each cell's selection on the others)"
         print(
-            f"bench: suite '{suite.name}': {total} trials{stages if suite.two_stage else ''}, "
-            f"{summary.skipped} already done, {total - summary.skipped} to run -> {opened.location}",
+            f"bench: suite '{suite.name}': {total} trials{_stages(suite)}, "
+            f"{summary.skipped} already done, {max(total - summary.skipped, 0)} to run -> {opened.location}",
             flush=True,
         )
         started = time.monotonic()
         cluster = _Cluster(address, num_cpus, run_dir)
         if trials:
             _run_stage(suite, trials, run_dir, summary, cache, store, cluster, tracking_spec, search=True)
+        for round_ in range(1, suite.extends + 1):
+            done_ids, val_top1 = _finished(run_dir)
+            rounds = suite.search_rounds(val_top1)
+            if round_ >= len(rounds):
+                break  # no cell's selection is on an edge within its limits
+            extension = [_placed(t, cache) for t in rounds[round_] if t.trial_id not in done_ids]
+            if extension:  # a resumed run passes over the rounds its rows hold
+                cells = len({t.cell_id for t in rounds[round_]})
+                print(
+                    f"bench: search extended past an edge in {cells} cell(s) (round {round_} of {suite.extends})",
+                    flush=True,
+                )
+                _run_stage(suite, extension, run_dir, summary, cache, store, cluster, tracking_spec, search=True)
         if suite.two_stage:
             done_ids, val_top1 = _finished(run_dir)
             confirm, unselected = suite.confirm_trials(val_top1)
@@ -164,6 +178,14 @@ def run_suite(
                 _run_stage(suite, confirm, run_dir, summary, cache, store, cluster, tracking_spec, search=False)
         summary.seconds = time.monotonic() - started
     return summary
+
+
+def _stages(suite: Suite) -> str:
+    """What the plan line says of a two-stage search and of its extensions (counted apart: "up to")."""
+    stages = " (two stages: the search on the first seed, then each cell's selection on the others)"
+    extra = suite.extension_bound()
+    extended = f" and up to {extra} more past the search's edges ({suite.extends} round(s))" if extra else ""
+    return (stages if suite.two_stage else "") + extended
 
 
 def _run_stage(

@@ -7,6 +7,9 @@ A dimension is a list (every value, crossed with the other lists, as ``tune.grid
 runs of a suite draw the same points, every cell of a strategy gets the same points, and resume recognises them.
 ``protocol: two_stage`` searches on the grid's first seed only, then runs each cell's selected point (best
 validation top-1) on every other seed (VTAB's two stages), so seed intervals are at fixed hyperparameters.
+``extend: N`` (two-stage only) lets that search extend itself: a cell whose selection sits on the lowest or
+highest value tried of a grid of numbers gets one point beyond it, up to ``N`` rounds (``Suite.search_rounds``);
+``limits: {name: [low, high]}`` bounds those points. Ranges and choices never extend.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 from bench.config import SEARCHABLE
 from bench.suite.reading import shorten
@@ -88,6 +92,8 @@ class SearchSpec(Strict):
     space: dict[str, Any]
     by_strategy: dict[str, dict[str, Any]] = {}  # strategy name or partial (0 < freeze < 1) -> its space
     scheduler: SchedulerSpec = SchedulerSpec()
+    extend: Annotated[int, Field(ge=0)] = 0  # rounds of one point past each edge a cell's selection sits on
+    limits: dict[str, Any] = {}  # name -> [low, high]: no extension passes these (inclusive)
 
     @field_validator("space")
     @classmethod
@@ -104,6 +110,67 @@ class SearchSpec(Strict):
             if strategy not in known:
                 raise ValueError(f"unknown strategy '{strategy}'; expected one of {', '.join(known)}")
         return {strategy: _space(space) for strategy, space in spaces.items()}
+
+    @field_validator("limits")
+    @classmethod
+    def _valid_limits(cls, limits: dict[str, Any]) -> dict[str, list[float]]:
+        for name, bounds in limits.items():
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) for b in bounds)):
+                _refuse(f"search.limits.{name}", f"expected [low, high], got {shorten(bounds)}")
+            if not bounds[0] < bounds[1]:
+                _refuse(f"search.limits.{name}", f"expected low < high, got {shorten(bounds)}")
+        return {name: [float(low), float(high)] for name, (low, high) in limits.items()}
+
+    @model_validator(mode="after")
+    def _extendable(self) -> SearchSpec:
+        """``extend`` needs a two-stage search and a grid of numbers to extend; ``limits`` needs ``extend`` and
+        names such a grid, whose values it holds."""
+        if self.extend and self.protocol != "two_stage":
+            _refuse(
+                "search.extend", f"extends a two-stage search only: expected protocol: two_stage, got {self.protocol}"
+            )
+        grids = {name: values for key in strategy_keys() for name, values in self._grids(key).items()}
+        if self.extend and not grids:
+            _refuse(
+                "search.extend",
+                "extends grids of numbers only (a list of two or more numbers; ranges and choices never extend): "
+                "expected one in search.space or search.by_strategy, got none",
+            )
+        if self.limits and not self.extend:
+            _refuse("search.limits", "bounds the points of search.extend: expected extend >= 1, got 0")
+        for name, (low, high) in self.limits.items():
+            if name not in grids:
+                expected = ", ".join(sorted(grids))
+                _refuse(f"search.limits.{name}", f"expected a searched grid of numbers ({expected}), got {name}")
+            outside = [v for key in strategy_keys() for v in self._grids(key).get(name, []) if not low <= v <= high]
+            if outside:
+                _refuse(
+                    f"search.limits.{name}",
+                    f"expected bounds that hold the searched {name} values, got "
+                    f"[{low:g}, {high:g}] without {outside[0]:g}",
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``extend: 0`` and ``limits: {}``: a suite saved before these keys existed resumes."""
+        data = handler(self)
+        if not self.extend:
+            data.pop("extend", None)
+        if not self.limits:
+            data.pop("limits", None)
+        return data
+
+    def extendable(self, strategy: str) -> list[str]:
+        """The dimensions of ``strategy``'s space that ``extend`` extends, by name: lists of two or more numbers."""
+        return sorted(self._grids(strategy))
+
+    def _grids(self, strategy: str) -> dict[str, list[float]]:
+        return {
+            name: values
+            for name, values in self.space_for(strategy).items()
+            if isinstance(values, list) and len(values) > 1 and all(_is_number(v) for v in values)
+        }
 
     def space_for(self, strategy: str) -> Space:
         return {**self.space, **self.by_strategy.get(strategy, {})}
@@ -124,6 +191,11 @@ class SearchSpec(Strict):
 
     def size(self, strategy: str) -> int:
         return len(self.points(strategy))
+
+
+def _refuse(key: str, message: str) -> None:
+    """A validation error that names its own key path (``bench.suite.messages`` prints it as one line)."""
+    raise PydanticCustomError("search_value", "search value", {"key": key, "message": message})
 
 
 def _stable(text: str) -> int:

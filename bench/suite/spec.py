@@ -236,6 +236,8 @@ class GridSpec(_Strict):
     data_fraction: _list_of(Annotated[float, Field(gt=0, le=1)]) | None = None
     shots: _list_of(Annotated[int, Field(ge=1)]) | None = None
     seed: _list_of(Annotated[int, Field(ge=0, lt=2**32)]) = [0]
+    # seeds drawing the training subset, crossed with `seed`; None: each trial's subset follows its seed
+    data_seed: _list_of(Annotated[int, Field(ge=0, lt=2**32)]) | None = None
     lr: _list_of(PositiveFloat) | None = None  # overrides train.lr
     weight_decay: _list_of(NonNegativeFloat) | None = None  # overrides train.weight_decay
 
@@ -308,6 +310,14 @@ def _on_off(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+class EarlyStopSpec(_Strict):
+    """`train.early_stop`: a phase ends after `patience` evaluations without a validation top-1 gain of more
+    than `min_delta` points over its best (bench.training.convergence.Plateau)."""
+
+    patience: Annotated[int, Field(ge=1)]
+    min_delta: NonNegativeFloat = _DEFAULTS["early_stop_min_delta"]
+
+
 class TrainSpec(_Strict):
     """Fixed training hyper-parameters; defaults are TrialConfig's."""
 
@@ -325,6 +335,8 @@ class TrainSpec(_Strict):
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = _DEFAULTS["val_fraction"]
     eval_every: Annotated[int, Field(ge=1)] = _DEFAULTS["eval_every"]
     eval_every_steps: Annotated[int, Field(ge=1)] | None = None  # validate every k steps instead of epochs
+    early_stop: EarlyStopSpec | None = None  # end a phase on a validation plateau
+    keep_best: bool = _DEFAULTS["keep_best"]  # test the best validation evaluation's weights, not the last
     padded_depthwise_grad: bool = _DEFAULTS[
         "padded_depthwise_grad"
     ]  # false: PyTorch's own backward (bench.speedups.depthwise)
@@ -502,20 +514,25 @@ class SuiteSpec(_Strict):
                     "search value",
                     {"key": "search", "message": f"{name} is both swept by grid.{name} and searched: keep one"},
                 )
-        base = self.train.model_dump(exclude_none=True)
         for where, space in [("space", self.search.space)] + [
             (f"by_strategy.{k}", v) for k, v in self.search.by_strategy.items()
         ]:
             for name, dimension in space.items():
                 values = dimension if isinstance(dimension, list) else next(iter(dimension.values()))
                 for value in values:
-                    try:
-                        TrainSpec.model_validate({**base, "lr" if name == "probe_lr" else name: value})
-                    except ValidationError as error:
-                        problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+                    problem = self.train_refuses(name, value)
+                    if problem is not None:
                         message = f"expected a valid train.{name} value, got {shorten(value)}: {problem}"
                         key = f"search.{where}.{name}"
-                        raise PydanticCustomError(
-                            "search_value", "search value", {"key": key, "message": message}
-                        ) from None
+                        raise PydanticCustomError("search_value", "search value", {"key": key, "message": message})
         return self
+
+    def train_refuses(self, name: str, value: Any) -> str | None:
+        """Why ``train:`` would refuse ``value`` for the searched hyperparameter ``name`` (``probe_lr`` as an
+        lr), in one line; None when it takes it."""
+        base = self.train.model_dump(exclude_none=True)
+        try:
+            TrainSpec.model_validate({**base, "lr" if name == "probe_lr" else name: value})
+        except ValidationError as error:
+            return str(error.errors()[0]["msg"]).removeprefix("Value error, ")
+        return None
