@@ -65,7 +65,12 @@ def _print_leaderboard(run_dir: str) -> None:
         return
     else:
         data = results.load_runs([run_dir])
-    print(Analysis.of(data.trials).summary())
+    analysis = Analysis.of(data.trials)
+    print(analysis.summary())
+    verdicts = analysis.verdict_summary()
+    if verdicts:
+        print(f"Regime verdicts (paired over seeds, Holm-corrected; `bench report {run_dir}` explains them):")
+        print(verdicts)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from bench.analysis.edges import edge_counts, searched_edges
 from bench.analysis.selection import SCHEDULE_COLUMNS, attempted, search_cost, select_hparams, tuned_runs
 from bench.analysis.tuning_curves import tuning_curves
 from bench.results.schema import DEFAULT_THRESHOLDS, DataThresholds
+from bench.utils.tables import format_table
 
 GROUPINGS = ("dataset", "regime")
 
@@ -186,6 +187,15 @@ class Analysis:
     def summary(self) -> str:
         """Best entry per dataset and data size, the markdown table ``bench run`` prints at the end."""
         return tables.summary_of(self.leaderboard("dataset"))
+
+    def verdict_summary(self) -> str:
+        """The measured regime cells' paired verdicts as a short markdown table (similarity, data, comparison,
+        effect with its 95% interval, Holm p, seeds, verdict); "" when no regime cell was measured."""
+        matrix = self.matrix()
+        measured = matrix[matrix["verdict"] != "not measured"]
+        if measured.empty:
+            return ""
+        return format_table(verdicts.verdict_lines(measured))
 
     def measured_matrix(self) -> pd.DataFrame:
         """The regime matrix of all these rows (``bench.analysis.verdicts.matrix_of``)."""

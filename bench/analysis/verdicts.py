@@ -212,6 +212,14 @@ def _verdict(cell: pd.DataFrame, key: pd.Series, advised: set[str] | None) -> tu
     return "disagrees", f"{key.loc[b.name]} beats {key.loc[a.name]} beyond the 95% intervals"
 
 
+def verdict_lines(matrix: pd.DataFrame) -> pd.DataFrame:
+    """The verdict columns of `display_matrix` alone, for the end of `bench run`."""
+    shown = display_matrix(matrix)
+    return shown[
+        [c for c in ("similarity", "data", "comparison", "effect (pts, 95% CI)", "Holm p", "seeds", "verdict")]
+    ]
+
+
 def display_matrix(matrix: pd.DataFrame, board: pd.DataFrame | None = None) -> pd.DataFrame:
     """The regime matrix as a reader wants it: one row per regime cell, the paired verdict first.
 
