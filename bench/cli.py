@@ -77,7 +77,9 @@ def _validate(args: argparse.Namespace) -> int:
     from bench.suite import load_suite
 
     suite = load_suite(args.suite, smoke=args.smoke)
-    print(f"{args.suite}: suite '{suite.name}' is valid: {suite.trial_count()} trials")
+    extra = suite.extension_bound()
+    more = f", and up to {extra} more past the search's edges" if extra else ""
+    print(f"{args.suite}: suite '{suite.name}' is valid: {suite.trial_count()} trials{more}")
     from bench.plugins import loaded_plugins
 
     if loaded_plugins():  # their code ran here, and runs in every worker: read a shared suite's plug-ins first
