@@ -1,5 +1,6 @@
 """Shared test helpers: the repository's paths, running `bench` as a user does, tiny suite files, hand-made
-result rows, and prerequisites that skip here but fail under CI.
+result rows, run folders and their rows, ports, the processes a test started (ended by their session, never by a
+name), and prerequisites that skip here but fail under CI.
 
 Test modules import these as ``from conftest import ...`` (pytest puts this folder on ``sys.path``).
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -15,9 +18,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -50,6 +57,14 @@ def require(condition: bool, reason: str) -> None:
     if under_ci():
         pytest.fail(f"missing prerequisite under CI=true: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_module(name: str) -> ModuleType:
+    """The module ``name``, imported; where it is not installed, as :func:`require` (call it in a test or a
+    fixture, not at import: a skip at import would skip the module outside CI without saying so in it)."""
+    __tracebackhide__ = True
+    require(importlib.util.find_spec(name) is not None, f"needs the Python package {name!r}")
+    return importlib.import_module(name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,6 +103,14 @@ def start_bench(*args: Any, log: Path, cwd: Path | None = None, env: dict[str, s
         env=env if env is not None else bench_env(),
         start_new_session=True,
     )
+
+
+def one_line_error(stderr: str, prefix: str = "bench: error: ") -> str:
+    """The one line `bench` wrote to ``stderr`` (blank lines aside), asserted to be the only one, to start with
+    ``prefix`` and to come without a traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in stderr, stderr[-2000:]
+    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,33 +263,143 @@ def write_run(run_dir: Path, rows: list[dict[str, Any]], suite: dict | None = No
     return run_dir
 
 
+def run_folders(out: Path, suite: str) -> list[Path]:
+    """The run folders of ``suite`` under ``out``, oldest first (their names are their start times); none before
+    the first run made one."""
+    folder = out / suite
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def run_folder(out: Path, suite: str) -> Path:
+    """The one run folder of ``suite`` under ``out``; fails the test where there is not exactly one."""
+    folders = run_folders(out, suite)
+    assert len(folders) == 1, f"{len(folders)} run folders of {suite} under {out}: {[p.name for p in folders]}"
+    return folders[0]
+
+
+def read_rows(run_dir: Path) -> pd.DataFrame:
+    """The trial rows of ``run_dir``, read with plain pyarrow (the file must be readable at every moment of a
+    run); no rows (but ``trial_id``, ``dataset``, ``status`` columns) before the run wrote its first."""
+    path = run_dir / TRIALS_FILE
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=str) for c in ("trial_id", "dataset", "status")})
+    return pq.read_table(path).to_pandas()
+
+
+def run_rows(out: Path, suite: str) -> pd.DataFrame:
+    """:func:`read_rows` of the newest run of ``suite`` under ``out`` (no rows before there is one)."""
+    folders = run_folders(out, suite)
+    return read_rows(folders[-1] if folders else out / suite)
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on now."""
+    """A TCP port nothing listens on now (two calls may give the same port: see :func:`distinct_port`)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def processes_naming(text: str) -> list[int]:
-    """The processes (but this one) whose command line holds ``text``, from /proc: how a test finds the
-    processes of a Ray it started, to end those and only those (``ray stop`` ends every Ray on the machine)."""
+_GIVEN_PORTS: set[int] = set()
+
+
+def distinct_port() -> int:
+    """A free port that no earlier call in this test process gave out: a port one probe freed can be handed out
+    again by the next, and Ray refuses one port for two of its components."""
+    while (port := free_port()) in _GIVEN_PORTS:
+        pass
+    _GIVEN_PORTS.add(port)
+    return port
+
+
+# ---------------------------------------------------------------------------------------------------------
+# processes a test started: each in a session of its own, ended by that session's id, never by a name pattern
+
+
+def session_processes(sid: int) -> list[int]:
+    """The live processes (zombies left out) of session ``sid``, from /proc: what a process the test started
+    with ``start_new_session`` left running, its descendants included (a local Ray, a `ray start` node and the
+    workers its raylet starts all stay in the session of the command that started them)."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:  # fields 3 and 6 of /proc/PID/stat: state, session id
+            pids.append(int(entry.name))
     return pids
 
 
-def kill_processes_naming(text: str, timeout_s: float = 30) -> None:
-    """SIGKILL every process :func:`processes_naming` finds, and wait until none is left."""
-    for pid in processes_naming(text):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def kill_session(sid: int, timeout_s: float = 30) -> None:
+    """SIGKILL every process of session ``sid`` and wait until none is left (at most ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
-    while processes_naming(text) and time.monotonic() < deadline:
+    while (pids := session_processes(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
+
+
+def kill_driver(process: subprocess.Popen) -> None:
+    """SIGKILL a process started by :func:`start_bench` (or with ``start_new_session``), then what it started:
+    the driver first, as a crash would end it, then its session (its local Ray)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    kill_session(process.pid)
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, process: subprocess.Popen | None = None) -> bool:
+    """Poll ``condition`` every 0.1 s until it is true (True), ``timeout_s`` passes or ``process`` ends (then
+    whether it is true at that moment)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process is not None and process.poll() is not None:
+            return bool(condition())
+        time.sleep(0.1)
+    return False
+
+
+class Sessions:
+    """Shell commands run each in a session of its own, remembered so that :meth:`kill` ends whatever they left
+    running (a `ray start` returns at once and leaves its node behind)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def run(
+        self, command: str, *, env: dict[str, str], cwd: Path | None = None, timeout: int = 600
+    ) -> subprocess.CompletedProcess:
+        """``bash -c command`` in a new session; its exit code, stdout and stderr."""
+        process = subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.ids.append(process.pid)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_session(process.pid)
+            raise
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def alive(self) -> list[int]:
+        """The processes of these sessions still running."""
+        return [pid for sid in self.ids for pid in session_processes(sid)]
+
+    def kill(self) -> None:
+        """SIGKILL every process of these sessions, and wait until none is left."""
+        for sid in self.ids:
+            kill_session(sid)
 
 
 RAY_RECORD = Path("/tmp/ray/ray_current_cluster")  # the cluster `ray start` recorded: what `auto` and ray.init() join
@@ -276,3 +409,16 @@ def forget_recorded_cluster(port: int) -> None:
     """Remove Ray's record of the cluster on ``port`` a test started, and only that one."""
     if RAY_RECORD.exists() and RAY_RECORD.read_text().strip().endswith(f":{port}"):
         RAY_RECORD.unlink()
+
+
+@contextlib.contextmanager
+def ray_cluster(gcs_port: int) -> Iterator[Sessions]:
+    """Sessions for the commands that start and use a `ray start` cluster whose head listens on ``gcs_port``; on
+    leaving, every process they left is killed and Ray's record of that cluster removed (``ray stop`` would end
+    every Ray on the machine)."""
+    sessions = Sessions()
+    try:
+        yield sessions
+    finally:
+        sessions.kill()
+        forget_recorded_cluster(gcs_port)

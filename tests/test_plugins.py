@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, bench, bench_env
+from conftest import REPO, bench, bench_env, one_line_error
 
 EXAMPLE = REPO / "examples" / "bench-example-plugin"
 
@@ -124,6 +124,5 @@ def test_a_broken_plugin_is_one_line_and_exit_2(tmp_path: Path, text: str, messa
     for command in (("validate", suite), ("run", suite, "--out", tmp_path / "out")):
         done = bench(*command, env=env)
         assert done.returncode == 2, (command, done.stderr)
-        (line,) = done.stderr.strip().splitlines()
-        assert line.startswith(f"bench: error: {suite}: plugins: {message}"), line
+        one_line_error(done.stderr, prefix=f"bench: error: {suite}: plugins: {message}")
     assert not (tmp_path / "out").exists()

@@ -6,13 +6,12 @@ folder are put in; so the document cannot drift from what works."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import RAY_RECORD, REPO, bench_env, forget_recorded_cluster, free_port, kill_processes_naming, write_suite
+from conftest import RAY_RECORD, REPO, bench_env, distinct_port, ray_cluster, run_folders, write_suite
 
 from bench.results import store as results
 
@@ -27,19 +26,13 @@ def readme_cluster_commands() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _stop(port: int) -> None:
-    """This cluster's processes only (a `ray stop` would end every Ray on the machine), and its record."""
-    kill_processes_naming(f":{port}")
-    forget_recorded_cluster(port)
-
-
 def test_the_readme_cluster_commands_run_as_written(tmp_path: Path) -> None:
     import ray._private.services
 
     assert not RAY_RECORD.exists(), f"{RAY_RECORD} exists: another `ray start` cluster is recorded on this machine"
     commands = readme_cluster_commands()
     head_ip = ray._private.services.get_node_ip_address()
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port = distinct_port(), distinct_port()
     workdir, home, out = tmp_path / "study", tmp_path / "home", tmp_path / "results"
     workdir.mkdir()
     home.mkdir()
@@ -59,18 +52,16 @@ def test_the_readme_cluster_commands_run_as_written(tmp_path: Path) -> None:
         return command
 
     ran = []
-    try:
+    with ray_cluster(gcs_port) as cluster:  # on leaving: every process these commands left, and Ray's record
         for command in map(put_in, commands):
             if "ray start" in command:
                 # Two nodes of one CPU on one machine: each runs one trial at a time, and each node's agent
                 # needs ports of its own (on a real cluster each node has the machine to itself).
-                command += f" --num-cpus=1 --dashboard-agent-listen-port={free_port()}"
-                command += f" --dashboard-agent-grpc-port={free_port()} --metrics-export-port={free_port()}"
+                command += f" --num-cpus=1 --dashboard-agent-listen-port={distinct_port()}"
+                command += f" --dashboard-agent-grpc-port={distinct_port()} --metrics-export-port={distinct_port()}"
             deadline = time.monotonic() + 90
             while True:
-                done = subprocess.run(
-                    ["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
-                )
+                done = cluster.run(command, cwd=workdir, env=env)
                 # Ray's job agent takes seconds to come up after `ray start`; Ray says to try again.
                 if "No available agent" not in done.stderr or time.monotonic() > deadline:
                     break
@@ -80,20 +71,20 @@ def test_the_readme_cluster_commands_run_as_written(tmp_path: Path) -> None:
             if "bench run" in command:
                 assert "2 node(s)" in done.stdout + done.stderr, done.stdout[-3000:]
         assert (home / ".ray" / "auth_token").exists()
-        # Without the token the head refuses a node: the README's token step is needed.
-        refused = subprocess.run(
-            ["bash", "-c", f"RAY_AUTH_MODE=disabled ray start --address={head_ip}:{gcs_port} --num-cpus=1"],
+        # Without the token the head refuses a node, for want of the token: the README's token step is needed.
+        refused = cluster.run(
+            f"RAY_AUTH_MODE=disabled ray start --address={head_ip}:{gcs_port} --num-cpus=1",
             cwd=workdir,
             env={**env, "HOME": str(tmp_path)},
-            capture_output=True,
-            text=True,
             timeout=120,
         )
-        assert refused.returncode != 0, refused.stdout[-2000:]
-    finally:
-        _stop(gcs_port)
+        assert refused.returncode == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert "AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing" in refused.stderr, (
+            refused.stderr[-3000:]
+        )
+    assert not cluster.alive()
     assert sum("bench run" in command for command in ran) == 2  # as a Ray job, and from a shell
-    runs = sorted((out / "my_suite").iterdir())
+    runs = run_folders(out, "my_suite")
     assert len(runs) == 2
     for run_dir in runs:
         table = results.load_runs([run_dir]).trials

@@ -3,7 +3,6 @@ bench starts its own Ray, even where a `ray start` cluster died and left its rec
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,10 +12,11 @@ from conftest import (
     RAY_RECORD,
     bench,
     bench_env,
-    forget_recorded_cluster,
+    distinct_port,
     free_port,
-    kill_processes_naming,
-    processes_naming,
+    one_line_error,
+    ray_cluster,
+    run_folder,
     write_suite,
 )
 
@@ -33,8 +33,7 @@ def test_an_address_with_nothing_listening_is_one_line_and_exit_2(tmp_path: Path
     started = time.monotonic()
     done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--address", address, timeout=120)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"bench: error: cannot reach the Ray cluster at {address}"), lines
+    assert one_line_error(done.stderr).startswith(f"bench: error: cannot reach the Ray cluster at {address}")
     assert time.monotonic() - started < 60
 
 
@@ -42,20 +41,17 @@ def test_an_address_with_nothing_listening_is_one_line_and_exit_2(tmp_path: Path
 def dead_cluster_record():
     """A `ray start --head` cluster killed with -9 (no `ray stop`): Ray's record of it stays on the machine."""
     assert not RAY_RECORD.exists(), f"{RAY_RECORD} exists before the test: another cluster is recorded on this machine"
-    port = free_port()
-    started = subprocess.run(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=bench_env(),
-    )
-    assert started.returncode == 0, started.stderr[-2000:]
-    assert processes_naming(str(port)), "no process of the started cluster was found"
-    kill_processes_naming(str(port))
-    assert RAY_RECORD.exists() and RAY_RECORD.read_text().strip().endswith(f":{port}")
-    yield port
-    forget_recorded_cluster(port)  # not `ray stop`: that would end every Ray on the machine
+    port = distinct_port()
+    with ray_cluster(port) as cluster:  # on leaving: the record forgotten, not `ray stop` (it ends every Ray)
+        started = cluster.run(
+            f"{RAY} start --head --port={port} --num-cpus=1 --include-dashboard=false", env=bench_env()
+        )
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert cluster.alive(), "no process of the started cluster was found"
+        cluster.kill()
+        assert not cluster.alive()
+        assert RAY_RECORD.exists() and RAY_RECORD.read_text().strip().endswith(f":{port}")
+        yield port
 
 
 def test_a_dead_recorded_cluster_is_never_joined_without_an_address(tmp_path: Path, dead_cluster_record) -> None:
@@ -63,10 +59,9 @@ def test_a_dead_recorded_cluster_is_never_joined_without_an_address(tmp_path: Pa
     done = bench("run", str(suite), "--out", str(tmp_path / "out"), "--num-cpus", "1", timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "bench: ray local: 1 node(s)" in done.stdout
-    run_dir = next((tmp_path / "out" / "tiny").iterdir())
-    assert len(results.load_runs([run_dir]).trials) == 1
+    assert len(results.load_runs([run_folder(tmp_path / "out", "tiny")]).trials) == 1
     # Asked for explicitly, the recorded cluster is tried, and refused in one line.
     asked = bench("run", str(suite), "--out", str(tmp_path / "out2"), "--address", "auto", timeout=120)
     assert asked.returncode == 2, asked.stderr[-2000:]
-    lines = [line for line in asked.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and f":{dead_cluster_record}" in lines[0] and "cannot reach" in lines[0], lines
+    line = one_line_error(asked.stderr)
+    assert f":{dead_cluster_record}" in line and "cannot reach" in line, line

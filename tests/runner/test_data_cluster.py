@@ -30,13 +30,13 @@ import pytest
 from conftest import (
     CIFAR,
     RAY_RECORD,
+    Sessions,
     bench,
     bench_env,
-    forget_recorded_cluster,
-    free_port,
-    kill_processes_naming,
-    processes_naming,
+    distinct_port,
+    ray_cluster,
     require,
+    run_folder,
     write_suite,
 )
 from s3_server import BUCKET, s3_server
@@ -94,22 +94,10 @@ def image_folder(root: Path) -> Path:
     return root
 
 
-def run(command: str, env: dict[str, str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def run(sessions: Sessions, command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    done = sessions.run(command, env=env, cwd=cwd, timeout=300)
     assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
-
-
-_TAKEN: set[int] = set()
-
-
-def distinct_port() -> int:
-    """A free port no other component of this test was given (a port freed by one probe can be handed out again
-    by the next, and Ray refuses one port for two components)."""
-    while (port := free_port()) in _TAKEN:
-        pass
-    _TAKEN.add(port)
-    return port
 
 
 def node_ports() -> str:
@@ -132,15 +120,6 @@ def probe(address: str, root: Path, cache: Path, env: dict[str, str], cwd: Path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("PROBE "))
     return json.loads(line.removeprefix("PROBE "))
-
-
-def _stop(port: int) -> None:
-    """This cluster's processes only, both nodes' (the worker's are visible by their command line from here:
-    the namespace is a mount namespace, not a PID one), and its record. ``ray stop`` would end every Ray on
-    the machine."""
-    kill_processes_naming(f":{port}")
-    kill_processes_naming(f"--gcs_server_port={port}")
-    forget_recorded_cluster(port)
 
 
 def test_a_worker_node_without_the_images_or_the_cache_decodes_shards_and_runs_trials(tmp_path: Path) -> None:
@@ -181,11 +160,12 @@ def _two_node_runs(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")  # the token in a home of ours
     env.update({k: v for k, v in s3.env().items() if k.startswith("AWS_")})  # every node's, as a user sets them
 
-    try:
-        run("ray get-auth-token --generate > /dev/null", env, workdir)
+    with ray_cluster(gcs_port) as cluster:  # on leaving: both nodes' processes, and Ray's record
+        run(cluster, "ray get-auth-token --generate > /dev/null", env, workdir)
         token = (home / ".ray" / "auth_token").read_text().strip()
         env["RAY_AUTH_MODE"] = "token"  # a driver given an address (not `auto`) reads the token only then
         run(
+            cluster,
             f"ray start --head --node-ip-address={head_ip} --port={gcs_port} --include-dashboard=false"
             f" --ray-client-server-port={distinct_port()}" + node_ports(),
             env,
@@ -196,7 +176,7 @@ def _two_node_runs(tmp_path: Path, stack: contextlib.ExitStack) -> None:
             f"mount -t tmpfs tmpfs {root} && mount -t tmpfs tmpfs {cache}"
             f" && RAY_AUTH_TOKEN={token} ray start --address={address}" + node_ports()
         )
-        run(f"unshare --mount --propagation private bash -c '{worker}'", env, workdir)
+        run(cluster, f"unshare --mount --propagation private bash -c '{worker}'", env, workdir)
 
         seen = probe(address, root, cache, env, workdir)
         assert len(seen) == 2, seen
@@ -223,9 +203,7 @@ def _two_node_runs(tmp_path: Path, stack: contextlib.ExitStack) -> None:
             cwd=workdir, env={**env, "BENCH_SHARD_MB": SHARD_MB}, timeout=900,
         )  # fmt: skip
         assert stored.returncode == 0, (stored.stdout + stored.stderr)[-5000:]
-    finally:
-        _stop(gcs_port)
-    assert not processes_naming(f":{gcs_port}") and not processes_naming(f"--gcs_server_port={gcs_port}")
+    assert not cluster.alive()  # the worker's processes too: its namespace is a mount one, not a PID one
     assert str(tmp_path) not in Path("/proc/mounts").read_text()  # the worker's mounts never showed out here
 
     # The driver's line: every shard decoded, by both nodes.
@@ -249,7 +227,7 @@ def _two_node_runs(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     assert not list(cache.glob("datasets/*.partial"))
 
     # The rows: every trial ok, on both nodes; the worker's copied the shards into its own cache first.
-    (run_dir,) = sorted((out / "data_cluster").iterdir())
+    run_dir = run_folder(out, "data_cluster")
     table = results.load_runs([run_dir]).trials
     assert len(table) == 6 and set(table["status"]) == {"ok"}, table[["status", "error"]]
     assert (table["dataset_shards"] == SHARDS).all()
@@ -272,7 +250,7 @@ def _two_node_runs(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     objects = s3.objects("cache/datasets")
     assert sum(key.endswith(".npy") and "/y_" not in key for key in objects) == SHARDS, sorted(objects)
     assert sum(key.endswith("/meta.json") for key in objects) == 1
-    (stored_dir,) = sorted((cache / "stored" / "data_cluster").iterdir())
+    stored_dir = run_folder(cache / "stored", "data_cluster")
     stored_table = results.load_runs([stored_dir]).trials
     assert len(stored_table) == 6 and set(stored_table["status"]) == {"ok"}, stored_table[["status", "error"]]
     assert set(stored_table["ray_node_id"]) == {head_node["node_id"], worker_node["node_id"]}

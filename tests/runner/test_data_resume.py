@@ -5,16 +5,12 @@ in-memory decode bit for bit)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, bench, require, start_bench, write_suite
-from test_reliability import kill_session
+from conftest import DATA, bench, kill_driver, require, start_bench, wait_until, write_suite
 
 from bench.data import prepare_dataset
 
@@ -39,20 +35,12 @@ def test_driver_killed_while_preparing_then_resume_reuses_whole_shards(tmp_path:
     suite.write_text(suite.read_text().replace("img_size: 32", "img_size: 96"))
     out, log = tmp_path / "out", tmp_path / "first.log"
     driver = start_bench("run", suite, "--out", out, "--num-cpus", "2", log=log)
-    partial: list[Path] = []
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and driver.poll() is None:
-            partial = list(out.glob("**/datasets/*.partial"))
-            if partial and len(list(partial[0].glob("*.json"))) >= 30:
-                break
-            time.sleep(0.05)
-        assert partial and driver.poll() is None, log.read_text()
-        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as a crash would
-        driver.wait(timeout=30)
+        thirty = wait_until(lambda: any(len(list(p.glob("*.json"))) >= 30 for p in _partial(out)), 300, driver)
+        assert thirty and driver.poll() is None, log.read_text()
     finally:
-        kill_session(driver.pid)  # then what it started (its local Ray), so nothing writes on
-    folder = partial[0]
+        kill_driver(driver)  # the driver alone first, as a crash would; then its local Ray, so nothing writes on
+    (folder,) = _partial(out)
     assert not list(folder.parent.glob("*/meta.json")), "the dataset was published before the kill"
     whole_before = {p.stem for p in folder.glob("*.json")}
     assert len(whole_before) >= 30
@@ -71,3 +59,8 @@ def test_driver_killed_while_preparing_then_resume_reuses_whole_shards(tmp_path:
     for split in ("train", "test"):
         parts = [np.load(published / f"{s['name']}.npy") for s in meta["shards"][split]]
         assert np.array_equal(np.concatenate(parts), fresh.x_train[:] if split == "train" else fresh.x_test[:])
+
+
+def _partial(out: Path) -> list[Path]:
+    """The folders of preparations under way below ``out``."""
+    return list(out.glob("**/datasets/*.partial"))

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import bench, write_suite
+from conftest import bench, read_rows, run_folder, write_suite
 from s3_server import BUCKET, s3_server
-
-from bench.results.store import TRIALS_FILE
 
 
 def test_a_store_cache_is_for_bench_run_only(tmp_path: Path) -> None:
@@ -87,5 +85,4 @@ def _run(suite: Path, out: Path, uri: str, env: dict[str, str]):
 
 
 def _rows(out: Path) -> pd.DataFrame:
-    (table,) = out.glob(f"store/*/{TRIALS_FILE}")
-    return pd.read_parquet(table).sort_values("trial_id").reset_index(drop=True)
+    return read_rows(run_folder(out, "store")).sort_values("trial_id").reset_index(drop=True)

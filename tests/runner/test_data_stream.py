@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bench_env, start_bench
-from test_reliability import kill_session
-
-from bench.results.store import TRIALS_FILE
+from conftest import bench_env, kill_session, run_rows, start_bench, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +81,10 @@ tune:
     command = ["run", suite, "--out", out, "--num-cpus", "3"]
     driver = start_bench(*command, log=log, env=env)
     try:
-        digits = _wait_for_rows(out, "digits", 2, driver, timeout_s=240)
-        assert digits is not None, f"no digits row while gated was still preparing:\n{log.read_text()}"
+        wait_until(lambda: (run_rows(out, "stream")["dataset"] == "digits").sum() >= 2, 240, driver)
+        rows = run_rows(out, "stream")
+        digits = rows[rows["dataset"] == "digits"]
+        assert len(digits) == 2, f"no digits row while gated was still preparing:\n{log.read_text()}"
         published = list(out.glob(".cache/datasets/*/meta.json"))
         names = {json.loads(p.read_text())["name"] for p in published}
         assert names == {"digits"}, names  # gated is not published yet, and it cannot be: the gate is shut
@@ -97,7 +95,7 @@ tune:
     finally:
         gate.touch()
         kill_session(driver.pid)  # whatever is left of the run and its Ray
-    rows = _rows(out)
+    rows = run_rows(out, "stream")
     assert len(rows) == 4 and (rows["status"] == "ok").all(), rows[["dataset", "status", "error"]]
     gated = rows[rows["dataset"] == "gated"]
     assert len(gated) == 2
@@ -107,22 +105,3 @@ tune:
     assert (finished_digits < gate_opened).all()
     text = log.read_text()
     assert text.index("dataset gated at 32 px: 64 images") > text.index("digits freeze=linear_probe"), text
-
-
-def _rows(out: Path) -> pd.DataFrame:
-    tables = list(out.glob("stream/*/" + TRIALS_FILE))
-    return pd.read_parquet(tables[0]) if tables else pd.DataFrame(columns=["dataset", "status"])
-
-
-def _wait_for_rows(out: Path, dataset: str, count: int, driver, timeout_s: float) -> pd.DataFrame | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and driver.poll() is None:
-        try:
-            rows = _rows(out)
-        except (OSError, ValueError):  # written atomically, but a listing may race the rename
-            rows = pd.DataFrame(columns=["dataset", "status"])
-        found = rows[rows["dataset"] == dataset]
-        if len(found) >= count:
-            return found
-        time.sleep(0.5)
-    return None

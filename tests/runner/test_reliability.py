@@ -9,13 +9,11 @@ CIFAR-10 JPEGs, a few optimiser steps) so the time goes into the faults, not the
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import pickle
 import random
 import shutil
-import signal
 import subprocess
 import time
 import warnings
@@ -26,7 +24,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CIFAR, bench, make_row, require, start_bench, write_run, write_suite
+from conftest import (
+    CIFAR,
+    bench,
+    kill_session,
+    make_row,
+    one_line_error,
+    read_rows,
+    require,
+    run_folder,
+    run_folders,
+    run_rows,
+    start_bench,
+    wait_until,
+    write_run,
+    write_suite,
+)
 from PIL import Image
 
 from bench.results import store as results
@@ -36,33 +49,6 @@ FAULT_SEED = int(os.environ.get("BENCH_FAULT_SEED", "7"))  # random kill moments
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers (the style of tests/runner/test_tune.py: tiny suites at 32 px, a few steps)
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of session `sid` (the driver and the local Ray it started), by pid."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
-def run_dirs(out: Path, suite: str) -> list[Path]:
-    folder = out / suite
-    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-
-
-def read_trials(run_dir: Path) -> pd.DataFrame:
-    """trials.parquet read back with plain pyarrow (the file must always be readable), or no rows."""
-    path = run_dir / results.TRIALS_FILE
-    if not path.exists():
-        return pd.DataFrame({"trial_id": pd.Series(dtype=str), "status": pd.Series(dtype=str)})
-    return pq.read_table(path).to_pandas()
 
 
 def ok_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -82,22 +68,6 @@ def suite_trial_ids(path: Path) -> set[str]:
     from bench.suite import load_suite
 
     return {trial.trial_id for trial in load_suite(path).trials()}
-
-
-def wait_for(condition, timeout: float, process: subprocess.Popen | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if process is not None and process.poll() is not None:
-            return condition()
-        time.sleep(0.1)
-    return False
-
-
-def row_count(out: Path, suite: str) -> int:
-    folders = run_dirs(out, suite)
-    return len(read_trials(folders[-1])) if folders else 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,8 +254,8 @@ def test_data_faults_fail_or_degrade_per_trial_and_the_run_goes_on(tmp_path: Pat
     outside = sorted(str(p) for p in written if not p.is_relative_to(tmp_path / "out"))
     assert outside == [], f"written outside --out: {outside[:5]}"
 
-    (folder,) = run_dirs(tmp_path / "out", "datafaults")
-    table = read_trials(folder)
+    folder = run_folder(tmp_path / "out", "datafaults")
+    table = read_rows(folder)
     expected = suite_trial_ids(suite)
     per_dataset = len(expected) // 2  # the suite's two datasets have the same grid
     assert len(table) == len(expected) and table["trial_id"].is_unique
@@ -345,10 +315,9 @@ def test_two_concurrent_resumes_on_one_run_folder_one_is_refused(explode_race: d
     codes, logs = explode_race["codes"], explode_race["logs"]
     assert sorted(codes) == [0, 2], logs
     loser = logs[codes.index(2)]
-    lines = [line for line in loser.splitlines() if line.strip()]
-    assert len(lines) == 1 and "in use by another bench run" in lines[0], loser
-    assert str(explode_race["folder"]) in lines[0]
-    table = read_trials(explode_race["folder"])
+    line = one_line_error(loser)
+    assert "in use by another bench run" in line and str(explode_race["folder"]) in line, line
+    table = read_rows(explode_race["folder"])
     assert len(table) == 2 and set(table["trial_id"]) == suite_trial_ids(explode_race["suite"])
 
 
@@ -357,7 +326,7 @@ def test_an_exploding_loss_gives_a_diverged_row_and_the_run_still_succeeds(explo
     assert 0 in explode_race["codes"], explode_race["logs"]
     winner = explode_race["logs"][explode_race["codes"].index(0)]
     assert "1 ok, 1 diverged, 0 failed" in winner and "Traceback" not in winner, winner[-2000:]
-    table = read_trials(explode_race["folder"]).set_index("hp_lr")
+    table = read_rows(explode_race["folder"]).set_index("hp_lr")
     exploded, sane = table.loc[1e12], table.loc[1e-3]
     assert exploded["status"] == "diverged" and "non-finite loss" in exploded["error"]
     assert pd.isna(exploded["metric_top1"])
@@ -380,14 +349,14 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
         if kills >= 3:
             break
         args = ["run", suite, "--out", out, "--num-cpus", "1"] + (["--resume"] if round_index else [])
-        rows_at_start = row_count(out, "killed")
+        rows_at_start = len(run_rows(out, "killed"))
         driver = start_bench(*args, log=tmp_path / f"round{round_index}.log")
         try:
             if round_index == 0:  # the first kill may land before Ray is up, or before any row
-                assert wait_for(lambda: bool(run_dirs(out, "killed")), 120, driver)
+                assert wait_until(lambda: bool(run_folders(out, "killed")), 120, driver)
                 delay = rng.uniform(0, 8)
             elif mode == "after a row":
-                wait_for(lambda start=rows_at_start: row_count(out, "killed") > start, 240, driver)
+                wait_until(lambda start=rows_at_start: len(run_rows(out, "killed")) > start, 240, driver)
                 delay = rng.uniform(0, 1.5)
             else:
                 delay = rng.uniform(2, 12)
@@ -401,8 +370,8 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
         else:
             log = (tmp_path / f"round{round_index}.log").read_text()
             assert driver.returncode == 0, log[-2000:]
-        (folder,) = run_dirs(out, "killed")
-        table = read_trials(folder)  # readable after every kill
+        folder = run_folder(out, "killed")
+        table = read_rows(folder)  # readable after every kill
         if (folder / results.EPOCHS_FILE).exists():
             pq.read_table(folder / results.EPOCHS_FILE)
         assert table["trial_id"].is_unique and set(table["trial_id"]) <= expected
@@ -417,8 +386,8 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
     resumed = bench("run", suite, "--out", out, "--resume", "--num-cpus", "2")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert f"{len(kept)} already done" in resumed.stdout
-    (folder,) = run_dirs(out, "killed")
-    final = read_trials(folder)
+    folder = run_folder(out, "killed")
+    final = read_rows(folder)
     assert len(final) == len(expected) and set(final["trial_id"]) == expected
     assert set(final["status"]) == {"ok"}
     assert assert_rows_kept(kept, final) == 0
@@ -471,14 +440,16 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory):
         driver = start_bench(
             "run", suite, "--out", small, "--cache-dir", root / "cache", "--num-cpus", "1", log=root / "full.log"
         )
-        assert wait_for(lambda: row_count(small, "full") >= 1, 300, driver), (root / "full.log").read_text()[-2000:]
+        assert wait_until(lambda: len(run_rows(small, "full")) >= 1, 300, driver), (root / "full.log").read_text()[
+            -2000:
+        ]
         running_when_filled = driver.poll() is None
         _fill(small)
-        (folder,) = run_dirs(small, "full")
-        kept = ok_rows(read_trials(folder))
+        folder = run_folder(small, "full")
+        kept = ok_rows(read_rows(folder))
         driver.wait(timeout=300)
         log = (root / "full.log").read_text()
-        after = read_trials(folder)  # must still be readable
+        after = read_rows(folder)  # must still be readable
         leftovers = sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
         big = root / "big"
         shutil.copytree(small, big, ignore=shutil.ignore_patterns("ballast*"))
@@ -512,8 +483,8 @@ def test_a_full_disk_keeps_every_finished_row_and_resume_completes(disk_full: di
 
     resumed = disk_full["resumed"]
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    (folder,) = run_dirs(disk_full["big"], "full")
-    final = read_trials(folder)
+    folder = run_folder(disk_full["big"], "full")
+    final = read_rows(folder)
     expected = suite_trial_ids(disk_full["suite"])
     assert len(final) == len(expected) and set(final["trial_id"]) == expected and set(final["status"]) == {"ok"}
     assert assert_rows_kept(ok_rows(after), final) == 0
@@ -539,7 +510,7 @@ def test_an_output_folder_on_a_full_disk_is_one_line_and_no_traceback(tmp_path: 
         _unmount(small)
     assert done.returncode == 3, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert len(done.stderr.strip().splitlines()) == 1 and "No space left on device" in done.stderr
+    assert "No space left on device" in one_line_error(done.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -579,19 +550,13 @@ def broken_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     return {"good": good, "bad": bad, "board": board, "report": report}
 
 
-def _one_line_naming(stderr: str, path: Path) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and str(path) in lines[0], stderr
-    assert "Traceback" not in stderr
-
-
 @pytest.mark.slow
 def test_leaderboard_skips_a_bad_parquet_file_and_names_it(broken_runs: dict) -> None:
     board = broken_runs["board"]
     assert board.returncode == 0, board.stderr
     assert "efficientnet_lite1" in board.stdout and "efficientnet_lite0" in board.stdout
     assert "efficientnet_lite2" not in board.stdout
-    _one_line_naming(board.stderr, broken_runs["bad"] / results.TRIALS_FILE)
+    assert str(broken_runs["bad"] / results.TRIALS_FILE) in one_line_error(board.stderr, prefix="")
 
 
 @pytest.mark.slow
@@ -605,4 +570,4 @@ def test_report_skips_a_bad_parquet_file_and_lists_it(broken_runs: dict) -> None
 
 @pytest.mark.slow
 def test_report_names_a_bad_parquet_file_on_stderr(broken_runs: dict) -> None:
-    _one_line_naming(broken_runs["report"].stderr, broken_runs["bad"] / results.TRIALS_FILE)
+    assert str(broken_runs["bad"] / results.TRIALS_FILE) in one_line_error(broken_runs["report"].stderr, prefix="")

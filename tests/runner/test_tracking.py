@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bench, free_port
+from conftest import bench, free_port, run_folder
 
 from bench.results import store as results
 
@@ -38,7 +38,7 @@ analysis: {{similarity: false}}
 
 
 def _tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    run_dir = next((out / "tracked").iterdir())
+    run_dir = run_folder(out, "tracked")
     data = results.load_runs([run_dir])
     return data.trials.set_index("trial_id"), data.epochs, run_dir
 

@@ -7,17 +7,14 @@ optimiser steps) so that the scheduling, writing and resuming are what the tests
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bench, write_suite
+from conftest import bench, kill_driver, run_folder, run_rows, start_bench, wait_until, write_suite
 
 from bench.results import store as results
 from bench.results.schema import TRIAL_COLUMNS, utc_now
@@ -25,13 +22,8 @@ from bench.results.schema import TRIAL_COLUMNS, utc_now
 pytestmark = pytest.mark.slow
 
 
-def run_dir(out: Path, suite: str = "tiny") -> Path:
-    (folder,) = [p for p in (out / suite).iterdir() if p.is_dir()]
-    return folder
-
-
 def trials(out: Path, suite: str = "tiny") -> pd.DataFrame:
-    return results.read_table(run_dir(out, suite) / results.TRIALS_FILE)
+    return results.read_table(run_folder(out, suite) / results.TRIALS_FILE)
 
 
 def grid_size(suite: Path) -> int:
@@ -56,9 +48,9 @@ def test_local_run_writes_one_ok_row_per_trial_with_the_contract_columns(tmp_pat
     assert set(table["status"]) == {"ok"}
     assert not [c for c in TRIAL_COLUMNS if c not in table.columns]
     assert table["metric_top1"].between(0, 100).all()
-    epochs = results.read_table(run_dir(tmp_path / "out") / results.EPOCHS_FILE)
+    epochs = results.read_table(run_folder(tmp_path / "out", "tiny") / results.EPOCHS_FILE)
     assert set(epochs["trial_id"]) == set(table["trial_id"])
-    folder = run_dir(tmp_path / "out")
+    folder = run_folder(tmp_path / "out", "tiny")
     assert (folder / "suite.yaml").exists() and (folder / "env.json").exists()
     assert f"{total} ok, 0 diverged, 0 failed" in done.stdout and str(folder) in done.stdout
     assert "| digits |" in done.stdout  # the leaderboard at the end
@@ -119,21 +111,11 @@ def test_datasets_decode_only_after_torch_is_fully_imported(tmp_path):
 def test_kill_minus_nine_of_the_driver_then_resume_completes_without_losing_a_row(tmp_path):
     suite = write_suite(tmp_path, concurrent=1, steps=6)
     out = tmp_path / "out"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--num-cpus", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        folder = next((p for p in (out / "tiny").glob("*") if p.is_dir()), None) if (out / "tiny").exists() else None
-        if folder and (folder / results.TRIALS_FILE).exists() and len(trials(out)) >= 2:
-            break
-        time.sleep(0.2)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    os.killpg(driver.pid, signal.SIGKILL)  # the local Ray the driver started
+    driver = start_bench("run", suite, "--out", out, "--num-cpus", "1", log=tmp_path / "driver.log")
+    try:
+        wait_until(lambda: len(run_rows(out, "tiny")) >= 2, 300, driver)
+    finally:
+        kill_driver(driver)  # and the local Ray it started
     before = trials(out)
     assert 2 <= len(before) < grid_size(suite)
     ok_before = before[before["status"] == "ok"].set_index("trial_id").sort_index()
@@ -239,19 +221,14 @@ def test_losing_the_worker_node_part_way_still_completes_the_suite(tmp_path, two
     def events() -> list[dict]:
         return [json.loads(line) for line in probe.read_text().splitlines()] if probe.exists() else []
 
-    def rows() -> int:
-        folders = [p for p in (out / "tiny").iterdir() if p.is_dir()] if (out / "tiny").exists() else []
-        return len(trials(out)) if folders and (folders[0] / results.TRIALS_FILE).exists() else 0
+    def two_running_after_one_finished() -> bool:
+        states = [e for e in events() if "running" in e]
+        return bool(states) and states[-1]["running"] == 2 and states[-1]["terminated"] >= 1
 
     # Wait until a trial has finished and Tune runs two more: each takes the 1 CPU of a node, so one of them is
     # running on the worker node when it is removed, and that trial must fail and be retried on the head.
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:
-        states = [e for e in events() if "running" in e]
-        if states and states[-1]["running"] == 2 and states[-1]["terminated"] >= 1:
-            break
-        time.sleep(0.1)
-    running_when_removed, rows_when_removed = driver.poll() is None, rows()
+    wait_until(two_running_after_one_finished, 300, driver)
+    running_when_removed, rows_when_removed = driver.poll() is None, len(run_rows(out, "tiny"))
     cluster.remove_node(worker, allow_graceful=False)
     removed_at = utc_now()
     stdout, stderr = driver.communicate(timeout=600)
