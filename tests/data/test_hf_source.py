@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, REPO, bench, bench_env, make_row, require, write_run, write_suite
+from conftest import DATA, REPO, bench, bench_env, make_row, require, require_module, write_run, write_suite
 from PIL import Image
 
 from bench.config import TrialConfig
@@ -29,7 +29,16 @@ from bench.errors import UserError
 from bench.results.schema import trial_row
 from bench.results.store import load_runs
 
-datasets = pytest.importorskip("datasets")
+try:
+    import datasets
+except ImportError:  # the autouse fixture below says so: a skip here, a failure under CI
+    datasets = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _datasets_installed() -> None:
+    require_module("datasets")
+
 
 PBC = DATA / "pbc_blood_cells"
 CLASSES = ["basophil", "eosinophil", "lymphocyte"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DATA, bench, require, write_suite
+from conftest import DATA, bench, require, require_module, write_suite
 
 from bench.results.leaderboard import parse_table
 
@@ -25,7 +25,7 @@ PBC = DATA / "pbc_blood_cells"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require(PBC.is_dir(), f"test images not found at {PBC} (BENCH_DATA={DATA})")
-    datasets = pytest.importorskip("datasets")
+    datasets = require_module("datasets")
     root = tmp_path_factory.mktemp("names")
     cells = root / "data" / "pbc_blood_cells"
     for name in ("basophil", "eosinophil", "lymphocyte"):
