@@ -1,12 +1,16 @@
 """A two-stage search on a real local Ray: the search on the first seed, then each cell's selection (best
-validation top-1) on the other seeds; leaderboards rank that setting over every seed; resume reruns nothing."""
+validation top-1) on the other seeds; leaderboards rank that setting over every seed; resume reruns nothing.
+
+Where validation and test disagree (rows of the run edited so that the setting best on validation is the worst on
+test), the selection, the runner's and the leaderboard's, follows validation: a selection on test fails here."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import bench
+from conftest import bench, run_folder
 
 from bench.results import store as results
 from bench.results.leaderboard import leaderboard
@@ -38,8 +42,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp / "out"
     done = bench("run", suite, "--out", out, "--num-cpus", "1")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    (run_dir,) = (out / "two_stage").iterdir()
-    return {"suite": suite, "out": out, "run_dir": run_dir, "stdout": done.stdout}
+    return {"suite": suite, "out": out, "run_dir": run_folder(out, "two_stage"), "stdout": done.stdout}
 
 
 def test_the_selection_of_the_first_seed_runs_on_every_other_seed(run: dict) -> None:
@@ -61,15 +64,48 @@ def test_the_selection_of_the_first_seed_runs_on_every_other_seed(run: dict) -> 
         assert board.loc[label, "trials_run"] == len(rows)  # the search's cost counts
 
 
-def test_resume_runs_only_the_missing_second_stage(run: dict) -> None:
+def _disagreeing(trials: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The search's rows (the first seed's) with, per strategy, a setting the run did not select made best on
+    validation and worst on test (every other setting: worse on validation, better on test); and that
+    setting's lr per strategy."""
+    searched = trials[trials["seed"] == 0]
+    edited, chosen = searched.copy(), {}
+    for strategy, rows in searched.groupby("strategy"):
+        ran = set(trials.loc[(trials["strategy"] == strategy) & (trials["seed"] != 0), "hp_lr"])
+        target = next(lr for lr in rows["hp_lr"] if lr not in ran)  # not the run's choice: the choice must move
+        mine = edited.index.isin(rows.index) & (edited["hp_lr"] == target)
+        others = edited.index.isin(rows.index) & (edited["hp_lr"] != target)
+        edited.loc[mine, ["metric_val_top1", "metric_top1"]] = [90.0, 10.0]
+        edited.loc[others, ["metric_val_top1", "metric_top1"]] = [50.0, 95.0]
+        chosen[strategy] = float(target)
+    return edited, chosen
+
+
+def test_the_leaderboard_selects_on_validation_where_test_disagrees(run: dict) -> None:
+    searched, chosen = _disagreeing(results.read_table(run["run_dir"] / results.TRIALS_FILE))
+    board = leaderboard(searched).set_index("strategy")
+    for strategy, lr in chosen.items():
+        label = "freeze 0.5" if strategy == "partial" else strategy
+        test_best = searched.loc[searched[searched["strategy"] == strategy]["metric_top1"].idxmax(), "hp_lr"]
+        assert test_best != lr
+        assert board.loc[label, "selected"] == f"hp_lr={lr:g}", board.loc[label]
+        assert board.loc[label, "mean"] == 10.0  # the test top-1 of the validation-best setting
+
+
+def test_resume_runs_the_second_stage_on_the_validation_best_setting(run: dict) -> None:
+    """The search's rows kept, edited so that validation and test disagree; the resumed run selects on
+    validation."""
     path = run["run_dir"] / results.TRIALS_FILE
     table = pq.read_table(path)
-    keep = [s == 0 for s in table.column("seed").to_pylist()]
-    pq.write_table(table.filter(pa.array(keep)), path)
+    edited, chosen = _disagreeing(table.to_pandas())
+    pq.write_table(pa.Table.from_pandas(edited, schema=table.schema, preserve_index=False), path)
     resumed = bench("run", run["suite"], "--out", run["out"], "--resume", "--num-cpus", "1")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "5 already done" in resumed.stdout and "other seeds: 4 trials" in resumed.stdout
     after = results.read_table(path)
     assert len(after) == 9 and after["trial_id"].is_unique
+    for strategy, lr in chosen.items():
+        others = after[(after["strategy"] == strategy) & (after["seed"] != 0)]
+        assert sorted(others["seed"]) == [1, 2] and set(others["hp_lr"]) == {lr}, others[["seed", "hp_lr"]]
     again = bench("run", run["suite"], "--out", run["out"], "--resume", "--num-cpus", "1")
     assert again.returncode == 0 and "9 already done, 0 to run" in again.stdout
