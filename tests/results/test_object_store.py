@@ -8,9 +8,6 @@ them: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` in the en
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +15,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 import pytest
-from conftest import bench, write_suite
+from conftest import bench, kill_driver, one_line_error, start_bench, wait_until, write_suite
 from s3_server import BUCKET, S3, s3_server
 
 from bench.errors import UserError
@@ -41,13 +38,6 @@ def user_env(s3: S3, monkeypatch: pytest.MonkeyPatch) -> S3:
     return s3
 
 
-def one_line_error(done: subprocess.CompletedProcess) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bench: error: "), done.stderr[-2000:]
-    assert "Traceback" not in done.stdout + done.stderr
-    return lines[0]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # fast: the lock, and bad input before anything runs
 
@@ -59,9 +49,14 @@ def test_the_lease_lock_refuses_a_second_writer_and_ignores_an_expired_lease(use
             remote.LeaseLock(run, lease_s=30).__enter__()
         assert len(user_env.objects("locks")) == 1  # the refused writer took its lock object away again
     assert user_env.objects("locks") == {}  # released
-    with remote.LeaseLock(run, lease_s=2):  # a writer that dies without releasing: its object stays
-        pass
-    dead = remote.LeaseLock(run, lease_s=2)
+    with remote.LeaseLock(run, lease_s=2) as alive:
+        time.sleep(3.5)  # longer than the lease: only the lock's own refreshing keeps the folder taken
+        alive.check()
+        with pytest.raises(UserError, match="in use by another bench run"):
+            remote.LeaseLock(run, lease_s=2).__enter__()
+        assert list(user_env.objects("locks")) == [alive.object.path]
+    assert user_env.objects("locks") == {}
+    dead = remote.LeaseLock(run, lease_s=2)  # a writer that dies without releasing: its object stays
     dead._put()
     with pytest.raises(UserError, match="in use"):
         remote.LeaseLock(run, lease_s=2).__enter__()
@@ -75,16 +70,16 @@ def test_missing_bucket_and_wrong_credentials_are_one_line_exit_2_and_nothing_is
     before = s3.objects()
     missing = bench("run", suite, "--out", "s3://no-such-bucket/results", cwd=tmp_path, env=s3.env(), timeout=120)
     assert missing.returncode == 2
-    assert "bucket 'no-such-bucket' does not exist" in one_line_error(missing)
+    assert "bucket 'no-such-bucket' does not exist" in one_line_error(missing.stderr)
     wrong = bench(
         "run", suite, "--out", f"s3://{BUCKET}/results", cwd=tmp_path, env=s3.env(AWS_SECRET_ACCESS_KEY="wrong")
     )
     assert wrong.returncode == 2
-    assert "ACCESS_DENIED" in one_line_error(wrong) and "check the credentials" in wrong.stderr
+    assert "ACCESS_DENIED" in one_line_error(wrong.stderr) and "check the credentials" in wrong.stderr
     unknown = bench("run", suite, "--out", f"s3://{BUCKET}/results?bogus=1", cwd=tmp_path, env=s3.env())
-    assert unknown.returncode == 2 and "bogus" in one_line_error(unknown)
+    assert unknown.returncode == 2 and "bogus" in one_line_error(unknown.stderr)
     refused = bench("leaderboard", f"s3://{BUCKET}/results", env=s3.env(AWS_SECRET_ACCESS_KEY="wrong"))
-    assert refused.returncode == 2 and "ACCESS_DENIED" in one_line_error(refused)
+    assert refused.returncode == 2 and "ACCESS_DENIED" in one_line_error(refused.stderr)
     assert s3.objects() == before  # nothing written, nothing removed
     assert not (tmp_path / ".bench_cache").exists()  # nothing ran
 
@@ -130,27 +125,14 @@ def test_second_run_refused_then_kill_minus_nine_and_resume_keeps_every_uploaded
     out = f"s3://{BUCKET}/killed"
     env = s3.env(BENCH_LOCK_LEASE_S="6")  # a dead driver's lock is ignored after 6 s (default 60 s)
     log = tmp_path / "driver.log"
-    with open(log, "w") as handle:
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", out, "--num-cpus", "1"],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env=env,
-            start_new_session=True,
-        )
+    driver = start_bench("run", suite, "--out", out, "--num-cpus", "1", log=log, cwd=tmp_path, env=env)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(k.endswith(TRIALS_FILE) for k in s3.objects("killed")):
-            assert driver.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.5)
+        uploaded = wait_until(lambda: any(k.endswith(TRIALS_FILE) for k in s3.objects("killed")), 300, driver)
+        assert uploaded and driver.poll() is None, log.read_text()[-2000:]
         refused = bench("run", suite, "--out", out, "--resume", "--num-cpus", "1", cwd=tmp_path, env=env)
-        assert refused.returncode == 2 and "in use by another bench run" in one_line_error(refused)
+        assert refused.returncode == 2 and "in use by another bench run" in one_line_error(refused.stderr)
     finally:
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)  # the local Ray the driver started
+        kill_driver(driver)  # and the local Ray it started
     (trials_key,) = [k.removeprefix(f"{BUCKET}/") for k in s3.objects("killed") if k.endswith(TRIALS_FILE)]
     before = s3.read(trials_key)
     assert 1 <= len(before) < 8, log.read_text()[-2000:]
