@@ -85,6 +85,13 @@ class TrialConfig:
     eval_every_steps: int | None = field(default=None, metadata=IDENTITY_WHEN_SET)
     # prepared images as stored: "raw" uint8, or "jpeg" (lossy: bench.data.shards)
     shard_format: str = field(default="raw", metadata=IDENTITY_WHEN_SET)
+    # the seed that draws the training subset (bench.data.splits); None = `seed`, which seeds everything else
+    data_seed: int | None = field(default=None, metadata=IDENTITY_WHEN_SET)
+    # a phase ends after this many evaluations without a validation top-1 gain of more than ...
+    early_stop_patience: int | None = field(default=None, metadata=IDENTITY_WHEN_SET)
+    early_stop_min_delta: float = field(default=0.0, metadata=IDENTITY_WHEN_SET)  # ... this many points
+    # test the weights of the best validation evaluation (bench.training.convergence), not the last ones
+    keep_best: bool = field(default=False, metadata=IDENTITY_WHEN_SET)
 
     # --- where and how the trial runs (placement): not part of trial_id ---
     suite: str = field(default="", metadata=PLACEMENT)
@@ -136,13 +143,19 @@ class TrialConfig:
         return float(self.freeze)
 
     @property
+    def subset_seed(self) -> int:
+        """The seed that draws the training subset: ``data_seed``, or ``seed`` when it is unset."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
     def fixed_batch_size(self) -> int | None:
         """The suite's batch size, or None for ``auto`` (chosen per trial; the row's ``batch_size_used``)."""
         return None if self.batch_size == "auto" else int(self.batch_size)
 
     def identity(self) -> dict[str, Any]:
         """The input of `trial_id`: field name -> value for the ``IDENTITY`` fields, and for the
-        ``IDENTITY_WHEN_SET`` fields that differ from their defaults; ``dataset`` by its identity name."""
+        ``IDENTITY_WHEN_SET`` fields that differ from their defaults; ``dataset`` by its identity name; a
+        ``data_seed`` equal to ``seed`` left out (it draws the subset an unset one draws)."""
         from bench.data.names import identity_name
 
         fields: dict[str, Any] = {}
@@ -150,6 +163,8 @@ class TrialConfig:
             role, value = spec.metadata["role"], getattr(self, spec.name)
             if role == "identity" or (role == "identity_when_set" and value != spec.default):
                 fields[spec.name] = value
+        if fields.get("data_seed") == self.seed:
+            del fields["data_seed"]
         fields["dataset"] = identity_name(self.dataset)  # a display name changes no data
         return fields
 

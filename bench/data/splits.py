@@ -3,8 +3,9 @@
 Three different selections are made per class, each with its own random stream so they never correlate:
 the held-out test split of datasets that ship without one (fixed seed, `HELDOUT_TEST_FRACTION`), the
 validation split carved from the training split (`split_seed`, shared by every trial of a dataset), and the
-trial's training subset (`seed`). Each is a per-class permutation of which the first k are taken, so a
-smaller subset is always inside a larger one for the same seed (1% inside 10%, 5-shot inside 10-shot).
+trial's training subset (`seed`: the trial's data seed, `TrialConfig.subset_seed`). Each is a per-class
+permutation of which the first k are taken, so a smaller subset is always inside a larger one for the same seed
+(1% inside 10%, 5-shot inside 10-shot).
 """
 
 from __future__ import annotations

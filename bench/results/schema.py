@@ -136,6 +136,7 @@ ROW_COLUMNS = (
     "images_per_class",
     "data_regime",
     "seed",
+    "data_seed",  # the seed that drew the training subset: the trial's data_seed, else its seed
     "hp_lr",
     "hp_probe_lr",
     "hp_epochs",
@@ -155,6 +156,14 @@ ROW_COLUMNS = (
     "metric_nll",
     "metric_val_top1",
     "metric_best_val_top1",
+    # train.early_stop and train.keep_best (not hp_ columns: no search varies them within a cell)
+    "early_stop_patience",
+    "early_stop_min_delta",
+    "keep_best",
+    "converged",  # bench.training.convergence.converged
+    "stopped_on_plateau",
+    "evaluations",
+    "kept_evaluation",  # 1-based: the evaluation whose weights gave the test metrics
     "feature_cache",
     "frozen_prefix",
     "train_seconds",
@@ -242,6 +251,7 @@ def trial_row(
         "data_fraction": config.data_fraction,
         "shots": config.shots,
         "seed": config.seed,
+        "data_seed": config.subset_seed,
         "hp_lr": config.lr,
         "hp_probe_lr": config.probe_lr,
         "hp_epochs": config.epochs,
@@ -254,6 +264,9 @@ def trial_row(
         "hp_momentum": config.momentum,
         "hp_warmup_fraction": config.warmup_fraction,
         "hp_label_smoothing": config.label_smoothing,
+        "early_stop_patience": config.early_stop_patience,
+        "early_stop_min_delta": config.early_stop_min_delta if config.early_stop_patience is not None else None,
+        "keep_best": config.keep_best,
         "started_at": started_at,
         "finished_at": finished_at or utc_now(),
         "schema_version": SCHEMA_VERSION,

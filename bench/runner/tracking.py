@@ -48,6 +48,7 @@ _IDENTITY = frozenset(
         "data_fraction",
         "shots",
         "seed",
+        "data_seed",
     }
 )
 CURVE = ("val_top1", "val_nll", "train_loss", "lr")  # the evaluation columns a trial reports as it goes

@@ -79,10 +79,11 @@ def select_indices(y_train: np.ndarray, config: TrialConfig) -> tuple[np.ndarray
     """Training-subset and validation indices into the dataset's training split.
 
     The validation split is canonical (the same for every trial of the dataset); the training subset is
-    drawn from the rest, stratified, seeded and nested across fractions and shots.
+    drawn from the rest, stratified, nested across fractions and shots, by ``config.subset_seed`` (the trial's
+    ``data_seed``, else its ``seed``): the seed of everything else does not move it.
     """
     pool_idx, val_idx = split_train_val(y_train, config.val_fraction)
     chosen = stratified_subset(
-        y_train[pool_idx], seed=config.seed, data_fraction=config.data_fraction, shots=config.shots
+        y_train[pool_idx], seed=config.subset_seed, data_fraction=config.data_fraction, shots=config.shots
     )
     return pool_idx[chosen], val_idx

@@ -3,7 +3,8 @@
 ``fit`` trains a model for a phase's optimiser steps: timm's AdamW or SGD with no weight decay on biases and
 norm weights, linear warm-up then cosine decay per step, shuffled mini-batches whose order is a function of
 the seed alone, validation after every ``eval_every`` epochs (or ``eval_every_steps`` steps) and the last.
-A non-finite loss ends the phase (the trial is ``diverged``). ``evaluate`` gives top-1, macro-F1 and NLL in
+A validation plateau (``Validation.plateau``) ends the phase early; a non-finite loss ends it too (the trial is
+``diverged``). ``evaluate`` gives top-1, macro-F1 and NLL in
 fp32 (bf16 autocast on CUDA). The forward passes run eager or compiled (``phase_steps``, ``bench.training.compiled``);
 the time spent compiling is kept out of the phase's training seconds.
 """
@@ -31,6 +32,7 @@ from bench.models.freeze import frozen_modules, set_train_mode
 from bench.speedups import depthwise
 from bench.speedups.fold import BatchNormFolded
 from bench.training import compiled, precision
+from bench.training.convergence import BestWeights, Plateau
 from bench.training.inputs import EVAL_BATCH_SIZE, Split, batch_of
 from bench.training.phases import Phase
 
@@ -116,7 +118,7 @@ class EpochLosses:
 @dataclass
 class FitOutcome:
     """What ``fit`` did in a phase: optimiser steps taken, training seconds (compiling and validation left out),
-    training images seen, and whether a non-finite loss ended it."""
+    training images seen, and whether a non-finite loss or a validation plateau ended it."""
 
     steps: int
     seconds: float
@@ -124,6 +126,7 @@ class FitOutcome:
     diverged: bool
     # Convolutions per eager step trained through bench.speedups.depthwise's padded weight gradient.
     padded_convs: int = 0
+    plateau: bool = False  # ended early on a validation plateau (Validation.plateau)
 
 
 @dataclass
@@ -133,7 +136,9 @@ class Validation:
     ``every_epochs``: evaluate after every that many epochs and the last; ``every_steps`` (when set, instead):
     after every that many optimiser steps and the last. ``evaluator``: the model's folded twin
     (``bench.speedups.fold``), evaluated in its place. Each row is appended to ``log``, and ``log`` is handed to
-    ``on_evaluation`` (a scheduler may end the trial there)."""
+    ``on_evaluation`` (a scheduler may end the trial there). ``plateau``: early stopping for this phase.
+    ``best``: the trial's copy of its best evaluation's weights, offered each evaluation (``log`` spans the
+    trial's phases, so its length numbers the evaluation)."""
 
     split: Split
     log: list[dict[str, Any]]
@@ -141,6 +146,8 @@ class Validation:
     every_steps: int | None = None
     evaluator: BatchNormFolded | None = None
     on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None
+    plateau: Plateau | None = None
+    best: BestWeights | None = None
 
     def after_step(self, step: int, last_step: int) -> bool:
         """Whether to validate once ``step`` of a phase of ``last_step`` steps is done."""
@@ -159,11 +166,15 @@ class Validation:
         metrics = evaluate(self.evaluator.current() if self.evaluator else model, self.split, prepare, device, steps)
         return metrics["top1"], metrics["nll"]
 
-    def record(self, row: dict[str, Any]) -> None:
-        """Append an evaluation's ``row`` to ``log`` and hand ``log`` to ``on_evaluation``."""
+    def record(self, row: dict[str, Any]) -> bool:
+        """Append an evaluation's ``row`` to ``log``, offer the weights to ``best``, hand ``log`` to
+        ``on_evaluation``; whether the phase ends here on a plateau."""
         self.log.append(row)
+        if self.best is not None:
+            self.best.offer(row["val_top1"], len(self.log))
         if self.on_evaluation is not None:
             self.on_evaluation(self.log)
+        return self.plateau is not None and self.plateau.reached(row["val_top1"])
 
 
 class _Stopwatch:
@@ -221,8 +232,8 @@ def fit(
     """Train ``model`` for ``phase.steps`` optimiser steps over shuffled mini-batches of ``train`` (turned into
     model inputs by ``prepare``), with ``config``'s optimiser, schedule, seed and label smoothing, validating as
     ``validation`` says. ``steps``: the phase's forward passes (default: eager); the seconds of the steps that
-    compiled a graph go to ``steps.stats``, not to the outcome's ``seconds``. Returns the outcome; a non-finite
-    loss ends the phase with ``diverged`` set (no exception)."""
+    compiled a graph go to ``steps.stats``, not to the outcome's ``seconds``. Returns the outcome; a validation
+    plateau ends the phase with ``plateau`` set, a non-finite loss with ``diverged`` set (no exception)."""
     steps = steps or phase_steps(config, device, phase.batch_size)
     optimizer, scheduler = _optimizer(model, phase, config)
     train = _stage(train, device)
@@ -231,12 +242,12 @@ def fit(
     frozen = list(frozen_modules(model))  # what is frozen does not change within a phase
     # CPU only: on CUDA the mode would route nothing, and it costs a Python call per op of each forward pass.
     kernels = depthwise.padded_weight_grad() if config.padded_depthwise_grad and device.type == "cpu" else None
-    step, seen, clock = 0, 0, _Stopwatch()
+    step, seen, clock, plateau = 0, 0, _Stopwatch(), False
 
-    def validate(epoch: int, losses: EpochLosses, elapsed: float) -> None:
+    def validate(epoch: int, losses: EpochLosses, elapsed: float) -> bool:
         top1, nll = validation.scores(model, prepare, device, steps)
         set_train_mode(model, frozen)  # evaluation may end mid-epoch (every_steps)
-        validation.record(
+        return validation.record(
             {
                 "epoch": epoch,
                 "step": step,
@@ -286,14 +297,17 @@ def fit(
             scheduler.step_update(step)
             seen += len(batch_idx)
             if validation.after_step(step, phase.steps):
-                validate(epoch, losses, clock.stop())
+                plateau = validate(epoch, losses, clock.stop())
                 clock.resume()  # validation time is not training time
-            if step >= phase.steps:
+            if step >= phase.steps or plateau:
                 break
         clock.stop()
         if validation.after_epoch(epoch, n_epochs):
-            validate(epoch, losses, clock.seconds)
-    return FitOutcome(step, clock.seconds, seen, diverged=False, padded_convs=padded_per_eager_step(step))
+            plateau = validate(epoch, losses, clock.seconds)
+        if plateau:
+            break
+    padded = padded_per_eager_step(step)
+    return FitOutcome(step, clock.seconds, seen, diverged=False, padded_convs=padded, plateau=plateau)
 
 
 @torch.no_grad()

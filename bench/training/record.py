@@ -21,6 +21,7 @@ from bench.models.freeze import FreezePlan
 from bench.results.schema import DEFAULT_THRESHOLDS, SCHEMA_VERSION, trial_row
 from bench.training import precision
 from bench.training.compiled import CompileStats
+from bench.training.convergence import converged
 from bench.training.device import device_name, peak_memory_mb
 from bench.training.loop import FitOutcome
 from bench.training.phases import Phase
@@ -32,7 +33,8 @@ class TrialRecord:
 
     ``scores``: the similarity columns (``bench.training.similarity``). ``epochs``: one evaluation row per
     validation, appended by the training loop. ``add_phase`` records each trained phase; ``metrics``: the test
-    metrics and ``val_top1``, empty unless the trial ended ``ok``."""
+    metrics, ``val_top1`` and ``kept_evaluation`` (``bench.training.trial``), empty unless the trial ended
+    ``ok``."""
 
     config: TrialConfig
     run_id: str
@@ -52,6 +54,8 @@ class TrialRecord:
     frozen_paths: list[tuple[str, str]] = field(default_factory=list)  # (phase name, how its frozen part ran)
     train_seconds: float = 0.0
     images_seen: int = 0
+    steps_run: int = 0  # optimiser steps over the phases
+    stopped_on_plateau: bool = False  # the last phase ended on a validation plateau
     padded_convs: int = 0  # convolutions per eager step trained through bench.speedups.depthwise
     eval_folded_bn: int = 0  # BatchNorms folded for the last phase's evaluations
     phase_stats: list[CompileStats] = field(default_factory=list)  # each phase's compiling, evaluations included
@@ -69,6 +73,8 @@ class TrialRecord:
         self.eval_folded_bn = folded
         self.train_seconds += outcome.seconds
         self.images_seen += outcome.images_seen
+        self.steps_run += outcome.steps
+        self.stopped_on_plateau = outcome.plateau
         self.padded_convs = max(self.padded_convs, outcome.padded_convs)
         if outcome.diverged:
             self.status, self.error = "diverged", f"non-finite loss at step {outcome.steps} of phase '{phase.name}'"
@@ -114,6 +120,11 @@ class TrialRecord:
             metric_nll=self.metrics.get("nll"),
             metric_val_top1=self.metrics.get("val_top1"),
             metric_best_val_top1=max(val_scores) if val_scores else None,
+            converged=self.status == "ok" and converged(val_scores, stopped_on_plateau=self.stopped_on_plateau),
+            stopped_on_plateau=self.stopped_on_plateau,
+            evaluations=len(self.epochs),
+            kept_evaluation=self.metrics.get("kept_evaluation"),
+            steps_run=self.steps_run,
             feature_cache=any(path.endswith(("features", "prefix")) for path in frozen_paths),
             frozen_prefix=", ".join(frozen_paths),
             train_seconds=self.train_seconds,

@@ -4,7 +4,9 @@ Every trial of every suite runs this code, from a test, a benchmark or a Ray Tun
 nothing of Ray, Parquet or the command line. A trial prepares its dataset (``bench.data``), carves the
 canonical validation split and its seeded, nested training subset, builds the backbone with a new head
 (``bench.models``), trains each phase in the one loop (``bench.training.loop``) on the cached path where it
-is exact (``bench.training.phases``), and evaluates the final model on the test split. Out of memory starts it
+is exact (``bench.training.phases``), ending a phase early on a validation plateau where the config says so,
+and evaluates the final model (or, with ``keep_best``, the best evaluation's weights) on the test split
+(``bench.training.convergence``). Out of memory starts it
 again at half the batch. A non-finite loss ends it with status ``diverged``: a result, not an exception. Bad
 input (unknown backbone, missing dataset root, corrupt weights) raises ``bench.errors.UserError``.
 """
@@ -32,6 +34,7 @@ from bench.training import precision
 from bench.training.batch_size import auto_batch_size
 from bench.training.compiled import PhaseSteps, use_disk_cache
 from bench.training.compiled import resolve as resolve_compile
+from bench.training.convergence import BestWeights, Plateau
 from bench.training.device import out_of_memory, resolve_device
 from bench.training.inputs import Split, as_labels, select_indices
 from bench.training.loop import Validation, evaluate, fit, phase_steps
@@ -128,11 +131,13 @@ class _Built:
 
 @dataclass
 class _LastPhase:
-    """The last trained phase: its model and inputs, its folded evaluator and its forward passes."""
+    """The last trained phase: its model and inputs, its folded evaluator and its forward passes; the trial's
+    copy of its best evaluation's weights (``keep_best``)."""
 
     setup: PhaseSetup
     evaluator: BatchNormFolded | None
     steps: PhaseSteps
+    best: BestWeights | None = None
 
 
 def _attempt(
@@ -206,8 +211,11 @@ def _train(
     on_evaluation: Callable[[list[dict[str, Any]]], None] | None,
 ) -> _LastPhase:
     """Train each phase in the one loop, on the cached path where it is exact, into ``record``; stop at a
-    diverged phase. Returns the last phase trained."""
+    diverged phase. Each phase may end on its own validation plateau (``early_stop_patience``); with
+    ``keep_best`` the weights each phase trains are watched for the best evaluation. Returns the last phase
+    trained."""
     use_disk_cache(config.cache_dir)
+    best = BestWeights() if config.keep_best else None
     for phase in built.phases:
         plan = apply_phase(built.backbone.body, phase.freeze)
         indices = (built.train_idx, built.val_idx)
@@ -221,6 +229,9 @@ def _train(
         fold = config.fold_batchnorm and not precision.uses_bf16(device) and record.compile_mode == "eager"
         evaluator = BatchNormFolded(setup.model) if fold else None
         steps = phase_steps(config, device, phase.batch_size)
+        if best is not None:
+            best.watch(setup.model)
+        patience, min_delta = config.early_stop_patience, config.early_stop_min_delta
         validation = Validation(
             setup.splits["val"],
             record.epochs,
@@ -228,6 +239,8 @@ def _train(
             every_steps=config.eval_every_steps,
             evaluator=evaluator,
             on_evaluation=on_evaluation,
+            plateau=Plateau(patience, min_delta) if patience is not None else None,
+            best=best,
         )
         outcome = fit(
             setup.model,
@@ -242,15 +255,27 @@ def _train(
         record.add_phase(phase, plan, setup.frozen_path, outcome, steps.stats, evaluator.n_folded if evaluator else 0)
         if outcome.diverged:
             break
-    return _LastPhase(setup, evaluator, steps)
+    return _LastPhase(setup, evaluator, steps, best)
 
 
 def _test(last: _LastPhase, epochs: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
-    """The test metrics of the model as trained, on the inputs it was trained on, and its validation top-1 (fit
-    always validates after its last step: the last evaluation row is this model on the validation split)."""
+    """The test metrics of the kept weights, on the inputs the last phase trained on, their validation top-1 and
+    ``kept_evaluation`` (1-based). The kept weights are the model as trained, whose validation top-1 is the last
+    evaluation row's (fit always validates after its last step), unless ``best`` kept an earlier evaluation's:
+    those are put back and their validation top-1 is measured again on them."""
+    kept = len(epochs)
+    restored = last.best is not None and last.best.evaluation not in (None, kept)
+    if restored:
+        last.best.restore()
+        kept = last.best.evaluation
     model = last.evaluator.current() if last.evaluator else last.setup.model
-    metrics: dict[str, Any] = evaluate(model, last.setup.splits["test"], last.setup.prepare, device, last.steps)
-    metrics["val_top1"] = epochs[-1]["val_top1"]
+    setup = last.setup
+    metrics: dict[str, Any] = evaluate(model, setup.splits["test"], setup.prepare, device, last.steps)
+    if restored:
+        metrics["val_top1"] = evaluate(model, setup.splits["val"], setup.prepare, device, last.steps)["top1"]
+    else:
+        metrics["val_top1"] = epochs[-1]["val_top1"]
+    metrics["kept_evaluation"] = kept
     return metrics
 
 
