@@ -84,10 +84,11 @@ def _curve(result: core.TrialResult) -> list[float]:
 @pytest.mark.slow
 def test_compiled_full_fine_tuning_is_as_close_to_eager_as_another_eager_float_path(trials) -> None:
     """Full fine-tuning of a BatchNorm network on 120 images amplifies rounding: two eager paths of the same
-    function (bench's padded depthwise weight gradient and PyTorch's) drift apart by about 0.1-1% over six
-    steps. They share oneDNN's channels-last convolutions and so their rounding; the compiled step rounds every
-    layer its own way (as close to float64 as eager: the gradient test below) and drifts about four times as far.
-    A wrong graph would differ by far more."""
+    function (bench's padded depthwise weight gradient and PyTorch's) drift apart by 0.005-1.3% over six steps
+    (the same eager path twice: bit for bit). The compiled step rounds every layer its own way (as close to
+    float64 as eager: the gradient test below). Measured on 2 CPU threads, its drift from eager was 0.4 to 2.6
+    times the other eager path's, point by point (0.01-0.7%); the bound is twice the largest of those ratios. A
+    compiled training loss 5% off (its gradient too) exceeds it, at 4-6 times, where ten times let it pass."""
     eager, done = trials["eager"].row, trials["compiled"].row
     assert eager["status"] == done["status"] == "ok"
     assert (eager["compiled"], done["compiled"]) == ("eager", "inductor")
@@ -97,7 +98,8 @@ def test_compiled_full_fine_tuning_is_as_close_to_eager_as_another_eager_float_p
     assert done["compile_seconds"] > 0 and done["train_seconds"] > 0
     eager_curve, other_curve, compiled_curve = (_curve(trials[k]) for k in ("eager", "eager_other", "compiled"))
     for a, other, c in zip(eager_curve, other_curve, compiled_curve, strict=True):
-        assert abs(c - a) <= max(10 * abs(other - a), 1e-4 * abs(a)), (a, other, c)
+        # 1e-4 relative: a floor for a point where the two eager paths happen to agree closely.
+        assert abs(c - a) <= max(5 * abs(other - a), 1e-4 * abs(a)), (a, other, c)
 
 
 @pytest.mark.slow
