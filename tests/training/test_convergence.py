@@ -9,10 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from bench import training as core
 from bench.config import TrialConfig
+from bench.errors import UserError
+from bench.suite import load_suite
 from bench.training.convergence import (
     CONVERGENCE_TOLERANCE,
     CONVERGENCE_WINDOW,
@@ -208,3 +211,29 @@ def test_trial_ids_are_unchanged_by_the_defaults_and_changed_by_the_keys():
     for changes in [{"early_stop_patience": 3}, {"keep_best": True}]:
         changed = dataclasses.replace(BASE, **changes)
         assert changed.trial_id != BASE.trial_id and changed.cell_id != BASE.cell_id
+
+
+def _suite_trials(tmp_path, train: dict) -> list[TrialConfig]:
+    data = {
+        "name": "plateaus",
+        "backbones": ["efficientnet_lite0"],
+        "datasets": ["digits"],
+        "grid": {"freeze": ["linear_probe"], "data_fraction": [0.5]},
+        "train": {"epochs": 3, **train},
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_suite(path).trials()
+
+
+def test_suite_keys_reach_the_trials_and_bad_values_are_one_line(tmp_path):
+    (plain,) = _suite_trials(tmp_path, {})
+    assert (plain.early_stop_patience, plain.early_stop_min_delta, plain.keep_best) == (None, 0.0, False)
+    (set_,) = _suite_trials(tmp_path, {"early_stop": {"patience": 3, "min_delta": 1}, "keep_best": True})
+    assert (set_.early_stop_patience, set_.early_stop_min_delta, set_.keep_best) == (3, 1.0, True)
+    (default_delta,) = _suite_trials(tmp_path, {"early_stop": {"patience": 2}})
+    assert default_delta.early_stop_min_delta == 0.0
+    for bad in [{"early_stop": {"patience": 0}}, {"early_stop": {"min_delta": 1.0}}, {"keep_best": "yes"}]:
+        with pytest.raises(UserError, match="train.(early_stop|keep_best)") as caught:
+            _suite_trials(tmp_path, bad)
+        assert len(str(caught.value).splitlines()) <= 3
