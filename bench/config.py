@@ -24,6 +24,7 @@ from typing import Any, Literal
 TRACKERS = ("mlflow", "wandb", "tensorboard")  # experiment trackers a run can mirror its trials to
 
 OPTIMIZERS = ("adamw", "sgd")
+PROBE_SOLVERS = ("lbfgs", "sgd")  # train.probe.solver
 AUGMENTS = ("none", "flip", "crop_flip")
 COMPILE_SETTINGS = ("off", "on", "auto")  # train.compile (bench.training.compiled)
 
@@ -92,6 +93,12 @@ class TrialConfig:
     early_stop_min_delta: float = field(default=0.0, metadata=IDENTITY_WHEN_SET)  # ... this many points
     # test the weights of the best validation evaluation (bench.training.convergence), not the last ones
     keep_best: bool = field(default=False, metadata=IDENTITY_WHEN_SET)
+    # a linear probe solved ("lbfgs": multinomial logistic regression to convergence, bench.training.convex_probe)
+    # or stepped ("sgd": the optimiser for `steps`/`epochs`, as LP-FT's first phase). A solved probe's id names its
+    # solver (see `identity`); a stepped one's is the id stepped probes always had.
+    probe_solver: str = field(default="lbfgs", metadata=IDENTITY_WHEN_SET)
+    probe_refit: bool = field(default=True, metadata=IDENTITY_WHEN_SET)  # refit on train + val at the chosen C
+    probe_c_grid: tuple[float, ...] | None = field(default=None, metadata=IDENTITY_WHEN_SET)  # None: DEFAULT_GRID
 
     # --- where and how the trial runs (placement): not part of trial_id ---
     suite: str = field(default="", metadata=PLACEMENT)
@@ -155,7 +162,9 @@ class TrialConfig:
     def identity(self) -> dict[str, Any]:
         """The input of `trial_id`: field name -> value for the ``IDENTITY`` fields, and for the
         ``IDENTITY_WHEN_SET`` fields that differ from their defaults; ``dataset`` by its identity name; a
-        ``data_seed`` equal to ``seed`` left out (it draws the subset an unset one draws)."""
+        ``data_seed`` equal to ``seed`` left out (it draws the subset an unset one draws); ``probe_solver`` in the
+        identity of a solved linear probe (lbfgs) only, so a stepped probe keeps the id it had before probes were
+        solved, and the probe's settings in no other strategy's."""
         from bench.data.names import identity_name
 
         fields: dict[str, Any] = {}
@@ -165,6 +174,11 @@ class TrialConfig:
                 fields[spec.name] = value
         if fields.get("data_seed") == self.seed:
             del fields["data_seed"]
+        if self.strategy == "linear_probe" and self.probe_solver == "lbfgs":
+            fields["probe_solver"] = self.probe_solver  # solved: not the computation a stepped probe's id names
+        else:  # stepped probes keep the ids they always had; no other strategy solves a probe
+            for name in ("probe_solver", "probe_refit", "probe_c_grid"):
+                fields.pop(name, None)
         fields["dataset"] = identity_name(self.dataset)  # a display name changes no data
         return fields
 
@@ -188,9 +202,17 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
-        """The config of ``values`` (as `to_dict` gives them; ``plugins`` may be a list, as JSON gives it back).
+        """The config of ``values`` (as `to_dict` gives them; ``plugins`` and ``probe_c_grid`` may be lists, as JSON
+        gives them back).
         Raises TypeError for an unknown or a missing required field."""
-        return cls(**{**values, "plugins": tuple(values.get("plugins") or ())})
+        grid = values.get("probe_c_grid")
+        return cls(
+            **{
+                **values,
+                "plugins": tuple(values.get("plugins") or ()),
+                **({"probe_c_grid": tuple(grid)} if grid is not None else {}),
+            }
+        )
 
 
 @functools.cache

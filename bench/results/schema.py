@@ -164,6 +164,11 @@ ROW_COLUMNS = (
     "stopped_on_plateau",
     "evaluations",
     "kept_evaluation",  # 1-based: the evaluation whose weights gave the test metrics
+    # linear_probe: solved (lbfgs: C chosen on validation, bench.training.convex_probe) or stepped (sgd)
+    "probe_solver",
+    "probe_c",  # the chosen inverse L2 strength (scikit-learn's C)
+    "probe_c_edge",  # where probe_c lies on its grid: lower, upper or interior
+    "probe_iterations",  # L-BFGS iterations over the whole path and the refit
     "feature_cache",
     "frozen_prefix",
     "train_seconds",
@@ -267,6 +272,7 @@ def trial_row(
         "early_stop_patience": config.early_stop_patience,
         "early_stop_min_delta": config.early_stop_min_delta if config.early_stop_patience is not None else None,
         "keep_best": config.keep_best,
+        "probe_solver": config.probe_solver if config.strategy == "linear_probe" else None,
         "started_at": started_at,
         "finished_at": finished_at or utc_now(),
         "schema_version": SCHEMA_VERSION,

@@ -318,6 +318,14 @@ class EarlyStopSpec(_Strict):
     min_delta: NonNegativeFloat = _DEFAULTS["early_stop_min_delta"]
 
 
+class ProbeSpec(_Strict):
+    """`train.probe`: how the `linear_probe` strategy trains its head (bench.training.convex_probe)."""
+
+    solver: Literal["lbfgs", "sgd"] = _DEFAULTS["probe_solver"]  # solved to convergence, or stepped
+    refit: bool = _DEFAULTS["probe_refit"]  # lbfgs: refit on training + validation rows at the chosen C
+    c_grid: Annotated[list[PositiveFloat], Field(min_length=2)] | None = None  # lbfgs: the C values (default 17)
+
+
 class TrainSpec(_Strict):
     """Fixed training hyper-parameters; defaults are TrialConfig's."""
 
@@ -337,6 +345,7 @@ class TrainSpec(_Strict):
     eval_every_steps: Annotated[int, Field(ge=1)] | None = None  # validate every k steps instead of epochs
     early_stop: EarlyStopSpec | None = None  # end a phase on a validation plateau
     keep_best: bool = _DEFAULTS["keep_best"]  # test the best validation evaluation's weights, not the last
+    probe: ProbeSpec = ProbeSpec()  # the linear probe: solved (lbfgs, default) or stepped (sgd)
     padded_depthwise_grad: bool = _DEFAULTS[
         "padded_depthwise_grad"
     ]  # false: PyTorch's own backward (bench.speedups.depthwise)
@@ -525,6 +534,24 @@ class SuiteSpec(_Strict):
                         message = f"expected a valid train.{name} value, got {shorten(value)}: {problem}"
                         key = f"search.{where}.{name}"
                         raise PydanticCustomError("search_value", "search value", {"key": key, "message": message})
+        return self
+
+    @model_validator(mode="after")
+    def _solved_probe_is_not_searched(self) -> SuiteSpec:
+        """A solved linear probe (`train.probe.solver: lbfgs`) chooses its strength on validation itself and uses
+        no learning rate, optimiser or schedule: a search that varies any of them for `linear_probe` would run
+        the same probe several times and call its ties a selection. One value per dimension, or the stepped
+        probe."""
+        probes = any(_freeze_key(value)[0] == "linear_probe" for value in self.grid.freeze)
+        if self.search is None or not probes or self.train.probe.solver != "lbfgs":
+            return self
+        for name, dimension in self.search.space_for("linear_probe").items():
+            if not (isinstance(dimension, list) and len(dimension) == 1):
+                message = (
+                    f"linear_probe's probe is solved (train.probe.solver: lbfgs) and has no {name} to search: "
+                    f"give it one value (search.by_strategy.linear_probe.{name}: [x]) or use train.probe.solver: sgd"
+                )
+                raise PydanticCustomError("search_value", "search value", {"key": "search", "message": message})
         return self
 
     def train_refuses(self, name: str, value: Any) -> str | None:

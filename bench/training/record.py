@@ -22,6 +22,7 @@ from bench.results.schema import DEFAULT_THRESHOLDS, SCHEMA_VERSION, trial_row
 from bench.training import precision
 from bench.training.compiled import CompileStats
 from bench.training.convergence import converged
+from bench.training.convex_probe import ProbeSelection
 from bench.training.device import device_name, peak_memory_mb
 from bench.training.loop import FitOutcome
 from bench.training.phases import Phase
@@ -60,6 +61,7 @@ class TrialRecord:
     eval_folded_bn: int = 0  # BatchNorms folded for the last phase's evaluations
     phase_stats: list[CompileStats] = field(default_factory=list)  # each phase's compiling, evaluations included
     metrics: dict[str, Any] = field(default_factory=dict)
+    probe: ProbeSelection | None = None  # a solved linear probe's selection (train.probe.solver lbfgs)
 
     def add_phase(
         self, phase: Phase, plan: FreezePlan, frozen_path: str, outcome: FitOutcome, stats: CompileStats, folded: int
@@ -120,10 +122,11 @@ class TrialRecord:
             metric_nll=self.metrics.get("nll"),
             metric_val_top1=self.metrics.get("val_top1"),
             metric_best_val_top1=max(val_scores) if val_scores else None,
-            converged=self.status == "ok" and converged(val_scores, stopped_on_plateau=self.stopped_on_plateau),
+            converged=self.status == "ok" and self._converged(val_scores),
             stopped_on_plateau=self.stopped_on_plateau,
             evaluations=len(self.epochs),
             kept_evaluation=self.metrics.get("kept_evaluation"),
+            **self._probe_columns(),
             steps_run=self.steps_run,
             feature_cache=any(path.endswith(("features", "prefix")) for path in frozen_paths),
             frozen_prefix=", ".join(frozen_paths),
@@ -144,6 +147,18 @@ class TrialRecord:
             compiled_steps=compiling.compiled_steps,
             **_data_columns(data),
         )
+
+    def _converged(self, val_scores: list[float]) -> bool:
+        """A solved probe converged when its solver did (the final fit's gradient within tolerance); a trained
+        one by its validation curve (``bench.training.convergence.converged``)."""
+        if self.probe is not None:
+            return self.probe.fit.converged
+        return converged(val_scores, stopped_on_plateau=self.stopped_on_plateau)
+
+    def _probe_columns(self) -> dict[str, Any]:
+        if self.probe is None:
+            return {}
+        return {"probe_c": self.probe.c, "probe_c_edge": self.probe.edge, "probe_iterations": self.probe.n_iter}
 
     def epoch_rows(self) -> list[dict[str, Any]]:
         """The epochs.parquet rows: each evaluation row with the schema version, run id and trial id."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +33,13 @@ from bench.results.schema import utc_now
 from bench.speedups.fold import BatchNormFolded
 from bench.training import precision
 from bench.training.batch_size import auto_batch_size
-from bench.training.compiled import PhaseSteps, use_disk_cache
+from bench.training.compiled import CompileStats, PhaseSteps, use_disk_cache
 from bench.training.compiled import resolve as resolve_compile
 from bench.training.convergence import BestWeights, Plateau
+from bench.training.convex_probe import DEFAULT_GRID, select_strength
 from bench.training.device import out_of_memory, resolve_device
 from bench.training.inputs import Split, as_labels, select_indices
-from bench.training.loop import Validation, evaluate, fit, phase_steps
+from bench.training.loop import FitOutcome, Validation, evaluate, fit, phase_steps
 from bench.training.phases import Phase, PhaseSetup, phase_setup, plan_phases
 from bench.training.record import TrialRecord
 from bench.training.similarity import measure_similarity
@@ -215,6 +217,8 @@ def _train(
     ``keep_best`` the weights each phase trains are watched for the best evaluation. Returns the last phase
     trained."""
     use_disk_cache(config.cache_dir)
+    if config.strategy == "linear_probe" and config.probe_solver == "lbfgs":
+        return _solve_probe(config, data, device, built, record, on_evaluation)
     best = BestWeights() if config.keep_best else None
     for phase in built.phases:
         plan = apply_phase(built.backbone.body, phase.freeze)
@@ -256,6 +260,66 @@ def _train(
         if outcome.diverged:
             break
     return _LastPhase(setup, evaluator, steps, best)
+
+
+def _solve_probe(
+    config: TrialConfig,
+    data: PreparedDataset,
+    device: torch.device,
+    built: _Built,
+    record: TrialRecord,
+    on_evaluation: Callable[[list[dict[str, Any]]], None] | None,
+) -> _LastPhase:
+    """The linear probe solved, not stepped: multinomial logistic regression on the frozen pooled features, its
+    inverse L2 strength C chosen on the validation split along a warm-started path, then (``probe_refit``)
+    refit on training and validation rows (``bench.training.convex_probe``), as Kornblith et al. (2019) and CLIP
+    fit theirs. The head takes the solution; one evaluation row records the chosen C's validation top-1 (of the
+    fit on training rows). Raises UserError when the features are not fixed (augmentation, or the feature
+    cache off)."""
+    (phase,) = built.phases
+    plan = apply_phase(built.backbone.body, phase.freeze)
+    indices = (built.train_idx, built.val_idx)
+    setup = phase_setup(
+        built.backbone, plan, built.images, indices, data, built.normalize, config, device, phase.batch_size
+    )
+    if setup.frozen_path != "features":
+        raise UserError(
+            f"train.probe.solver lbfgs solves the linear probe on fixed frozen features, which this trial does not "
+            f"have ({setup.frozen_path}): set train.augment: none, or train.probe.solver: sgd"
+        )
+    train, val = setup.splits["train"], setup.splits["val"]
+    started = time.perf_counter()
+    selection = select_strength(
+        train.inputs.to(device),
+        train.labels.to(device),
+        val.inputs.to(device),
+        val.labels.to(device),
+        data.n_classes,
+        config.probe_c_grid or DEFAULT_GRID,
+        refit=config.probe_refit,
+    )
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        built.backbone.head.weight.copy_(selection.fit.weight.to(built.backbone.head.weight))
+        built.backbone.head.bias.copy_(selection.fit.bias.to(built.backbone.head.bias))
+    chosen = next(point for point in selection.path if point.c == selection.c)
+    evaluation = {
+        "epoch": 1,
+        "step": selection.n_iter,
+        "phase": phase.name,
+        "train_loss": selection.fit.objective,
+        "val_top1": 100.0 * chosen.val_top1,
+        "val_nll": chosen.val_loss,
+        "lr": None,
+        "elapsed_seconds": seconds,
+    }
+    record.epochs.append(evaluation)
+    if on_evaluation is not None:
+        on_evaluation(record.epochs)
+    outcome = FitOutcome(steps=selection.n_iter, seconds=seconds, images_seen=len(train), diverged=False)
+    record.add_phase(phase, plan, setup.frozen_path, outcome, CompileStats(record.compile_mode), 0)
+    record.probe = selection
+    return _LastPhase(setup, None, phase_steps(config, device, phase.batch_size))
 
 
 def _test(last: _LastPhase, epochs: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:

@@ -44,7 +44,7 @@ name: golden
 backbones: [efficientnet_lite0]
 datasets: [digits]
 grid: {freeze: [linear_probe, full], data_fraction: [0.1], seed: [0]}
-train: {img_size: 32, epochs: 2, batch_size: 32}
+train: {img_size: 32, epochs: 2, batch_size: 32, probe: {solver: sgd}}  # a stepped probe has a learning rate
 search:
   samples: 2
   seed: 0
