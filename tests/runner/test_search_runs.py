@@ -30,7 +30,7 @@ name: {name}
 backbones: [efficientnet_lite0]
 datasets: [digits]
 grid: {{freeze: [linear_probe, full, 0.5], data_fraction: [1.0], seed: [0]}}
-train: {{img_size: 32, epochs: 2, batch_size: 32, warmup_fraction: 0.0}}
+train: {{img_size: 32, epochs: 2, batch_size: 32, warmup_fraction: 0.0, probe: {{solver: sgd}}}}
 analysis: {{similarity: false}}
 tune: {{resources_per_trial: {{cpu: 1, gpu: 0}}, max_concurrent_trials: 1}}
 search:

@@ -23,7 +23,7 @@ name: two_stage
 backbones: [efficientnet_lite0]
 datasets: [digits]
 grid: {freeze: [linear_probe, 0.5], data_fraction: [0.3], seed: [0, 1, 2]}
-train: {img_size: 32, steps: 12, batch_size: 32, eval_every_steps: 4}
+train: {img_size: 32, steps: 12, batch_size: 32, eval_every_steps: 4, probe: {solver: sgd}}
 analysis: {similarity: false}
 tune: {resources_per_trial: {cpu: 1, gpu: 0}, max_concurrent_trials: 1}
 search:

@@ -24,7 +24,7 @@ name: extending
 backbones: [efficientnet_lite0]
 datasets: [digits, photo_patches]
 grid: {{freeze: [{freeze}], data_fraction: [0.1, 1.0], seed: [0, 1]}}
-train: {{img_size: 32, epochs: 2, batch_size: 32}}
+train: {{img_size: 32, epochs: 2, batch_size: 32, probe: {{solver: sgd}}}}
 search:
   protocol: two_stage
   extend: {extend}

@@ -20,7 +20,7 @@ name: searched
 backbones: [efficientnet_lite0]
 datasets: [digits, photo_patches]
 grid: {{freeze: [linear_probe, full, 0.5, lp_ft], data_fraction: [0.1, 1.0], seed: [0, 1]}}
-train: {{img_size: 32, epochs: 2, batch_size: 32}}
+train: {{img_size: 32, epochs: 2, batch_size: 32, probe: {{solver: sgd}}}}  # a stepped probe has an lr
 search:
   samples: {samples}
   seed: {seed}
@@ -159,7 +159,7 @@ name: two
 backbones: [efficientnet_lite0]
 datasets: [digits, photo_patches]
 grid: {freeze: [linear_probe, full], data_fraction: [1.0], seed: [3, 1, 2]}
-train: {img_size: 32, epochs: 2, batch_size: 32}
+train: {img_size: 32, epochs: 2, batch_size: 32, probe: {solver: sgd}}
 search:
   protocol: two_stage
   samples: 3
