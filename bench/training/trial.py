@@ -30,6 +30,7 @@ from bench.models import Backbone, Normalize, build_backbone
 from bench.models.strategies import apply_phase, holds_frozen_features
 from bench.plugins import load_plugins
 from bench.results.schema import utc_now
+from bench.speedups import features
 from bench.speedups.fold import BatchNormFolded
 from bench.training import precision
 from bench.training.batch_size import auto_batch_size
@@ -38,7 +39,7 @@ from bench.training.compiled import resolve as resolve_compile
 from bench.training.convergence import BestWeights, Plateau
 from bench.training.convex_probe import DEFAULT_GRID, select_strength
 from bench.training.device import out_of_memory, resolve_device
-from bench.training.inputs import Split, as_labels, select_indices
+from bench.training.inputs import EVAL_BATCH_SIZE, Split, as_labels, select_indices
 from bench.training.loop import FitOutcome, Validation, evaluate, fit, phase_steps
 from bench.training.phases import Phase, PhaseSetup, phase_setup, plan_phases
 from bench.training.record import TrialRecord
@@ -274,19 +275,29 @@ def _solve_probe(
     inverse L2 strength C chosen on the validation split along a warm-started path, then (``probe_refit``)
     refit on training and validation rows (``bench.training.convex_probe``), as Kornblith et al. (2019) and CLIP
     fit theirs. The head takes the solution; one evaluation row records the chosen C's validation top-1 (of the
-    fit on training rows). Raises UserError when the features are not fixed (augmentation, or the feature
-    cache off)."""
+    fit on training rows). Without the feature cache the same features are computed here, once. Raises UserError
+    under augmentation (the features would not be fixed)."""
     (phase,) = built.phases
     plan = apply_phase(built.backbone.body, phase.freeze)
     indices = (built.train_idx, built.val_idx)
     setup = phase_setup(
         built.backbone, plan, built.images, indices, data, built.normalize, config, device, phase.batch_size
     )
-    if setup.frozen_path != "features":
+    if config.augment != "none":
         raise UserError(
-            f"train.probe.solver lbfgs solves the linear probe on fixed frozen features, which this trial does not "
-            f"have ({setup.frozen_path}): set train.augment: none, or train.probe.solver: sgd"
+            f"train.probe.solver lbfgs solves the linear probe on fixed frozen features, which augmentation "
+            f"({config.augment}) would change at every step: set train.augment: none, or train.probe.solver: sgd"
         )
+    if setup.frozen_path != "features":  # not cached (feature_cache off): the same features, computed here
+        body, images = built.backbone.body, built.images
+        rows = {
+            name: features.compute_features(
+                body, images[name].inputs, built.normalize, device=device, batch_size=EVAL_BATCH_SIZE
+            )
+            for name in ("train", "val", "test")
+        }
+        splits = {name: Split(rows[name], images[name].labels) for name in rows}
+        setup = PhaseSetup(built.backbone.head, splits, lambda batch, train: batch, setup.frozen_path)
     train, val = setup.splits["train"], setup.splits["val"]
     started = time.perf_counter()
     selection = select_strength(

@@ -69,9 +69,13 @@ def test_a_solved_probe_selects_and_scores_as_scikit_learn_does_on_the_same_feat
 
 
 @pytest.mark.slow
-def test_the_stepped_probe_stays_and_a_solved_one_needs_fixed_features() -> None:
+def test_the_stepped_probe_stays_and_a_solved_one_needs_fixed_features_cached_or_not() -> None:
     stepped = run_trial(dataclasses.replace(CONFIG, probe_solver="sgd")).row
     assert stepped["status"] == "ok" and stepped["probe_solver"] == "sgd" and stepped.get("probe_c") is None
     assert stepped["steps_run"] == 8 and stepped["evaluations"] >= 1
     with pytest.raises(UserError, match="fixed frozen features"):
         run_trial(dataclasses.replace(CONFIG, augment="flip"))
+    cached = run_trial(CONFIG).row
+    uncached = run_trial(dataclasses.replace(CONFIG, feature_cache=False)).row  # the features computed in the trial
+    assert uncached["feature_cache"] is False and uncached["probe_c"] == cached["probe_c"]
+    assert abs(uncached["metric_top1"] - cached["metric_top1"]) <= 100 / uncached["n_test"] + 1e-9
