@@ -292,6 +292,20 @@ def run_rows(out: Path, suite: str) -> pd.DataFrame:
     return read_rows(folders[-1] if folders else out / suite)
 
 
+def ok_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The ``ok`` rows of a trials table, indexed and sorted by ``trial_id``."""
+    return table[table["status"] == "ok"].set_index("trial_id").sort_index()
+
+
+def assert_rows_kept(kept: pd.DataFrame, table: pd.DataFrame) -> None:
+    """Every row of ``kept`` (rows seen earlier, as :func:`ok_rows` gives them) is in ``table`` with the same
+    values (a column's dtype may widen: an integer column turns float where later rows leave it empty)."""
+    now = table.set_index("trial_id")
+    lost = sorted(set(kept.index) - set(now.index))
+    assert not lost, f"rows lost: {lost}"
+    pd.testing.assert_frame_equal(now.loc[kept.index, kept.columns], kept, check_dtype=False)
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (two calls may give the same port: see :func:`distinct_port`)."""
     with socket.socket() as probe:

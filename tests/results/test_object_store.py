@@ -13,9 +13,8 @@ import sys
 import time
 from collections.abc import Iterator
 
-import pandas as pd
 import pytest
-from conftest import bench, kill_driver, one_line_error, start_bench, wait_until, write_suite
+from conftest import assert_rows_kept, bench, kill_driver, ok_rows, one_line_error, start_bench, wait_until, write_suite
 from s3_server import BUCKET, S3, s3_server
 
 from bench.errors import UserError
@@ -136,7 +135,7 @@ def test_second_run_refused_then_kill_minus_nine_and_resume_keeps_every_uploaded
     (trials_key,) = [k.removeprefix(f"{BUCKET}/") for k in s3.objects("killed") if k.endswith(TRIALS_FILE)]
     before = s3.read(trials_key)
     assert 1 <= len(before) < 8, log.read_text()[-2000:]
-    ok_before = before[before["status"] == "ok"].set_index("trial_id").sort_index()
+    ok_before = ok_rows(before)
 
     time.sleep(7)  # the killed driver's lease runs out
     resumed = bench("run", suite, "--out", out, "--resume", "--num-cpus", "2", cwd=tmp_path, env=env)
@@ -144,8 +143,7 @@ def test_second_run_refused_then_kill_minus_nine_and_resume_keeps_every_uploaded
     assert f"{len(before)} already done" in resumed.stdout
     after = s3.read(trials_key)
     assert len(after) == 8 and after["trial_id"].is_unique and set(after["status"]) == {"ok"}
-    kept = after.set_index("trial_id").loc[ok_before.index].sort_index()
-    pd.testing.assert_frame_equal(kept, ok_before)  # no ok row rewritten: same finished_at, same metrics
+    assert_rows_kept(ok_before, after)  # no ok row rewritten: same finished_at, same metrics
     assert not [k for k in s3.objects("killed") if "/.leases/" in k]  # the stale lock was cleared, ours released
 
 

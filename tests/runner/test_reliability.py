@@ -26,9 +26,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import (
     CIFAR,
+    assert_rows_kept,
     bench,
     kill_session,
     make_row,
+    ok_rows,
     one_line_error,
     read_rows,
     require,
@@ -49,19 +51,6 @@ FAULT_SEED = int(os.environ.get("BENCH_FAULT_SEED", "7"))  # random kill moments
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers (the style of tests/runner/test_tune.py: tiny suites at 32 px, a few steps)
-
-
-def ok_rows(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table["status"] == "ok"].set_index("trial_id").sort_index()
-
-
-def assert_rows_kept(kept: pd.DataFrame, table: pd.DataFrame) -> int:
-    """Every row of `kept` (ok rows seen earlier) is still in `table`, unchanged; returns how many were lost."""
-    now = table.set_index("trial_id")
-    lost = [trial_id for trial_id in kept.index if trial_id not in now.index]
-    present = kept.drop(index=lost)
-    pd.testing.assert_frame_equal(now.loc[present.index, kept.columns].sort_index(), present, check_dtype=False)
-    return len(lost)
 
 
 def suite_trial_ids(path: Path) -> set[str]:
@@ -376,7 +365,7 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
             pq.read_table(folder / results.EPOCHS_FILE)
         assert table["trial_id"].is_unique and set(table["trial_id"]) <= expected
         if not kept.empty:
-            assert assert_rows_kept(kept, table) == 0
+            assert_rows_kept(kept, table)
         kept = ok_rows(table)
         if not alive:
             break
@@ -390,7 +379,7 @@ def test_driver_killed_at_random_moments_then_resume_loses_nothing(tmp_path: Pat
     final = read_rows(folder)
     assert len(final) == len(expected) and set(final["trial_id"]) == expected
     assert set(final["status"]) == {"ok"}
-    assert assert_rows_kept(kept, final) == 0
+    assert_rows_kept(kept, final)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -478,7 +467,7 @@ def test_a_full_disk_keeps_every_finished_row_and_resume_completes(disk_full: di
     assert len(disk_full["kept"]) >= 1
     after = disk_full["after"]
     assert after["trial_id"].is_unique
-    assert assert_rows_kept(disk_full["kept"], after) == 0
+    assert_rows_kept(disk_full["kept"], after)
     assert disk_full["leftovers"] == [], "a failed write left its temporary file behind"
 
     resumed = disk_full["resumed"]
@@ -487,7 +476,7 @@ def test_a_full_disk_keeps_every_finished_row_and_resume_completes(disk_full: di
     final = read_rows(folder)
     expected = suite_trial_ids(disk_full["suite"])
     assert len(final) == len(expected) and set(final["trial_id"]) == expected and set(final["status"]) == {"ok"}
-    assert assert_rows_kept(ok_rows(after), final) == 0
+    assert_rows_kept(ok_rows(after), final)
 
 
 @pytest.mark.slow

@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bench, kill_driver, run_folder, run_rows, start_bench, wait_until, write_suite
+from conftest import (
+    assert_rows_kept,
+    bench,
+    kill_driver,
+    ok_rows,
+    run_folder,
+    run_rows,
+    start_bench,
+    wait_until,
+    write_suite,
+)
 
 from bench.results import store as results
 from bench.results.schema import TRIAL_COLUMNS, utc_now
@@ -118,14 +128,13 @@ def test_kill_minus_nine_of_the_driver_then_resume_completes_without_losing_a_ro
         kill_driver(driver)  # and the local Ray it started
     before = trials(out)
     assert 2 <= len(before) < grid_size(suite)
-    ok_before = before[before["status"] == "ok"].set_index("trial_id").sort_index()
+    ok_before = ok_rows(before)
 
     resumed = bench("run", str(suite), "--out", str(out), "--resume", "--num-cpus", "2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = trials(out)
     assert len(after) == grid_size(suite) and after["trial_id"].is_unique and set(after["status"]) == {"ok"}
-    kept = after.set_index("trial_id").loc[ok_before.index].sort_index()
-    pd.testing.assert_frame_equal(kept, ok_before)
+    assert_rows_kept(ok_before, after)  # no ok row rewritten: same finished_at, same metrics
 
 
 def test_second_run_on_the_same_folder_is_refused_by_the_lock(tmp_path):
