@@ -1,8 +1,9 @@
 """bench: transfer-learning benchmarks for image classification, measured on Ray Tune.
 
 One shared core (``bench.training``) runs every trial; ``bench.runner`` schedules the trials a suite file
-(``bench.suite``) describes on Ray Tune; results land in Parquet (``bench.results``), are analysed once (``bench.analysis``)
-and become leaderboards and reports (``bench.report``). The public API below is loaded on first use, so ``import bench`` is cheap.
+(``bench.suite``) describes on Ray Tune; results land in Parquet (``bench.results``), are analysed once
+(``bench.analysis``) and become leaderboards and reports (``bench.report``). The public API below is loaded on
+first use, so ``import bench`` is cheap.
 """
 
 from bench.utils.lazy import lazy_exports

@@ -235,6 +235,11 @@ class Analysis:
         """Mean validation and test top-1 per (dataset, strategy, learning rate)."""
         return outcomes.hyperparameter_sensitivity(self.prepared)
 
+    def seed_variance(self) -> pd.DataFrame:
+        """Per (cell, entry) that crosses data seeds with training seeds: the variance shares of each
+        (``bench.analysis.outcomes.seed_variance_table``)."""
+        return outcomes.seed_variance_table(self.selected, self.metric)
+
     def transferability_points(self) -> pd.DataFrame:
         """Per (dataset, backbone) at the largest data size: the estimates and the measured outcomes."""
         return outcomes.transferability_points(self.prepared, self.selected)

@@ -8,6 +8,7 @@ import pandas as pd
 from scipy import stats as st
 
 from bench.analysis.cells import CELL
+from bench.analysis.paired import seed_variance
 from bench.analysis.stats import seed_stats
 from bench.results.schema import DataThresholds
 
@@ -123,4 +124,34 @@ def rank_correlations(points: pd.DataFrame) -> pd.DataFrame:
                     "spearman rho": round(float(rho), 3),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def seed_variance_table(selected: pd.DataFrame, metric: str = "metric_top1") -> pd.DataFrame:
+    """Per (cell, entry) whose selected rows cross two or more data seeds (``data_seed``, the seed that draws the
+    training subset) with two or more training seeds (``seed``): how much of the metric's variance comes from which
+    data was drawn and how much from the training seed (``bench.analysis.paired.seed_variance``). Columns: the
+    cell and entry, n_data_seeds, n_train_seeds, total (variance), share_data, share_train, share_residual, note.
+    Empty when no cell crosses the two seeds."""
+    if selected.empty or "data_seed" not in selected:
+        return pd.DataFrame()
+    rows = []
+    for key, group in selected.groupby(CELL + ["entry"], sort=True):
+        if group["data_seed"].nunique() < 2 or group["seed"].nunique() < 2:
+            continue
+        split = seed_variance(group, metric, data_seed="data_seed", train_seed="seed")
+        if (group["data_seed"] == group["seed"]).all():
+            continue  # the two seeds move together: nothing to separate
+        rows.append(
+            {
+                **dict(zip(CELL + ["entry"], key)),
+                "n_data_seeds": split.n_data_seeds,
+                "n_train_seeds": split.n_train_seeds,
+                "total": split.total,
+                "share_data": split.share_data,
+                "share_train": split.share_train,
+                "share_residual": split.share_residual,
+                "note": split.note,
+            }
+        )
     return pd.DataFrame(rows)

@@ -91,6 +91,7 @@ def build_report(data: RunData, thresholds: DataThresholds = DEFAULT_THRESHOLDS)
     _section_freeze(doc, analysis.freeze_profile())
     _section_cost(doc, analysis)
     _section_hyperparameters(doc, analysis)
+    _seed_variance(doc, analysis.seed_variance())
     _section_transferability(doc, analysis.transferability_points())
     _section_reproduce(doc, data, analysis.excluded, names)
     return doc
@@ -323,6 +324,21 @@ def _search_edges(doc: Document, analysis: Analysis) -> None:
 def _value_text(value: object) -> str:
     """A hyperparameter value as the selection labels write it: 0.01, 64, adamw."""
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _seed_variance(doc: Document, table: pd.DataFrame) -> None:
+    """Only where a suite crossed data seeds with training seeds (`grid.data_seed`)."""
+    if table.empty:
+        return
+    doc.heading("Where a cell's variance comes from: the data drawn, or the training seed", 3)
+    doc.para(
+        "Cells whose training subsets were drawn by several data seeds, each crossed with several training seeds: "
+        "a two-way random-effects ANOVA (one run per pair) splits the variance of test top-1 into the data draw's "
+        "share, the training seed's share and the rest (their interaction and noise)."
+    )
+    shown = table.assign(**{c: table[c].map(lambda v: f"{100 * v:.0f}%" if pd.notna(v) else "") for c in
+                            ("share_data", "share_train", "share_residual")})  # fmt: skip
+    doc.table(shown.round(2))
 
 
 def _section_transferability(doc: Document, points: pd.DataFrame) -> None:

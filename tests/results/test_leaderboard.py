@@ -11,6 +11,7 @@ import pytest
 from conftest import make_row, write_run
 from scipy import stats as st
 
+from bench.analysis import Analysis
 from bench.errors import UserError
 from bench.results.leaderboard import (
     DataThresholds,
@@ -414,3 +415,21 @@ def test_a_matrix_over_tuned_and_fixed_runs_states_both_verdicts_and_what_change
     fixed_only = regime_matrix(frame(fixed)).set_index(["similarity_regime", "data_regime"]).loc[("low", "sufficient")]
     assert fixed_only["hyperparameters"] == "fixed"
     assert "search cost" not in display_matrix(regime_matrix(frame(fixed))).columns
+
+
+def test_a_crossed_design_splits_the_variance_between_data_draw_and_training_seed() -> None:
+    # 2 data seeds x 2 training seeds: y = 70 + 4 (data seed 1) + 1 (training seed 1). Row means 70.5, 74.5;
+    # column means 72, 73; grand 72.5; residuals 0. MS_data = 2 * (2^2 + 2^2) / 1 = 16, MS_train = 2 * 0.5 = 1,
+    # MS_res = 0: data = 16 / 2 = 8, train = 1 / 2 = 0.5: shares 8 / 8.5 and 0.5 / 8.5.
+    rows = [
+        make_row(seed=s, data_seed=d, metric_top1=70.0 + 4 * d + s, metric_val_top1=70.0, strategy="full")
+        for d in (0, 1)
+        for s in (0, 1)
+    ]
+    table = Analysis.of(frame(rows)).seed_variance()
+    assert len(table) == 1 and table.loc[0, "n_data_seeds"] == 2 and table.loc[0, "n_train_seeds"] == 2
+    assert table.loc[0, "share_data"] == pytest.approx(8 / 8.5)
+    assert table.loc[0, "share_train"] == pytest.approx(0.5 / 8.5)
+    # The seeds moving together (data_seed = seed, every suite without grid.data_seed): nothing to split.
+    together = [make_row(seed=s, data_seed=s, metric_top1=70.0 + s, strategy="full") for s in range(3)]
+    assert Analysis.of(frame(together)).seed_variance().empty
