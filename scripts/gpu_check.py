@@ -202,7 +202,7 @@ def trial_cost_table(*, dataset: str, img_size: int, steps: int, device: torch.d
         ("full, the same again", base),
         ("full, data_fraction 0.5 (new last batch)", dataclasses.replace(base, data_fraction=0.5)),
         ("freeze 0.5 (new trainable layers)", dataclasses.replace(base, freeze=0.5)),
-        ("linear_probe", dataclasses.replace(base, freeze="linear_probe", lr=1e-2)),
+        ("linear_probe", dataclasses.replace(base, freeze="linear_probe", lr=1e-2, probe_solver="sgd")),  # stepped
     ]
     rows = []
     for label, config in trials:

@@ -63,7 +63,7 @@ def trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, core.TrialResu
     torch.set_num_threads(2)
     base = dataclasses.replace(BASE, cache_dir=str(cache))
     # A linear probe on the plain path: the frozen body (eval mode) inside the compiled graph, the head trained.
-    probe = dataclasses.replace(base, freeze="linear_probe", feature_cache=False, lr=0.1)
+    probe = dataclasses.replace(base, freeze="linear_probe", feature_cache=False, lr=0.1, probe_solver="sgd")
     runs = {
         "eager": core.run_trial(dataclasses.replace(base, compile="off")),
         # The same function through another eager float path: PyTorch's own depthwise weight gradient.

@@ -34,6 +34,7 @@ BASE = TrialConfig(
     lr=3e-2,
     freeze="linear_probe",
     similarity=False,
+    probe_solver="sgd",  # these tests train the loop: the stepped probe (the solved one: test_solved_probe.py)
 )
 
 

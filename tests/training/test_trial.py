@@ -30,6 +30,7 @@ BASE = TrialConfig(
     batch_size=64,
     lr=1e-2,
     freeze="linear_probe",
+    probe_solver="sgd",  # these tests train the loop: the stepped probe (the solved one: test_solved_probe.py)
 )
 
 
