@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from conftest import bench_env, free_port, require
+from conftest import bench_env, distinct_port, require
 
 BUCKET = "bench-results"
 REGION = "us-east-1"
@@ -80,7 +80,7 @@ def s3_server() -> Iterator[S3]:
         boto3 = None
     require(boto3 is not None, "moto[server] and boto3 are not installed (pip install -e '.[dev]')")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    port = free_port()
+    port = distinct_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     # One moto per process keeps its state across servers: start from an empty store.
