@@ -277,8 +277,29 @@ def test_shipped_suites_validate_with_their_trial_count() -> None:
     for path, result in zip(SHIPPED, results):
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
-        count = _count_from_yaml(path)
-        assert result.stdout.strip() == f"{path}: suite '{path.stem}' is valid: {count} trials"
+        count, extra = _count_from_yaml(path), _extension_bound_from_yaml(path)
+        more = f", and up to {extra} more past the search's edges" if extra else ""
+        assert result.stdout.strip() == f"{path}: suite '{path.stem}' is valid: {count} trials{more}"
+
+
+def _extension_bound_from_yaml(path: Path) -> int:
+    """The most trials `search.extend` may add, by design.md's arithmetic: per round, one per cell of the first
+    seed and grid of two or more numbers each strategy searches."""
+    data = yaml.safe_load(path.read_text())
+    search, grid = data.get("search") or {}, data["grid"]
+    if not search.get("extend"):
+        return 0
+    sizes = len(grid.get("data_fraction") or []) + len(grid.get("shots") or [])
+    cells = len(data["datasets"]) * len(data["backbones"]) * sizes
+    grids = 0
+    for freeze in grid["freeze"]:
+        strategy = {"linear_probe": "linear_probe", 1: "linear_probe", "full": "full", 0: "full"}.get(freeze, freeze)
+        strategy = strategy if strategy in ("linear_probe", "full", "lp_ft") else "partial"
+        space = {**search["space"], **search.get("by_strategy", {}).get(strategy, {})}
+        grids += sum(
+            isinstance(v, list) and len(v) > 1 and all(isinstance(x, (int, float)) for x in v) for v in space.values()
+        )
+    return cells * grids * search["extend"]
 
 
 @pytest.mark.slow
