@@ -359,8 +359,7 @@ def kill_session(sid: int, timeout_s: float = 30) -> None:
 def kill_driver(process: subprocess.Popen) -> None:
     """SIGKILL a process started by :func:`start_bench` (or with ``start_new_session``), then what it started:
     the driver first, as a crash would end it, then its session (its local Ray)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGKILL)
+    process.kill()  # a no-op once the process was waited for: never a signal to a reused pid
     process.wait(timeout=60)
     kill_session(process.pid)
 

@@ -8,8 +8,6 @@ them: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` in the en
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -152,24 +150,22 @@ def test_credentials_revoked_mid_run_stop_it_with_exit_3_keeping_the_uploaded_ro
     key, secret = s3.new_user("revoked")
     suite = write_suite(tmp_path, concurrent=1, steps=6)  # 8 trials, one at a time
     env = s3.env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", f"s3://{BUCKET}/revoked", "--num-cpus", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=env,
+    log = tmp_path / "driver.log"
+    driver = start_bench(
+        "run", suite, "--out", f"s3://{BUCKET}/revoked", "--num-cpus", "1", log=log, cwd=tmp_path, env=env
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not any(k.endswith(TRIALS_FILE) for k in s3.objects("revoked")):
-        assert driver.poll() is None, driver.communicate()
-        time.sleep(0.5)
-    (trials_key,) = [k.removeprefix(f"{BUCKET}/") for k in s3.objects("revoked") if k.endswith(TRIALS_FILE)]
-    s3.iam.delete_access_key(UserName="revoked", AccessKeyId=key)  # the store refuses the driver from now on
-    uploaded = s3.read(trials_key)
-    stdout, stderr = driver.communicate(timeout=300)
-    assert driver.returncode == 3, stderr[-2000:]
-    errors = [line for line in stderr.splitlines() if line.startswith("bench: error: ")]
-    assert len(errors) == 1 and "s3://" in errors[0] and "Traceback" not in stderr, stderr[-2000:]
+    try:
+        uploaded_any = wait_until(lambda: any(k.endswith(TRIALS_FILE) for k in s3.objects("revoked")), 300, driver)
+        assert uploaded_any and driver.poll() is None, log.read_text()[-2000:]
+        (trials_key,) = [k.removeprefix(f"{BUCKET}/") for k in s3.objects("revoked") if k.endswith(TRIALS_FILE)]
+        s3.iam.delete_access_key(UserName="revoked", AccessKeyId=key)  # the store refuses the driver from now on
+        uploaded = s3.read(trials_key)
+        driver.wait(timeout=300)
+    finally:
+        kill_driver(driver)  # what is left of it, and its local Ray
+    output = log.read_text()
+    assert driver.returncode == 3, output[-2000:]
+    errors = [line for line in output.splitlines() if line.startswith("bench: error: ")]
+    assert len(errors) == 1 and "s3://" in errors[0] and "Traceback" not in output, output[-2000:]
     kept = s3.read(trials_key)
     assert len(kept) < 8 and set(uploaded["trial_id"]) <= set(kept["trial_id"])  # rows uploaded before: kept
