@@ -29,7 +29,7 @@ name: tracked
 backbones: [efficientnet_lite0, {{name: efficientnet_lite0, weights: {bad}}}]
 datasets: [digits]
 grid: {{freeze: [linear_probe, full], data_fraction: [0.1], seed: [0]}}
-train: {{img_size: 32, steps: 6, batch_size: 16, lr: 1.0e-3, eval_every_steps: 2}}
+train: {{img_size: 32, steps: 6, batch_size: 16, lr: 1.0e-3, eval_every_steps: 2, probe: {{solver: sgd}}}}
 tune: {{resources_per_trial: {{cpu: 1}}, max_concurrent_trials: 2}}
 analysis: {{similarity: false}}
 {tracking}
