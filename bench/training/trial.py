@@ -4,11 +4,11 @@ Every trial of every suite runs this code, from a test, a benchmark or a Ray Tun
 nothing of Ray, Parquet or the command line. A trial prepares its dataset (``bench.data``), carves the
 canonical validation split and its seeded, nested training subset, builds the backbone with a new head
 (``bench.models``), trains each phase in the one loop (``bench.training.loop``) on the cached path where it
-is exact (``bench.training.phases``), ending a phase early on a validation plateau where the config says so,
-and evaluates the final model (or, with ``keep_best``, the best evaluation's weights) on the test split
-(``bench.training.convergence``). Out of memory starts it
-again at half the batch. A non-finite loss ends it with status ``diverged``: a result, not an exception. Bad
-input (unknown backbone, missing dataset root, corrupt weights) raises ``bench.errors.UserError``.
+is exact (``bench.training.phases``) or, for a linear probe, solves it (``bench.training.convex_probe``),
+ending a phase early on a validation plateau where the config says so, and evaluates the final model (or, with
+``keep_best``, the best evaluation's weights) on the test split (``bench.training.convergence``). Out of memory
+starts it again at half the batch. A non-finite loss ends it with status ``diverged``: a result, not an
+exception. Bad input (unknown backbone, missing dataset root, corrupt weights) raises ``bench.errors.UserError``.
 """
 
 from __future__ import annotations
