@@ -113,7 +113,7 @@ def test_a_two_stage_search_selects_per_data_seed_and_confirms_on_the_other_seed
                 "backbones": ["efficientnet_lite0"],
                 "datasets": ["digits"],
                 "grid": {"freeze": ["linear_probe"], "data_fraction": [0.5], "seed": [0, 1], "data_seed": [5, 6]},
-                "train": {"epochs": 1},
+                "train": {"epochs": 1, "probe": {"solver": "sgd"}},  # a stepped probe has an lr to search
                 "search": {"space": {"lr": [0.001, 0.01]}, "protocol": "two_stage"},
             }
         )
