@@ -139,9 +139,9 @@ def seed_variance_table(selected: pd.DataFrame, metric: str = "metric_top1") -> 
     for key, group in selected.groupby(CELL + ["entry"], sort=True):
         if group["data_seed"].nunique() < 2 or group["seed"].nunique() < 2:
             continue
-        split = seed_variance(group, metric, data_seed="data_seed", train_seed="seed")
         if (group["data_seed"] == group["seed"]).all():
             continue  # the two seeds move together: nothing to separate
+        split = seed_variance(group, metric, data_seed="data_seed", train_seed="seed")
         rows.append(
             {
                 **dict(zip(CELL + ["entry"], key)),

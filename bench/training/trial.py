@@ -27,6 +27,7 @@ from bench.config import TrialConfig
 from bench.data import PreparedDataset, prepare_dataset
 from bench.errors import UserError
 from bench.models import Backbone, Normalize, build_backbone
+from bench.models.freeze import FreezePlan
 from bench.models.strategies import apply_phase, holds_frozen_features
 from bench.plugins import load_plugins
 from bench.results.schema import utc_now
@@ -222,11 +223,7 @@ def _train(
         return _solve_probe(config, data, device, built, record, on_evaluation)
     best = BestWeights() if config.keep_best else None
     for phase in built.phases:
-        plan = apply_phase(built.backbone.body, phase.freeze)
-        indices = (built.train_idx, built.val_idx)
-        setup = phase_setup(
-            built.backbone, plan, built.images, indices, data, built.normalize, config, device, phase.batch_size
-        )
+        plan, setup = _phase(config, data, device, built, phase)
         # One trace per phase. fp32 evaluation only: under bf16 autocast the folded weights round differently
         # from conv-then-BN, so the "same function up to float rounding" promise would not hold. Not with
         # compiled steps: inductor fuses the BatchNorms itself, and each traced twin is a new class to dynamo
@@ -263,6 +260,18 @@ def _train(
     return _LastPhase(setup, evaluator, steps, best)
 
 
+def _phase(
+    config: TrialConfig, data: PreparedDataset, device: torch.device, built: _Built, phase: Phase
+) -> tuple[FreezePlan, PhaseSetup]:
+    """``phase``'s freeze plan applied to the body, and its model and inputs (the cached path where exact)."""
+    plan = apply_phase(built.backbone.body, phase.freeze)
+    indices = (built.train_idx, built.val_idx)
+    setup = phase_setup(
+        built.backbone, plan, built.images, indices, data, built.normalize, config, device, phase.batch_size
+    )
+    return plan, setup
+
+
 def _solve_probe(
     config: TrialConfig,
     data: PreparedDataset,
@@ -278,11 +287,7 @@ def _solve_probe(
     fit on training rows). Without the feature cache the same features are computed here, once. Raises UserError
     under augmentation (the features would not be fixed)."""
     (phase,) = built.phases
-    plan = apply_phase(built.backbone.body, phase.freeze)
-    indices = (built.train_idx, built.val_idx)
-    setup = phase_setup(
-        built.backbone, plan, built.images, indices, data, built.normalize, config, device, phase.batch_size
-    )
+    plan, setup = _phase(config, data, device, built, phase)
     if config.augment != "none":
         raise UserError(
             f"train.probe.solver lbfgs solves the linear probe on fixed frozen features, which augmentation "
