@@ -149,6 +149,10 @@ class Analysis:
     def edges(self) -> pd.DataFrame:
         """Per (cell, entry, searched dimension): the selected value's position among the values the search tried
         ("interior", "lower edge", "upper edge"; ``bench.analysis.edges.searched_edges``)."""
+        return self._edges
+
+    @cached_property
+    def _edges(self) -> pd.DataFrame:
         return searched_edges(self.selected, self.attempts, keys=CELL + ["entry", "strategy"], skip=SCHEDULE_COLUMNS)
 
     def edge_counts(self) -> pd.DataFrame:
